@@ -1,0 +1,204 @@
+"""The one sparse-layout type the Triton kernel walks: a block mask over 3D token blocks.
+
+Modelled on FlexAttention's ``BlockMask``. The video grid is cut into equal 3D blocks
+(``q_block`` for queries, ``kv_block`` for keys; ragged at the far ends of each axis), listed
+T-major like the tokens. For every query block (and, after them, every block of
+``q_tokens`` text queries) the mask lists
+
+* ``full_kv_num_blocks`` / ``full_kv_indices``: key blocks in which every (valid) query sees
+  every key - the kernel runs them without any mask;
+* ``kv_num_blocks`` / ``kv_indices``: partly kept key blocks (a window edge, a ragged block
+  at the end of an axis): the kernel computes their token mask from token coordinates, using
+  the per-axis window tables (neighborhoods) or the block selection (block-sparse) - never an
+  ``S x S`` tensor.
+
+Tables have a leading ``Z`` dimension: 1 for static patterns, ``B * heads`` for
+data-dependent ones. Text keys are not listed: they are global and the kernel appends them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from .layout import TokenLayout
+from .patterns import BlockSparse, Full, Neighborhood, Pattern, axis_mask
+from .tiling import BlockGrid, block_sparse_select
+
+Triple = Tuple[int, int, int]
+
+
+@dataclass
+class BlockMask:
+    """Block-level sparsity of one attention call (see the module docstring).
+
+    Shapes: ``kv_num_blocks``/``full_kv_num_blocks`` ``[Z, NQ]`` int32,
+    ``kv_indices``/``full_kv_indices`` ``[Z, NQ, max(1, widest row)]`` int32, where
+    ``NQ = video query blocks + text query blocks``.
+    """
+
+    layout: TokenLayout
+    q_block: Triple
+    kv_block: Triple
+    kv_num_blocks: torch.Tensor
+    kv_indices: torch.Tensor
+    full_kv_num_blocks: torch.Tensor
+    full_kv_indices: torch.Tensor
+    num_video_q_blocks: int
+    num_kv_blocks: int
+    # Token-mask sources for partial blocks:
+    windows: Optional[Tuple[torch.Tensor, ...]] = None    # lo_t, hi_t, lo_h, hi_h, lo_w, hi_w int32
+    dilation: Triple = (1, 1, 1)
+    selection: Optional[torch.Tensor] = None               # [Z, nb, nb] bool (block-sparse)
+    selection_block: Triple = (1, 1, 1)
+
+    @property
+    def q_tokens(self) -> int:
+        return math.prod(self.q_block)
+
+    @property
+    def kv_tokens(self) -> int:
+        return math.prod(self.kv_block)
+
+    def to_dense(self) -> torch.Tensor:
+        """``[Z, NQ, NK]`` int8: 0 skipped, 1 partly kept, 2 fully kept."""
+        z, nq = self.kv_num_blocks.shape
+        dense = torch.zeros(z, nq, self.num_kv_blocks, dtype=torch.int8)
+        for value, num, idx in ((1, self.kv_num_blocks, self.kv_indices),
+                                (2, self.full_kv_num_blocks, self.full_kv_indices)):
+            cols = torch.arange(idx.shape[-1])
+            keep = cols[None, None, :] < num[..., None].long()
+            zi, qi, ci = keep.nonzero(as_tuple=True)
+            dense[zi, qi, idx[zi, qi, ci].long()] = value
+        return dense
+
+    def sparsity(self) -> float:
+        """Fraction of (video query block, key block) tiles skipped, in percent-free units."""
+        dense = self.to_dense()[:, : self.num_video_q_blocks]
+        return float((dense == 0).float().mean())
+
+    def __str__(self) -> str:
+        dense = self.to_dense()[0]
+        chars = {0: ".", 1: "+", 2: "#"}
+        rows = ["".join(chars[int(x)] for x in row[:96]) for row in dense[:48]]
+        head = (f"BlockMask(grid={self.layout.grid}, q_block={self.q_block}, kv_block={self.kv_block}, "
+                f"Z={self.kv_num_blocks.shape[0]}, sparsity={self.sparsity():.3f}) '#' full, '+' partial")
+        return "\n".join([head] + rows)
+
+    def to(self, device) -> "BlockMask":
+        moved = {}
+        for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "selection"):
+            t = getattr(self, name)
+            moved[name] = None if t is None else t.to(device)
+        windows = None if self.windows is None else tuple(t.to(device) for t in self.windows)
+        return BlockMask(**{**self.__dict__, **moved, "windows": windows})
+
+
+def _axis_block_relation(m: torch.Tensor, bq: int, bk: int):
+    """Per-axis ``(any, full)`` of ``[nq_blocks, nk_blocks]`` from a ``[L, L]`` token mask."""
+    n = m.shape[0]
+    nq, nk = -(-n // bq), -(-n // bk)
+    pad = torch.zeros(nq * bq, nk * bk, dtype=torch.bool)
+    pad[:n, :n] = m
+    qvalid = torch.arange(nq * bq) < n
+    # Padded query rows never veto "full"; a padded key slot makes its block partial.
+    filled = pad | ~qvalid[:, None]
+    blocks_any = pad.reshape(nq, bq, nk, bk).any(3).any(1)
+    blocks_all = filled.reshape(nq, bq, nk, bk).all(3).all(1)
+    key_whole = (torch.arange(nk) + 1) * bk <= n
+    return blocks_any, blocks_all & key_whole[None, :]
+
+
+def _outer3(a, b, c):
+    return (a[:, None, None, :, None, None] & b[None, :, None, None, :, None]
+            & c[None, None, :, None, None, :]).reshape(a.shape[0] * b.shape[0] * c.shape[0], -1)
+
+
+def _tables(any_rel: torch.Tensor, full_rel: torch.Tensor):
+    """LUTs from ``[Z, NQ, NK]`` bool relations: (num, idx) for partial and full blocks."""
+    partial = any_rel & ~full_rel
+
+    def lut(rel):
+        num = rel.sum(-1).to(torch.int32)
+        width = max(1, int(num.max()) if num.numel() else 1)
+        # Stable descending sort of the bools puts kept indices first, in increasing order.
+        order = torch.sort(rel.to(torch.int8), dim=-1, descending=True, stable=True).indices
+        return num, order[..., :width].to(torch.int32).contiguous()
+
+    return (*lut(partial), *lut(full_rel))
+
+
+def _with_text_rows(any_rel, full_rel, layout: TokenLayout, q_tokens: int, kv_whole: torch.Tensor):
+    """Append the text query blocks: they see every key block (whole ones fully)."""
+    n_text_blocks = -(-layout.text_len // q_tokens) if layout.text_len else 0
+    if not n_text_blocks:
+        return any_rel, full_rel
+    z, _, nk = any_rel.shape
+    t_any = torch.ones(z, n_text_blocks, nk, dtype=torch.bool)
+    t_full = kv_whole[None, None, :].expand(z, n_text_blocks, nk)
+    return torch.cat([any_rel, t_any], 1), torch.cat([full_rel, t_full], 1)
+
+
+def _whole_blocks(grid: Triple, block: Triple) -> torch.Tensor:
+    """``[nb]`` bool: blocks with no padded slot."""
+    ax = [(torch.arange(-(-n // b)) + 1) * b <= n for n, b in zip(grid, block)]
+    return _outer3(*[a[:, None] for a in ax]).reshape(-1)
+
+
+@functools.lru_cache(maxsize=256)
+def static_block_mask(pattern: Pattern, layout: TokenLayout, q_block: Triple, kv_block: Triple) -> BlockMask:
+    """Block mask of a static pattern (``Full``, ``Neighborhood``, ``SlidingTile``), cached."""
+    grid = layout.grid
+    if isinstance(pattern, Full):
+        windows = [(torch.zeros(n, dtype=torch.int64), torch.full((n,), n - 1, dtype=torch.int64), 1) for n in grid]
+    elif isinstance(pattern, Neighborhood):
+        windows = pattern.windows(layout)
+    else:
+        raise TypeError(f"static_block_mask needs a static pattern, got {pattern!r}")
+    rels = [_axis_block_relation(axis_mask(lo, hi, d), bq, bk)
+            for (lo, hi, d), bq, bk in zip(windows, q_block, kv_block)]
+    any_rel = _outer3(*[r[0] for r in rels])[None]
+    full_rel = _outer3(*[r[1] for r in rels])[None]
+    nvq = any_rel.shape[1]
+    any_rel, full_rel = _with_text_rows(any_rel, full_rel, layout, math.prod(q_block),
+                                        _whole_blocks(grid, kv_block))
+    num, idx, fnum, fidx = _tables(any_rel, full_rel)
+    tables = tuple(t.to(torch.int32) for lo, hi, _ in windows for t in (lo, hi))
+    return BlockMask(layout, q_block, kv_block, num, idx, fnum, fidx, nvq, any_rel.shape[-1],
+                     windows=tables, dilation=tuple(d for _, _, d in windows))
+
+
+def _overlap(grid: Triple, kernel_block: Triple, pattern_block: Triple) -> torch.Tensor:
+    """``[n_kernel_blocks, n_pattern_blocks]`` float: 1 where the two blocks share a token."""
+    mats = []
+    for n, kb, pb in zip(grid, kernel_block, pattern_block):
+        c = torch.arange(n)
+        o = torch.zeros(-(-n // kb), -(-n // pb))
+        o[c // kb, c // pb] = 1.0
+        mats.append(o > 0)
+    return _outer3(*mats).float()
+
+
+def block_sparse_block_mask(pattern: BlockSparse, layout: TokenLayout, q: torch.Tensor, k: torch.Tensor,
+                            q_block: Triple, kv_block: Triple, scale: Optional[float] = None) -> BlockMask:
+    """Block mask of a :class:`BlockSparse` selection for the kernel's own block shapes."""
+    pgrid = BlockGrid(layout.grid, pattern.block)
+    sel = block_sparse_select(pattern, layout, pgrid, q, k, scale).cpu()  # [B, H, nb, nb]
+    b, h, nb, _ = sel.shape
+    sel = sel.reshape(b * h, nb, nb)
+    oq = _overlap(layout.grid, q_block, pattern.block)   # [nqk, nb]
+    ok = _overlap(layout.grid, kv_block, pattern.block)  # [nkk, nb]
+    selected = sel.float()
+    any_rel = (oq @ selected @ ok.T) > 0
+    full_rel = ((oq @ (1.0 - selected) @ ok.T) == 0) & _whole_blocks(layout.grid, kv_block)[None, None, :]
+    full_rel &= any_rel
+    nvq = any_rel.shape[1]
+    any_rel, full_rel = _with_text_rows(any_rel, full_rel, layout, math.prod(q_block),
+                                        _whole_blocks(layout.grid, kv_block))
+    num, idx, fnum, fidx = _tables(any_rel, full_rel)
+    return BlockMask(layout, q_block, kv_block, num, idx, fnum, fidx, nvq, any_rel.shape[-1],
+                     selection=sel, selection_block=pattern.block)

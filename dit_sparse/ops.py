@@ -1,0 +1,315 @@
+"""The op: ``sparse_attention`` and its float64 reference, backend choice, speed estimates.
+
+Backends, chosen by :func:`choose_backend` (each has a ``can_run_*`` predicate that says why
+not):
+
+* ``"triton"`` - the block-mask flash-attention kernel of ``dit_sparse.kernels.triton_attn``
+  on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``,
+  which is how it is tested here).
+* ``"cpu"`` - gathered groups on PyTorch's fused SDPA (``dit_sparse.kernels.cpu``).
+
+The kernels are wrapped as one torch custom op (``dit_sparse::sparse_attention``), so that
+``torch.compile`` treats a call as one opaque node instead of breaking the graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import env
+from .blockmask import block_sparse_block_mask, static_block_mask
+from .layout import TokenLayout
+from .patterns import BlockSparse, Full, Neighborhood, Pattern
+from .tiling import BlockGrid, block_sparse_select, tiling_for
+
+BACKENDS = ("cpu", "triton")
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 256
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------
+
+
+def _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, S, heads, head_dim] (4 dims), got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name}.dtype={t.dtype} is not supported; allowed: float32, float16, bfloat16")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v shapes must match, got q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v dtypes must match, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern={pattern!r} must be a dit_sparse pattern (Full, Neighborhood, SlidingTile, BlockSparse)")
+    if not isinstance(layout, TokenLayout):
+        raise TypeError(f"layout={layout!r} must be a dit_sparse.TokenLayout")
+    b, s, _, d = q.shape
+    if s != layout.seq_len:
+        raise ValueError(f"sequence length S={s} does not match layout (text_len={layout.text_len} + "
+                         f"T*H*W={layout.video_len} for grid={layout.grid} = {layout.seq_len})")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim={d} exceeds the supported maximum {MAX_HEAD_DIM}")
+    if key_mask is not None:
+        if not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool:
+            raise TypeError(f"key_mask must be a bool tensor [B, S], got {getattr(key_mask, 'dtype', type(key_mask))}")
+        if tuple(key_mask.shape) != (b, s):
+            raise ValueError(f"key_mask shape {tuple(key_mask.shape)} must be [B, S] = {(b, s)}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ValueError(f"scale={scale!r} must be a positive float or None")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; allowed: None (by device), {', '.join(map(repr, BACKENDS))}")
+
+
+def can_run_triton(q: torch.Tensor, raise_error: bool = False) -> bool:
+    """Triton runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    reason = None
+    if q.device.type == "cpu" and not env.triton_interpret():
+        reason = ("backend='triton' on CPU tensors needs the Triton interpreter "
+                  "(set TRITON_INTERPRET=1 before importing triton) or CUDA tensors")
+    elif q.device.type not in ("cpu", "cuda"):
+        reason = f"backend='triton' does not run on device {q.device}"
+    else:
+        try:
+            import triton  # noqa: F401
+        except ImportError:  # pragma: no cover - triton is a dependency
+            reason = "triton is not installed"
+    if reason and raise_error:
+        raise ValueError(reason)
+    return reason is None
+
+
+def can_run_cpu(q: torch.Tensor, raise_error: bool = False) -> bool:
+    """The SDPA-based path runs on any device PyTorch's SDPA supports; it is meant for CPU."""
+    return True
+
+
+def choose_backend(q: torch.Tensor, backend: Optional[str] = None) -> str:
+    """The backend a call uses: the requested one (checked), else Triton on CUDA, else CPU."""
+    if backend == "triton":
+        can_run_triton(q, raise_error=True)
+        return "triton"
+    if backend == "cpu":
+        return "cpu"
+    return "triton" if q.device.type == "cuda" and can_run_triton(q) else "cpu"
+
+
+# --------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------
+
+
+def reference_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, backend=None):
+    """Dense masked attention in float64 (builds the ``S x S`` mask: for tests only).
+
+    Same signature and result shape/dtype as :func:`sparse_attention`; ``backend`` is
+    accepted for symmetry and ignored. Rows whose keys are all masked return 0.
+    """
+    _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    qd, kd, vd = (t.double().transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+    mask = pattern.mask(layout, q, k).to(q.device)
+    mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :]
+    scores = (qd @ kd.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    out = probs @ vd
+    return out.transpose(1, 2).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# The op
+# --------------------------------------------------------------------------------------
+
+
+def _encode(pattern: Pattern, layout: TokenLayout) -> str:
+    return json.dumps({"pattern": pattern.to_dict(), "layout": layout.to_dict()}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=512)
+def _decode(spec: str) -> Tuple[Pattern, TokenLayout]:
+    data = json.loads(spec)
+    return Pattern.from_dict(data["pattern"]), TokenLayout.from_dict(data["layout"])
+
+
+def _text_range(layout: TokenLayout) -> Tuple[int, int]:
+    return layout.text_start, layout.text_start + layout.text_len
+
+
+@functools.lru_cache(maxsize=64)
+def _block_sparse_tables(layout: TokenLayout, block: Tuple[int, int, int]):
+    grid = BlockGrid(layout.grid, block)
+    tokens, valid = grid.block_token_table()
+    tokens = tokens + layout.video_start
+    # Append the "null" block that pads variable-length selections.
+    tokens = torch.cat([tokens, torch.zeros(1, tokens.shape[1], dtype=torch.int64)])
+    valid = torch.cat([valid, torch.zeros(1, valid.shape[1], dtype=torch.bool)])
+    return grid, tokens, valid
+
+
+def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
+    from .kernels.cpu import attention as cpu
+
+    if isinstance(pattern, Full):
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        return cpu._sdpa(q, k, v, mask, scale)
+    if isinstance(pattern, BlockSparse):
+        grid, tokens, valid = _block_sparse_tables(layout, pattern.block)
+        sel = block_sparse_select(pattern, layout, grid, q, k, scale)  # [B, H, nb, nb]
+        counts = sel.sum(-1)
+        width = int(counts.max())
+        nb = grid.num_blocks
+        order = torch.sort(sel.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :width]
+        padded = torch.arange(width)[None, None, None, :] >= counts[..., None]
+        selection = order.masked_fill(padded, nb)
+        ragged = not bool(valid[:-1].all())
+        needs_valid = ragged or bool(padded.any())
+        text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
+        return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
+                                          text_index, _text_range(layout), key_mask, scale)
+    tiling = tiling_for(pattern, layout)
+    groups = [(g.q_index, g.kv_index, g.masks, g.text_keys) for g in tiling.groups]
+    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale)
+
+
+def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
+    from .kernels.triton_attn.launcher import block_shape, kernel_config
+
+    cfg = kernel_config(q.dtype, q.shape[-1])
+    if isinstance(pattern, Neighborhood):
+        prefer = pattern.stride if max(pattern.stride) > 1 else (1, 8, 8)
+    elif isinstance(pattern, BlockSparse):
+        prefer = pattern.block
+    else:
+        prefer = (1, 8, 8)
+    return cfg, block_shape(cfg.block_m, prefer), block_shape(cfg.block_n, prefer)
+
+
+def _run_triton(q, k, v, pattern, layout, key_mask, scale):
+    from .kernels.triton_attn.launcher import launch
+
+    cfg, q_block, kv_block = _kernel_blocks(pattern, q)
+    if isinstance(pattern, BlockSparse):
+        bm = block_sparse_block_mask(pattern, layout, q, k, q_block, kv_block, scale).to(q.device)
+        windows, selection = None, bm.selection.to(torch.int8).contiguous()
+    else:
+        bm = _device_block_mask(pattern, layout, q_block, kv_block, q.device)
+        windows, selection = torch.cat(bm.windows).contiguous(), None
+    return launch(
+        q, k, v, key_mask, bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
+        windows, selection, grid=layout.grid, text_len=layout.text_len, text_start=layout.text_start,
+        video_start=layout.video_start, num_video_q_blocks=bm.num_video_q_blocks,
+        num_q_blocks=bm.kv_num_blocks.shape[1], q_block=q_block, kv_block=kv_block, dilation=bm.dilation,
+        selection_block=bm.selection_block, scale=scale, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _device_block_mask(pattern, layout, q_block, kv_block, device):
+    return static_block_mask(pattern, layout, q_block, kv_block).to(device)
+
+
+def _dispatch(q, k, v, key_mask, spec: str, scale: float, backend: str) -> torch.Tensor:
+    pattern, layout = _decode(spec)
+    q, k, v = (t if t.stride(-1) == 1 and t.is_contiguous() else t.contiguous() for t in (q, k, v))
+    if backend == "triton":
+        return _run_triton(q, k, v, pattern, layout, key_mask, scale)
+    return _run_cpu(q, k, v, pattern, layout, key_mask, scale)
+
+
+@torch.library.custom_op("dit_sparse::sparse_attention", mutates_args=())
+def _sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor],
+                         spec: str, scale: float, backend: str) -> torch.Tensor:
+    return _dispatch(q, k, v, key_mask, spec, scale, backend)
+
+
+@_sparse_attention_op.register_fake
+def _(q, k, v, key_mask, spec, scale, backend):
+    return torch.empty_like(q)
+
+
+def sparse_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, backend=None):
+    """Sparse attention over a DiT token layout.
+
+    Args:
+        q, k, v: ``[B, S, heads, head_dim]`` (diffusers' layout), fp32, fp16 or bf16,
+            ``S = layout.text_len + T * H * W``, head_dim <= 256.
+        pattern: a :class:`~dit_sparse.Full`, :class:`~dit_sparse.Neighborhood`,
+            :class:`~dit_sparse.SlidingTile` or :class:`~dit_sparse.BlockSparse`.
+        layout: the :class:`~dit_sparse.TokenLayout` of the sequence.
+        key_mask: optional ``[B, S]`` bool, True = keep (padded text keys are False).
+        scale: softmax scale, default ``head_dim ** -0.5``.
+        backend: ``None`` (Triton on CUDA, the CPU kernel on CPU), ``"triton"`` or ``"cpu"``.
+    Returns:
+        ``[B, S, heads, head_dim]`` with q's dtype. Rows whose keys are all masked are 0.
+    """
+    _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
+    chosen = choose_backend(q, backend)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _sparse_attention_op(q, k, v, key_mask, _encode(pattern, layout), scale, chosen)
+
+
+# --------------------------------------------------------------------------------------
+# Estimates
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeedupEstimate:
+    """Upper bounds on the speedup over dense attention.
+
+    ``flop_bound`` = 1 / (fraction of query-key pairs attended); ``tile_bound`` counts every
+    ``block_m x block_n`` tile that holds at least one attended pair as a whole tile (what a
+    GPU kernel with those tiles computes).
+    """
+
+    flop_bound: float
+    tile_bound: float
+    density: float
+    tile_density: float
+    q_block: Tuple[int, int, int]
+    kv_block: Tuple[int, int, int]
+
+
+def estimate_speedup(pattern: Pattern, layout: TokenLayout, block: Tuple[int, int] = (128, 64)) -> SpeedupEstimate:
+    """FLOP-bound and tile-bound speedups of ``pattern`` over dense attention on ``layout``.
+
+    ``block`` is ``(block_m, block_n)`` in tokens (powers of two); each is laid out as a 3D
+    tile the way the Triton kernel does. :class:`BlockSparse` uses its ``topk`` (a threshold
+    selection depends on the data: pass q and k to ``density`` instead).
+    """
+    from .kernels.triton_attn.launcher import block_shape
+
+    for name, value in (("block_m", block[0]), ("block_n", block[1])):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value & (value - 1):
+            raise ValueError(f"{name}={value!r} must be a positive power of two")
+    s = layout.seq_len
+    text_pairs = s * s - layout.video_len ** 2
+    if isinstance(pattern, BlockSparse):
+        exact = pattern.density(layout)
+        return SpeedupEstimate(1 / exact, 1 / exact, exact, exact, pattern.block, pattern.block)
+    prefer = pattern.stride if isinstance(pattern, Neighborhood) and max(pattern.stride) > 1 else (1, 8, 8)
+    qb, kb = block_shape(block[0], prefer), block_shape(block[1], prefer)
+    exact = pattern.density(layout, exact=True) if not isinstance(pattern, Full) else 1.0
+    bm = static_block_mask(pattern if not isinstance(pattern, Full) else Full(), layout, qb, kb)
+    dense = bm.to_dense()[0, : bm.num_video_q_blocks]
+    tiles = float((dense > 0).sum())
+    n_q, n_k = dense.shape
+    tile_density = (tiles * math.prod(qb) * math.prod(kb) + text_pairs) / (
+        n_q * math.prod(qb) * n_k * math.prod(kb) + text_pairs)
+    return SpeedupEstimate(1 / exact, 1 / tile_density, exact, tile_density, qb, kb)

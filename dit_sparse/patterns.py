@@ -1,0 +1,322 @@
+"""Sparse attention patterns over a (T, H, W) token grid.
+
+Every pattern is a frozen dataclass that round-trips through ``to_dict()``/``from_dict()``
+(JSON-safe) and answers ``density(layout)`` and ``mask(layout, q=None, k=None)``.
+
+* :class:`Full` - dense attention.
+* :class:`Neighborhood` - 3D neighborhood attention with exactly the non-causal semantics of
+  NATTEN's ``na3d`` (Hassani et al., "Neighborhood Attention Transformer", CVPR 2023;
+  "Dilated Neighborhood Attention Transformer", 2022; "Generalized Neighborhood Attention",
+  2025): per axis, queries are split into ``dilation`` groups (coordinate modulo dilation),
+  each group is a non-dilated problem of its own length; a query's window of ``kernel``
+  keys is centred on it and shifted to stay inside the group; with ``stride`` > 1, queries
+  are cut into stride groups that all use the window of their centre query (the right-hand
+  one of the two centre queries for even strides, the last query of a truncated group when
+  the centre falls outside it). Unlike NATTEN, a kernel larger than an axis is clamped to the
+  axis (the window covers it) instead of raising, so that plans transfer across resolutions.
+* :class:`SlidingTile` - sliding tile attention (Zhang et al., "Fast Video Generation with
+  Sliding Tile Attention", 2025): the grid is cut into tiles, and every query tile attends to
+  the ``window`` tiles around it. It is the same attention as
+  ``Neighborhood(kernel=tile * window, stride=tile)``.
+* :class:`BlockSparse` - data-dependent block selection from mean-pooled q and k, in the
+  spirit of SpargeAttn / Sparse VideoGen / XAttention: per batch, head and query block, the
+  ``topk`` fraction of key blocks with the largest pooled scores, or the fewest blocks whose
+  pooled softmax mass reaches ``threshold``. A query block always keeps its own block.
+
+Text tokens (``layout.text_len``) are global for every pattern.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Optional, Tuple, Type
+
+import torch
+
+from .layout import TokenLayout, as_triple
+
+Triple = Tuple[int, int, int]
+
+# --------------------------------------------------------------------------------------
+# One axis of a neighborhood: the window of every query coordinate.
+# --------------------------------------------------------------------------------------
+
+
+def axis_windows(length: int, kernel: int, dilation: int = 1, stride: int = 1):
+    """Window bounds of every query coordinate on one axis.
+
+    Returns ``(lo, hi)``, two int64 tensors of shape ``[length]`` in absolute coordinates:
+    query ``i`` attends to key ``j`` iff ``j % dilation == i % dilation`` and
+    ``lo[i] <= j <= hi[i]``. This is NATTEN's non-causal rule, with the kernel clamped to the
+    length of each dilation group.
+    """
+    i = torch.arange(length, dtype=torch.int64)
+    group = i % dilation
+    pos = i // dilation
+    group_len = (length - group + dilation - 1) // dilation
+    leader = torch.minimum((pos // stride) * stride + stride // 2, group_len - 1)
+    start = torch.minimum((leader - kernel // 2).clamp(min=0), (group_len - kernel).clamp(min=0))
+    end = torch.minimum(start + kernel - 1, group_len - 1)
+    return group + start * dilation, group + end * dilation
+
+
+def axis_mask(lo: torch.Tensor, hi: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Dense ``[L, L]`` bool mask of one axis from its window table (small: L <= a few hundred)."""
+    i = torch.arange(lo.numel())
+    same_group = (i[None, :] % dilation) == (i[:, None] % dilation)
+    return same_group & (i[None, :] >= lo[:, None]) & (i[None, :] <= hi[:, None])
+
+
+# --------------------------------------------------------------------------------------
+# Patterns
+# --------------------------------------------------------------------------------------
+
+_REGISTRY: Dict[str, Type["Pattern"]] = {}
+
+
+class Pattern:
+    """Base class of all patterns. Subclasses are frozen dataclasses with a ``kind``."""
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _REGISTRY[cls.kind] = cls
+
+    # --- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind}
+        for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @staticmethod
+    def from_dict(data: dict) -> "Pattern":
+        if not isinstance(data, dict) or "kind" not in data:
+            raise ValueError(f"pattern data={data!r} must be a dict with a 'kind' key")
+        kind = data["kind"]
+        if kind not in _REGISTRY:
+            raise ValueError(f"unknown pattern kind={kind!r}; known kinds: {sorted(_REGISTRY)}")
+        cls = _REGISTRY[kind]
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        extra = set(data) - set(fields) - {"kind"}
+        if extra:
+            raise ValueError(f"pattern {kind!r} got unknown fields {sorted(extra)}; allowed: {sorted(fields)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"}
+        return cls(**kwargs)
+
+    # --- semantics -----------------------------------------------------------------
+    def video_mask(self, layout: TokenLayout, q=None, k=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mask(self, layout: TokenLayout, q: Optional[torch.Tensor] = None,
+             k: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Dense bool mask over the whole sequence (True = attend), for tests and pictures.
+
+        ``[S, S]`` for static patterns, ``[B, heads, S, S]`` for :class:`BlockSparse` (which
+        needs ``q`` and ``k``). The runtime never builds it.
+        """
+        video = self.video_mask(layout, q, k)
+        if layout.text_len == 0:
+            return video
+        s, v0, t0, n = layout.seq_len, layout.video_start, layout.text_start, layout.video_len
+        full = torch.ones(*video.shape[:-2], s, s, dtype=torch.bool)
+        full[..., v0:v0 + n, v0:v0 + n] = video
+        return full
+
+    def density(self, layout: TokenLayout, *, exact: bool = False) -> float:
+        """Fraction of the ``S x S`` query-key pairs that are computed.
+
+        By default counted at the block granularity that the kernels compute (a partly
+        kept block costs the whole block); ``exact=True`` counts the attended pairs.
+        """
+        from .tiling import tiling_for
+
+        return tiling_for(self, layout).density(exact=exact)
+
+
+@dataclass(frozen=True)
+class Full(Pattern):
+    """Dense attention."""
+
+    kind: ClassVar[str] = "full"
+
+    def video_mask(self, layout, q=None, k=None):
+        n = layout.video_len
+        return torch.ones(n, n, dtype=torch.bool)
+
+    def density(self, layout, *, exact=False):
+        return 1.0
+
+
+@dataclass(frozen=True)
+class Neighborhood(Pattern):
+    """3D neighborhood attention with NATTEN's non-causal ``na3d`` semantics.
+
+    Args:
+        kernel: window size per axis ``(kt, kh, kw)`` in tokens (an int broadcasts). Even
+            sizes are allowed (``k // 2`` keys before the centre, ``k // 2 - 1`` after).
+            A kernel larger than its axis covers the whole axis.
+        dilation: per-axis dilation; tokens attend within their dilation group only.
+        stride: per-axis stride (Generalized Neighborhood Attention): stride groups share
+            the window of their centre query. Must not exceed the kernel.
+    """
+
+    kind: ClassVar[str] = "neighborhood"
+    kernel: Triple
+    dilation: Triple = (1, 1, 1)
+    stride: Triple = (1, 1, 1)
+
+    def __post_init__(self):
+        kernel = as_triple("kernel", self.kernel)
+        dilation = as_triple("dilation", self.dilation)
+        stride = as_triple("stride", self.stride)
+        for axis, (s, k) in enumerate(zip(stride, kernel)):
+            if s > k:
+                raise ValueError(f"stride={stride} exceeds kernel={kernel} on axis {axis}; "
+                                 "each stride entry must be <= the kernel entry")
+        object.__setattr__(self, "kernel", kernel)
+        object.__setattr__(self, "dilation", dilation)
+        object.__setattr__(self, "stride", stride)
+
+    def windows(self, layout: TokenLayout):
+        """Per axis ``(lo, hi, dilation)`` window tables for ``layout.grid``."""
+        return [
+            (*axis_windows(n, k, d, s), d)
+            for n, k, d, s in zip(layout.grid, self.kernel, self.dilation, self.stride)
+        ]
+
+    def video_mask(self, layout, q=None, k=None):
+        (mt, mh, mw) = [axis_mask(lo, hi, d) for lo, hi, d in self.windows(layout)]
+        t, h, w = layout.grid
+        m = mt[:, None, None, :, None, None] & mh[None, :, None, None, :, None] & mw[None, None, :, None, None, :]
+        return m.reshape(t * h * w, t * h * w)
+
+
+@dataclass(frozen=True)
+class SlidingTile(Neighborhood):
+    """Sliding tile attention: tiles of ``tile`` tokens attend to ``window`` tiles around them.
+
+    Identical to ``Neighborhood(kernel=tile * window, stride=tile)``; on a grid that the tile
+    divides and with odd windows, every block it touches is kept whole.
+    """
+
+    kind: ClassVar[str] = "sliding_tile"
+    tile: Triple = (1, 1, 1)
+    window: Triple = (1, 1, 1)
+
+    def __init__(self, tile, window):
+        tile = as_triple("tile", tile)
+        window = as_triple("window", window)
+        object.__setattr__(self, "tile", tile)
+        object.__setattr__(self, "window", window)
+        super().__init__(kernel=tuple(t * w for t, w in zip(tile, window)), stride=tile)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tile": list(self.tile), "window": list(self.window)}
+
+    def __repr__(self):
+        return f"SlidingTile(tile={self.tile}, window={self.window})"
+
+    def as_neighborhood(self) -> Neighborhood:
+        return Neighborhood(kernel=self.kernel, stride=self.stride)
+
+
+@dataclass(frozen=True)
+class BlockSparse(Pattern):
+    """Data-dependent block-sparse attention from block-mean-pooled q and k.
+
+    Args:
+        block: 3D block ``(bt, bh, bw)`` in tokens (an int broadcasts).
+        topk: fraction in (0, 1] of key blocks kept per query block (rounded up).
+        threshold: in (0, 1]: keep the fewest key blocks whose pooled softmax mass reaches it.
+
+    Exactly one of ``topk`` and ``threshold``. ``topk=1.0`` or ``threshold=1.0`` is dense.
+    """
+
+    kind: ClassVar[str] = "block_sparse"
+    block: Triple = (4, 8, 8)
+    topk: Optional[float] = None
+    threshold: Optional[float] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "block", as_triple("block", self.block))
+        if (self.topk is None) == (self.threshold is None):
+            raise ValueError(f"BlockSparse needs exactly one of topk and threshold, got "
+                             f"topk={self.topk!r}, threshold={self.threshold!r}")
+        for name in ("topk", "threshold"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name}={value!r} must be a float in (0, 1]")
+            if not (0.0 < value <= 1.0) or math.isnan(value):
+                raise ValueError(f"{name}={value!r} must be in (0, 1]")
+            object.__setattr__(self, name, float(value))
+
+    def video_mask(self, layout, q=None, k=None):
+        from .tiling import block_sparse_select, BlockGrid
+
+        if q is None or k is None:
+            raise ValueError("BlockSparse.mask needs q and k (the selection depends on them)")
+        grid = BlockGrid(layout.grid, self.block)
+        sel = block_sparse_select(self, layout, grid, q, k)  # [B, H, nb, nb] bool
+        tok2blk = grid.token_block()  # [n]
+        return sel[:, :, tok2blk][:, :, :, tok2blk]
+
+    def density(self, layout, *, exact=False, q=None, k=None):
+        """Density of the selection; needs ``q`` and ``k`` unless ``topk`` is set."""
+        from .tiling import BlockGrid, block_sparse_select
+
+        grid = BlockGrid(layout.grid, self.block)
+        sizes = grid.block_sizes().double()
+        if q is not None and k is not None:
+            sel = block_sparse_select(self, layout, grid, q, k).double()
+            video_pairs = (sizes[:, None] * sel * sizes[None, :]).sum((-1, -2)).mean().item()
+        elif self.topk is not None:
+            nb = grid.num_blocks
+            keep = min(nb, max(1, math.ceil(self.topk * nb)))
+            video_pairs = layout.video_len ** 2 * keep / nb
+        else:
+            raise ValueError("BlockSparse(threshold=...).density needs q and k: the selection "
+                             "depends on the data")
+        s = layout.seq_len
+        return (video_pairs + s * s - layout.video_len ** 2) / (s * s)
+
+
+def parse_pattern(value) -> Pattern:
+    """A pattern from a Pattern, a dict (``to_dict`` form) or a spec string.
+
+    Spec strings: ``full``, ``neighborhood:kernel=3x9x9[,dilation=..][,stride=..]``,
+    ``sliding-tile:tile=4x8x8,window=3x3x3``, ``block-sparse:block=4x8x8,topk=0.2``.
+    """
+    if isinstance(value, Pattern):
+        return value
+    if isinstance(value, dict):
+        return Pattern.from_dict(value)
+    if not isinstance(value, str):
+        raise TypeError(f"pattern={value!r} must be a Pattern, a dict or a spec string")
+    name, _, rest = value.strip().partition(":")
+    kind = name.strip().lower().replace("-", "_")
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown pattern spec {value!r}; kinds: {sorted(k.replace('_', '-') for k in _REGISTRY)}")
+    kwargs = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ValueError(f"pattern spec {value!r}: {item!r} is not key=value")
+        key = key.strip()
+        if "x" in val:
+            kwargs[key] = tuple(int(v) for v in val.split("x"))
+        else:
+            try:
+                kwargs[key] = int(val)
+            except ValueError:
+                kwargs[key] = float(val)
+    try:
+        return _REGISTRY[kind](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"pattern spec {value!r}: {exc}") from None

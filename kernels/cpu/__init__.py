@@ -1,0 +1,1 @@
+"""The CPU path: gathered groups on PyTorch's fused SDPA kernel."""

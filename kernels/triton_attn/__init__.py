@@ -1,0 +1,1 @@
+"""The lookup-table-driven flash-attention kernel (device code, launcher, configs)."""

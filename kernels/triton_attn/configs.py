@@ -1,0 +1,54 @@
+"""Tile configurations of the Triton kernel: data, keyed by (dtype, head_dim bucket).
+
+``block_m``/``block_n`` are token counts of the 3D query and key blocks (powers of two, as
+``tl.arange`` needs); the launcher turns them into 3D shapes that fit the pattern. Every entry
+is compiled ahead of time for sm_80 and sm_90a in the tests (``tests/test_triton_aot.py``),
+which also checks that the head_dim 64 and 128 entries do not spill registers.
+"""
+
+from dataclasses import dataclass
+
+HEAD_DIM_BUCKETS = (32, 64, 128, 256)
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# (dtype, head_dim bucket) -> config. fp32 doubles register and shared-memory use per element.
+CONFIGS = {
+    ("float16", 32): TileConfig(128, 64, 4, 3),
+    ("float16", 64): TileConfig(128, 64, 8, 2),
+    ("float16", 128): TileConfig(128, 64, 8, 2),
+    ("float16", 256): TileConfig(64, 32, 8, 2),
+    ("bfloat16", 32): TileConfig(128, 64, 4, 3),
+    ("bfloat16", 64): TileConfig(128, 64, 8, 2),
+    ("bfloat16", 128): TileConfig(128, 64, 8, 2),
+    ("bfloat16", 256): TileConfig(64, 32, 8, 2),
+    ("float32", 32): TileConfig(64, 32, 4, 2),
+    ("float32", 64): TileConfig(64, 32, 4, 2),
+    ("float32", 128): TileConfig(64, 32, 8, 2),
+    ("float32", 256): TileConfig(32, 32, 8, 1),
+}
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    """Smallest bucket >= head_dim (the kernel pads the head dimension to it)."""
+    for bucket in HEAD_DIM_BUCKETS:
+        if head_dim <= bucket:
+            return bucket
+    raise ValueError(f"head_dim={head_dim} exceeds the largest supported {HEAD_DIM_BUCKETS[-1]}")
+
+
+def get_config(dtype_name: str, head_dim: int) -> TileConfig:
+    """The shipped config for a dtype and head_dim; lists the valid keys when there is none."""
+    key = (dtype_name, head_dim_bucket(head_dim))
+    if key not in CONFIGS:
+        raise ValueError(f"no Triton tile config for dtype={dtype_name!r}, head_dim={head_dim}; "
+                         f"valid (dtype, head_dim) keys: {sorted(CONFIGS)}")
+    return CONFIGS[key]

@@ -1,0 +1,153 @@
+"""Host side of the Triton kernel: checks, allocation, grid, strides, and the AOT compile.
+
+Takes plain tensors and integers only (the block-mask tables are built by the caller).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from .configs import get_config, head_dim_bucket
+
+LOG2E = 1.4426950408889634
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+_TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+def kernel_config(dtype: torch.dtype, head_dim: int):
+    return get_config(_DTYPE_NAMES[dtype], head_dim)
+
+
+def launch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
+    windows: Optional[torch.Tensor], selection: Optional[torch.Tensor],
+    *,
+    grid: Tuple[int, int, int], text_len: int, text_start: int, video_start: int,
+    num_video_q_blocks: int, num_q_blocks: int,
+    q_block: Tuple[int, int, int], kv_block: Tuple[int, int, int],
+    dilation: Tuple[int, int, int] = (1, 1, 1),
+    selection_block: Tuple[int, int, int] = (1, 1, 1),
+    scale: float, num_warps: int = 4, num_stages: int = 2,
+) -> torch.Tensor:
+    """Run the kernel. q, k, v: ``[B, S, H, D]`` (last dim contiguous); returns ``[B, S, H, D]``.
+
+    ``windows`` is the int32 concatenation ``lo_t, hi_t, lo_h, hi_h, lo_w, hi_w`` (neighborhood
+    masks); ``selection`` the ``[Z, nb, nb]`` int8 block selection (block-sparse masks); exactly
+    one of them. LUTs are ``[Z, NQ]`` / ``[Z, NQ, width]`` int32 with ``Z`` 1 or ``B * H``.
+    """
+    from .kernel import sparse_attention_fwd
+
+    b, s, h, d = q.shape
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("q, k, v must have a contiguous last (head_dim) dimension")
+    out = torch.empty_like(q)
+    mask_mode = 0 if windows is not None else 1
+    dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
+    km = key_mask.to(torch.int8).contiguous() if key_mask is not None else dummy.to(torch.int8)
+    sel_nb = sel_nb_h = sel_nb_w = 1
+    if selection is not None:
+        sel_axes = [-(-n // p) for n, p in zip(grid, selection_block)]
+        sel_nb, sel_nb_h, sel_nb_w = math.prod(sel_axes), sel_axes[1], sel_axes[2]
+    nqb = [-(-n // p) for n, p in zip(grid, q_block)]
+    nkb = [-(-n // p) for n, p in zip(grid, kv_block)]
+    lut_per_head = kv_num.shape[0] > 1
+    sparse_attention_fwd[(num_q_blocks, b * h)](
+        q, k, v, out, km,
+        kv_num, kv_idx, full_num, full_idx,
+        windows if windows is not None else dummy,
+        selection if selection is not None else dummy.to(torch.int8),
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        km.stride(0) if key_mask is not None else 0,
+        scale * LOG2E,
+        h, grid[0], grid[1], grid[2],
+        text_len, text_start, video_start,
+        num_q_blocks, num_video_q_blocks, kv_idx.shape[-1], full_idx.shape[-1],
+        nqb[1], nqb[2], nkb[1], nkb[2],
+        dilation[0], dilation[1], dilation[2],
+        sel_nb, sel_nb_h, sel_nb_w, selection_block[0], selection_block[1], selection_block[2],
+        QT=q_block[0], QH=q_block[1], QW=q_block[2],
+        KT=kv_block[0], KH=kv_block[1], KW=kv_block[2],
+        HEAD_DIM=d, BLOCK_D=head_dim_bucket(d),
+        LUT_PER_HEAD=lut_per_head, MASK_MODE=mask_mode, HAS_KEY_MASK=key_mask is not None,
+        HAS_DILATION=max(dilation) > 1,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+_POINTER_ARGS = ("Q", "K", "V", "O")
+_INT32_POINTERS = ("KV_NUM", "KV_IDX", "FULL_NUM", "FULL_IDX", "WIN")
+_INT_ARGS = (
+    "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
+    "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh", "stride_kmb",
+    "HEADS", "GT", "GH", "GW", "TEXT_LEN", "TEXT_START", "VIDEO_START",
+    "NQ", "NVQ", "MAXK_P", "MAXK_F", "NQB_H", "NQB_W", "NKB_H", "NKB_W",
+    "DIL_T", "DIL_H", "DIL_W", "SEL_NB", "SEL_NB_H", "SEL_NB_W", "PB_T", "PB_H", "PB_W",
+)
+
+_ALIGNED_INTS = ("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
+                 "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh")
+
+
+def block_shape(tokens: int, prefer: Sequence[int] = (1, 8, 8)) -> Tuple[int, int, int]:
+    """A 3D block of ``tokens`` (a power of two) slots: doubles W, then H, then T up to
+    ``prefer`` (rounded up to powers of two), then keeps doubling W, H, T in turn."""
+    caps = [1 << max(0, int(p - 1).bit_length()) for p in prefer]
+    shape = [1, 1, 1]
+    while math.prod(shape) < tokens:
+        for axis in (2, 1, 0):
+            if shape[axis] < caps[axis]:
+                shape[axis] *= 2
+                break
+        else:
+            axis = min((2, 1, 0), key=lambda a: shape[a] / caps[a])
+            shape[axis] *= 2
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0, key_mask: bool = False,
+                config=None, q_block=None, kv_block=None):
+    """Compile the kernel ahead of time for ``sm_<arch>`` without a GPU; returns the
+    ``CompiledKernel`` (``.asm['ptx']``, ``.asm['cubin']``, ``.metadata.shared``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from .kernel import sparse_attention_fwd
+
+    cfg = config or get_config(dtype_name, head_dim)
+    q_block = q_block or block_shape(cfg.block_m)
+    kv_block = kv_block or block_shape(cfg.block_n)
+    ty = _TRITON_TYPES[dtype_name]
+    signature = {name: f"*{ty}" for name in _POINTER_ARGS}
+    signature["KM"] = "*i8"
+    signature.update({name: "*i32" for name in _INT32_POINTERS})
+    signature["SEL"] = "*i8"
+    signature.update({name: "i32" for name in _INT_ARGS})
+    signature["qk_scale"] = "fp32"
+    constexprs = {
+        "QT": q_block[0], "QH": q_block[1], "QW": q_block[2],
+        "KT": kv_block[0], "KH": kv_block[1], "KW": kv_block[2],
+        "HEAD_DIM": head_dim, "BLOCK_D": head_dim_bucket(head_dim),
+        "LUT_PER_HEAD": mask_mode == 1, "MASK_MODE": mask_mode, "HAS_KEY_MASK": key_mask,
+        "HAS_DILATION": False,
+        "PRECISION": "ieee" if dtype_name == "float32" else "tf32",
+    }
+    signature.update({name: "constexpr" for name in constexprs})
+    # What the JIT infers on a GPU for the usual shapes: 16-byte aligned tensors, and row
+    # strides (heads * head_dim) and head strides (head_dim) that are multiples of 16.
+    names = sparse_attention_fwd.arg_names
+    aligned = (*_POINTER_ARGS, *_ALIGNED_INTS)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = triton.compiler.ASTSource(fn=sparse_attention_fwd, signature=signature, constexprs=constexprs,
+                                    attrs=attrs)
+    target = GPUTarget("cuda", arch, 32)
+    return triton.compile(src, target=target, options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
