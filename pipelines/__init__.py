@@ -1,0 +1,1 @@
+"""Everything that knows diffusers: per-family adapters, the hook, the embedded default model."""
