@@ -18,8 +18,21 @@ from .blockmask import BlockMask
 
 __version__ = "0.1.0"
 
+# Parts that run models live in dit_sparse.pipelines (they import diffusers): loaded lazily so
+# that the core stays importable and fast without touching diffusers.
+_LAZY = {"apply": "api", "remove": "api", "applied": "api"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"dit_sparse.pipelines.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'dit_sparse' has no attribute {name!r}")
+
 __all__ = [
     "TokenLayout", "Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "parse_pattern",
     "sparse_attention", "reference_attention", "estimate_speedup", "SpeedupEstimate",
-    "choose_backend", "can_run_cpu", "can_run_triton", "BlockMask",
+    "choose_backend", "can_run_cpu", "can_run_triton", "BlockMask", "apply", "remove", "applied",
 ]
