@@ -1,0 +1,125 @@
+"""Per-family adapters: what dit-sparse needs to know about one diffusers transformer class.
+
+An :class:`Adapter` answers four questions for its model class, and nothing else:
+
+* which attention modules are video self-attention (``is_self_attention``): only those are
+  ever sparsified; cross-attention to the text encoder and text-only refiners stay dense;
+* where the model's processors call the attention core (``core``): ``"dispatch"`` for
+  processors that call ``dispatch_attention_fn`` (a name looked up in the globals of
+  ``core_module`` at call time), ``"sdpa"`` for processors that call
+  ``F.scaled_dot_product_attention`` directly (``F`` looked up in ``core_module``);
+* the post-patchify token grid ``(T, H, W)`` and the joint-text length of one transformer
+  forward (``grid``, ``text_len``), from the bound forward arguments and the model config;
+* where joint text sits in the self-attention sequence (``text_position``).
+
+Adding a family is one small file that defines an adapter and calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+Triple = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one diffusers transformer class runs its self-attention.
+
+    Attributes:
+        family: short family name (``"wan"``, ``"flux"``, ...).
+        model_class: class name in ``diffusers`` (e.g. ``"WanTransformer3DModel"``).
+        core: ``"dispatch"`` or ``"sdpa"`` (see the module docstring).
+        core_module: dotted module whose global (``dispatch_attention_fn`` or ``F``) the
+            processors of this family look up.
+        text_position: ``"first"``/``"last"`` for joint attention, ``None`` when
+            self-attention holds video tokens only.
+        variable_text: True when the processor drops padded text tokens itself, so the
+            text length differs per batch element (Mochi); the core call's length decides.
+        grid: ``(model, bound_args) -> (T, H, W)`` after patchify.
+        text_len: ``(model, bound_args) -> int``: joint text tokens of this forward.
+        is_self_attention: ``(name, module) -> bool`` over ``model.named_modules()``.
+    """
+
+    family: str
+    model_class: str
+    core: str
+    core_module: str
+    text_position: Optional[str]
+    grid: Callable[[Any, Dict[str, Any]], Triple]
+    is_self_attention: Callable[[str, Any], bool]
+    text_len: Callable[[Any, Dict[str, Any]], int] = lambda model, bound: 0
+    variable_text: bool = False
+
+    def resolve_class(self):
+        import diffusers
+
+        return getattr(diffusers, self.model_class, None)
+
+
+_ADAPTERS: List[Adapter] = []
+
+
+def register(adapter: Adapter) -> Adapter:
+    if adapter.core not in ("dispatch", "sdpa"):
+        raise ValueError(f"adapter {adapter.family!r}: core={adapter.core!r} must be 'dispatch' or 'sdpa'")
+    _ADAPTERS.append(adapter)
+    return adapter
+
+
+def _load_all() -> None:
+    for name in ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3"):
+        importlib.import_module(f"{__name__}.{name}")
+
+
+def adapters() -> List[Adapter]:
+    if not _ADAPTERS:
+        _load_all()
+    return list(_ADAPTERS)
+
+
+def supported_classes() -> List[str]:
+    return [a.model_class for a in adapters()]
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter of ``model``'s class (exact class or a subclass); a clear error otherwise."""
+    for cls in type(model).__mro__:
+        for adapter in adapters():
+            if adapter.resolve_class() is cls:
+                return adapter
+    raise TypeError(f"dit_sparse does not support {type(model).__name__}; supported transformer classes: "
+                    f"{', '.join(supported_classes())}")
+
+
+# --------------------------------------------------------------------------------------
+# Helpers shared by the family files
+# --------------------------------------------------------------------------------------
+
+
+def require(bound: Dict[str, Any], name: str, model) -> Any:
+    value = bound.get(name)
+    if value is None:
+        raise ValueError(f"{type(model).__name__}.forward was called without {name!r}; dit_sparse needs it "
+                         "to find the token grid")
+    return value
+
+
+def as_pair(value) -> Tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def encoder_len(model, bound: Dict[str, Any]) -> int:
+    """Joint text length = the encoder sequence length the model attends jointly with."""
+    return int(require(bound, "encoder_hidden_states", model).shape[1])
+
+
+__all__ = ["Adapter", "register", "adapters", "adapter_for", "supported_classes"]

@@ -1,0 +1,31 @@
+"""Stable Diffusion 3 / 3.5 (``SD3Transformer2DModel``).
+
+Joint attention in ``transformer_blocks.N.attn`` (``JointAttnProcessor2_0``): image first,
+then the text. SD3.5's dual-attention blocks add ``attn2``, image-only self-attention, also
+sparsified. The processor calls ``F.scaled_dot_product_attention`` directly. Input
+``[B, C, H, W]``, ``T = 1``.
+"""
+
+import re
+
+from . import Adapter, encoder_len, register, require
+
+_SELF = re.compile(r"^transformer_blocks\.\d+\.attn2?$")
+
+
+def _grid(model, bound):
+    x = require(bound, "hidden_states", model)
+    p = model.config.patch_size
+    return (1, x.shape[-2] // p, x.shape[-1] // p)
+
+
+SD3 = register(Adapter(
+    family="sd3",
+    model_class="SD3Transformer2DModel",
+    core="sdpa",
+    core_module="diffusers.models.attention_processor",
+    text_position="last",
+    grid=_grid,
+    text_len=encoder_len,
+    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+))

@@ -1,0 +1,321 @@
+"""``apply`` / ``remove`` / ``applied``: swap sparse attention into a diffusers pipeline.
+
+``spec`` says which pattern each self-attention layer uses:
+
+* one pattern (a :class:`~dit_sparse.Pattern`, its dict form or a spec string such as
+  ``"neighborhood:kernel=3x9x9"``) for every self-attention layer;
+* a ``{regex: pattern}`` dict: each layer takes the first entry whose regex matches its
+  name (``re.search`` over ``named_modules()`` names; a pattern may also be a list with
+  one pattern per head); unmatched layers stay dense, and a regex that matches no layer
+  is an error;
+* a plan: any object with ``patterns_for(layer_name, num_heads)`` returning a pattern, a
+  list of per-head patterns, or ``None`` (leave the layer dense), and ``dense_steps``
+  (:class:`PatternSource`). Plain patterns and dicts are normalised into this form.
+
+Layer names are the transformer's own ``named_modules()`` names (``blocks.3.attn1``); in a
+pipeline with a second expert (Wan 2.2) the second transformer's names are prefixed with
+``transformer_2.`` so that a plan can tell them apart (an unanchored regex matches both).
+
+``dense_steps`` runs the first steps of every pipeline call dense: an int, or a float in
+(0, 1) as a fraction of the schedule (``ceil``), resolved from the scheduler at each call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import weakref
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+import torch
+
+from dit_sparse.ops import sparse_attention
+from dit_sparse.patterns import Full, Pattern, parse_pattern
+
+from . import hooks
+from .adapters import Adapter, adapter_for
+
+PatternLike = Union[Pattern, str, dict]
+
+
+@runtime_checkable
+class PatternSource(Protocol):
+    """What :func:`apply` needs from a plan."""
+
+    dense_steps: Union[int, float]
+
+    def patterns_for(self, layer_name: str, num_heads: int) -> Union[Pattern, Sequence[Pattern], None]:
+        ...
+
+
+class _Uniform:
+    def __init__(self, pattern: Pattern):
+        self.pattern = pattern
+        self.dense_steps = 0
+
+    def patterns_for(self, layer_name, num_heads):
+        return self.pattern
+
+    def check_used(self, names):
+        pass
+
+    def __repr__(self):
+        return repr(self.pattern)
+
+
+class _ByRegex:
+    def __init__(self, table: Dict[str, Any]):
+        if not table:
+            raise ValueError("spec dict is empty; give at least one {layer-regex: pattern} entry")
+        self.entries = []
+        for regex, value in table.items():
+            try:
+                compiled = re.compile(regex)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"spec key {regex!r} is not a valid regex: {exc}") from None
+            self.entries.append((regex, compiled, _parse_value(value, where=f"spec[{regex!r}]")))
+        self.dense_steps = 0
+        self.used = set()
+
+    def patterns_for(self, layer_name, num_heads):
+        for regex, compiled, value in self.entries:
+            if compiled.search(layer_name):
+                self.used.add(regex)
+                return value
+        return None
+
+    def check_used(self, names):
+        unused = [regex for regex, _, _ in self.entries if regex not in self.used]
+        if unused:
+            raise ValueError(f"spec regex(es) {unused} matched no self-attention layer; "
+                             f"self-attention layers: {_short(names)}")
+
+    def __repr__(self):
+        return repr({regex: value for regex, _, value in self.entries})
+
+
+def _parse_value(value, *, where: str):
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [Full() if v is None else parse_pattern(v) for v in value]
+    try:
+        return parse_pattern(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+def _short(names: Sequence[str], n: int = 6) -> str:
+    names = list(names)
+    shown = ", ".join(names[:n])
+    return f"[{shown}{', ...' if len(names) > n else ''}] ({len(names)} layers)"
+
+
+def _normalise(spec) -> Any:
+    if isinstance(spec, dict) and "kind" not in spec:
+        return _ByRegex(spec)
+    if isinstance(spec, (Pattern, str, dict)):
+        return _Uniform(parse_pattern(spec))
+    if isinstance(spec, PatternSource) or (hasattr(spec, "patterns_for") and hasattr(spec, "dense_steps")):
+        return spec
+    raise TypeError(f"spec={spec!r} must be a pattern, a {{layer-regex: pattern}} dict, or a plan with "
+                    "patterns_for(layer_name, num_heads) and dense_steps")
+
+
+def _check_dense_steps(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"dense_steps={value!r} must be an int >= 0 or a float fraction in (0, 1)")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"dense_steps={value!r} must be >= 0")
+        return value
+    if float(value).is_integer() and value >= 1:
+        return int(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"dense_steps={value!r}: a float must be a fraction in (0, 1) of the schedule")
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
+
+
+def _transformers(target) -> Tuple[List[Tuple[str, torch.nn.Module]], Any]:
+    """``[(name prefix, transformer)]`` and the pipeline (or None) of a target."""
+    from diffusers import ModelMixin
+
+    if isinstance(target, ModelMixin):
+        return [("", target)], None
+    first = getattr(target, "transformer", None)
+    if isinstance(first, ModelMixin):
+        found = [("", first)]
+        second = getattr(target, "transformer_2", None)
+        if isinstance(second, ModelMixin):
+            found.append(("transformer_2.", second))
+        return found, target
+    raise TypeError(f"target must be a diffusers pipeline with a .transformer or a transformer model (ModelMixin), "
+                    f"got {type(target).__name__}")
+
+
+_HANDLES: "weakref.WeakKeyDictionary[torch.nn.Module, SparseHandle]" = weakref.WeakKeyDictionary()
+
+
+class SparseHandle:
+    """What :func:`apply` did; ``remove()`` undoes it exactly.
+
+    Attributes:
+        layers: ``{layer name: tuple of per-head patterns}`` of the sparsified layers.
+        steps: the step tracker; ``steps.log`` lists ``(step, timestep, ran_sparse)`` for
+            the steps of the latest pipeline call.
+        dense_steps: as given (int or fraction).
+    """
+
+    def __init__(self, steps: hooks.StepTracker, dense_steps):
+        self.layers: Dict[str, Tuple[Pattern, ...]] = {}
+        self.steps = steps
+        self.dense_steps = dense_steps
+        self._undo: List[Any] = []
+        self._models: List[torch.nn.Module] = []
+        self.removed = False
+
+    @property
+    def step_log(self) -> List[Tuple[int, Optional[float], bool]]:
+        return list(self.steps.log)
+
+    def remove(self) -> None:
+        """Restore the original processors, hooks and module names. Idempotent."""
+        if self.removed:
+            return
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        for model in self._models:
+            if _HANDLES.get(model) is self:
+                del _HANDLES[model]
+        self.removed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    def __repr__(self):
+        state = "removed" if self.removed else f"{len(self.layers)} layers"
+        return f"SparseHandle({state}, dense_steps={self.dense_steps})"
+
+
+def _layer_patterns(source, name: str, heads: int):
+    value = source.patterns_for(name, heads)
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != heads:
+            raise ValueError(f"layer {name!r} has {heads} heads, but its per-head pattern list has {len(value)}")
+        return tuple(Full() if p is None else parse_pattern(p) for p in value)
+    return (parse_pattern(value),) * heads
+
+
+def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend: Optional[str] = None,
+          _attention_fn=None) -> SparseHandle:
+    """Swap sparse attention into the self-attention layers of ``target``.
+
+    Args:
+        target: a diffusers pipeline (its ``transformer`` and, when present,
+            ``transformer_2``) or a transformer model.
+        spec: a pattern, a ``{layer-regex: pattern}`` dict, or a plan (module docstring).
+        dense_steps: first steps that run dense (int, or a fraction in (0, 1)); default:
+            the plan's ``dense_steps``, 0 for a pattern or dict.
+        backend: passed to :func:`dit_sparse.sparse_attention` (``None``, ``"cpu"``,
+            ``"triton"``).
+        _attention_fn: test seam: a function with ``sparse_attention``'s signature to run
+            instead (the tests pass ``dit_sparse.reference_attention``).
+    Returns:
+        a :class:`SparseHandle`. Applying again replaces the previous application.
+    """
+    models, pipeline = _transformers(target)
+    source = _normalise(spec)
+    dense_steps = _check_dense_steps(getattr(source, "dense_steps", 0) if dense_steps is None else dense_steps)
+    if isinstance(dense_steps, float) and pipeline is None:
+        raise ValueError(f"dense_steps={dense_steps} is a fraction of the schedule, which needs a pipeline target; "
+                         "for a bare transformer pass an int")
+    adapters = [adapter_for(model) for _, model in models]
+    for _, model in models:
+        previous = _HANDLES.get(model)
+        if previous is not None:
+            previous.remove()
+
+    attention_fn = _attention_fn or sparse_attention
+    steps = hooks.StepTracker(dense_steps, pipeline)
+    handle = SparseHandle(steps, dense_steps)
+    all_names: List[str] = []
+    plan: List[Tuple[Adapter, torch.nn.Module, hooks.ForwardState, List[Tuple[str, torch.nn.Module, tuple]]]] = []
+    for (prefix, model), adapter in zip(models, adapters):
+        state = hooks.ForwardState(adapter, steps)
+        chosen = []
+        for name, module in model.named_modules():
+            if not adapter.is_self_attention(name, module):
+                continue
+            full_name = prefix + name
+            all_names.append(full_name)
+            patterns = _layer_patterns(source, full_name, int(module.heads))
+            if patterns is not None:
+                chosen.append((full_name, module, patterns))
+        plan.append((adapter, model, state, chosen))
+    if hasattr(source, "check_used"):
+        source.check_used(all_names)
+    if not any(chosen for *_, chosen in plan):
+        classes = ", ".join(type(m).__name__ for _, m in models)
+        if not all_names:
+            raise ValueError(f"{classes} has no self-attention layers that dit_sparse can sparsify")
+        raise ValueError(f"spec {source!r} selects none of the self-attention layers of {classes}: "
+                         f"{_short(all_names)}")
+
+    try:
+        for adapter, model, state, chosen in plan:
+            if not chosen:
+                continue
+            for name, module, patterns in chosen:
+                original = module.processor
+                if isinstance(original, torch.nn.Module):
+                    raise TypeError(f"layer {name!r} uses {type(original).__name__}, a processor with weights "
+                                    "(e.g. IP-Adapter); dit_sparse does not wrap those")
+                layer = hooks.SparseLayer(name, int(module.heads), patterns, state, attention_fn, backend)
+                module.processor = hooks.SparseProcessor(original, layer)
+                handle._undo.append(lambda module=module, original=original: setattr(module, "processor", original))
+                handle.layers[name] = patterns
+            key = hooks.install_shim(adapter)
+            handle._undo.append(lambda key=key: hooks.uninstall_shim(key))
+            handle._undo.append(hooks.register_hook(model, hooks.SparseAttentionHook(state)))
+            handle._models.append(model)
+            _HANDLES[model] = handle
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+def remove(target) -> bool:
+    """Undo :func:`apply` on ``target`` (pipeline or transformer). Returns whether anything was applied."""
+    models, _ = _transformers(target)
+    found = False
+    for _, model in models:
+        handle = _HANDLES.get(model)
+        if handle is not None:
+            handle.remove()
+            found = True
+    return found
+
+
+@contextlib.contextmanager
+def applied(target, spec, **kwargs):
+    """``with applied(pipe, spec): ...`` applies on entry and removes on exit."""
+    handle = apply(target, spec, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+__all__ = ["apply", "remove", "applied", "SparseHandle", "PatternSource"]

@@ -1,0 +1,389 @@
+"""The runtime of :func:`dit_sparse.apply`: one hook per transformer, one wrapper per layer.
+
+How a self-attention call reaches :func:`dit_sparse.sparse_attention`:
+
+1. :class:`SparseAttentionHook` (a diffusers ``ModelHook`` on the transformer) runs before
+   every transformer forward. It records the post-patchify grid ``(T, H, W)`` and the joint
+   text length of this forward (from the family adapter), and advances the denoising step
+   when the timestep value changes (so separate cond/uncond forwards of one step count
+   once, and CFG batched as B = 2 too). It decides once per forward whether this step runs
+   sparse (after the dense warm-up) and stores that as a bool, so that ``torch.compile``
+   guards on a bool rather than on a step counter.
+2. Each sparsified attention module's processor is replaced by :class:`SparseProcessor`,
+   which delegates to the *original* processor object (projections, norms and RoPE are the
+   model's own) while marking "this layer is active".
+3. The model's processor calls its attention core through a module-level name:
+   ``dispatch_attention_fn`` or ``F.scaled_dot_product_attention``. While any handle is
+   applied, that name in the family's module is a shim (:func:`install_shim`) that runs the
+   sparse core when a layer is active and the call is the self-attention call (queries and
+   keys of one length), and otherwise calls the original function unchanged. The shims are
+   removed when the last handle is removed, restoring the module exactly.
+
+Under diffusers' context parallelism with Ulysses, the shim goes through diffusers' own
+Ulysses all-to-all (``_templated_context_parallel_attention``) with a forward op that runs
+the sparse core on the rank's heads, offsetting per-head patterns by the rank's first head.
+Ring attention needs log-sum-exp outputs and is not supported.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import math
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+
+from dit_sparse.layout import TokenLayout
+from dit_sparse.patterns import Full, Pattern
+
+from .adapters import Adapter
+
+HOOK_NAME = "dit_sparse"
+
+# --------------------------------------------------------------------------------------
+# Which layer is running (set by SparseProcessor around the original processor's call)
+# --------------------------------------------------------------------------------------
+
+
+class _Active:
+    """The sparsified layer whose processor is running, or None. Diffusers runs one
+    attention module at a time per process; this is a plain object (not a ContextVar) so
+    that torch.compile can trace reads and writes of it."""
+
+    layer: Optional["SparseLayer"] = None
+
+
+ACTIVE = _Active()
+
+
+# --------------------------------------------------------------------------------------
+# Per-run step tracking, shared by the transformers of one pipeline (Wan 2.2's experts)
+# --------------------------------------------------------------------------------------
+
+
+def _timestep_value(timestep) -> Optional[float]:
+    if timestep is None:
+        return None
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.detach().float().max().item()) if timestep.numel() else None
+    return float(timestep)
+
+
+def _distinct_steps(timesteps) -> int:
+    values = [float(t) for t in timesteps]
+    return sum(1 for i, t in enumerate(values) if i == 0 or t != values[i - 1])
+
+
+class StepTracker:
+    """Denoising step of the current pipeline run, and whether it runs sparse.
+
+    A new step starts when the timestep value changes; a value larger than the previous
+    one (or the first forward) starts a new run at step 0. ``dense_steps`` is an int, or a
+    fraction in (0, 1) of the run's steps, resolved at the start of each run from the
+    pipeline's scheduler (``ceil(fraction * steps)`` steps run dense).
+
+    ``log`` holds one ``(step, timestep, sparse)`` entry per step of the latest run.
+    """
+
+    def __init__(self, dense_steps, pipeline=None):
+        self.dense_steps = dense_steps
+        self.pipeline = pipeline
+        self.step = 0
+        self.last: Optional[float] = None
+        self.dense_resolved = 0
+        self.sparse_now = True
+        self.log: List[Tuple[int, Optional[float], bool]] = []
+
+    def _resolve(self) -> int:
+        if isinstance(self.dense_steps, int):
+            return self.dense_steps
+        scheduler = getattr(self.pipeline, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None or len(timesteps) == 0:
+            raise RuntimeError(f"dense_steps={self.dense_steps} is a fraction of the schedule, but the pipeline's "
+                               "scheduler has no timesteps set; call through the pipeline or pass an int")
+        return math.ceil(self.dense_steps * _distinct_steps(timesteps) - 1e-9)
+
+    def observe(self, timestep) -> None:
+        value = _timestep_value(timestep)
+        if self.last is None and not self.log or (value is not None and self.last is not None and value > self.last):
+            self.step = 0
+            self.log = []
+            self.dense_resolved = self._resolve()
+        elif value is not None and value != self.last:
+            self.step += 1
+        if value is not None:
+            self.last = value
+        self.sparse_now = self.step >= self.dense_resolved
+        if not self.log or self.log[-1][0] != self.step:
+            self.log.append((self.step, value, self.sparse_now))
+
+    def reset(self) -> None:
+        self.step, self.last, self.log = 0, None, []
+
+
+# --------------------------------------------------------------------------------------
+# The hook on the transformer
+# --------------------------------------------------------------------------------------
+
+
+class ForwardState:
+    """What one transformer forward looks like: grid after patchify and joint text length."""
+
+    def __init__(self, adapter: Adapter, steps: StepTracker):
+        self.adapter = adapter
+        self.steps = steps
+        self.grid: Optional[Tuple[int, int, int]] = None
+        self.text_len = 0
+
+
+class SparseAttentionHook(ModelHook):
+    """Records grid, text length and step before every forward of a transformer."""
+
+    def __init__(self, state: ForwardState):
+        super().__init__()
+        self.state = state
+        self._signature = None
+
+    @torch.compiler.disable
+    def pre_forward(self, module, *args, **kwargs):
+        if self._signature is None:
+            self._signature = inspect.signature(type(module).forward)
+        bound = self._signature.bind_partial(module, *args, **kwargs).arguments
+        adapter = self.state.adapter
+        self.state.grid = tuple(adapter.grid(module, bound))
+        self.state.text_len = int(adapter.text_len(module, bound)) if adapter.text_position else 0
+        self.state.steps.observe(bound.get("timestep"))
+        return args, kwargs
+
+
+def register_hook(model: torch.nn.Module, hook: SparseAttentionHook) -> Callable[[], None]:
+    """Register ``hook`` on ``model``; returns a function that removes it and undoes every
+    trace of it (the registry attribute and the instance ``forward`` when they were ours)."""
+    had_registry = hasattr(model, "_diffusers_hook")
+    had_forward = "forward" in model.__dict__
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    registry.register_hook(hook, HOOK_NAME)
+
+    def undo():
+        registry.remove_hook(HOOK_NAME, recurse=False)
+        if not registry.hooks:
+            if not had_forward:
+                model.__dict__.pop("forward", None)
+            if not had_registry and getattr(model, "_diffusers_hook", None) is registry:
+                del model._diffusers_hook
+
+    return undo
+
+
+# --------------------------------------------------------------------------------------
+# One sparsified layer
+# --------------------------------------------------------------------------------------
+
+
+def head_runs(patterns: Sequence[Pattern]) -> Tuple[Tuple[int, int, Pattern], ...]:
+    """Split per-head patterns into ``(first_head, end_head, pattern)`` runs of equal ones."""
+    runs: List[Tuple[int, int, Pattern]] = []
+    for h, p in enumerate(patterns):
+        if runs and runs[-1][2] == p:
+            runs[-1] = (runs[-1][0], h + 1, p)
+        else:
+            runs.append((h, h + 1, p))
+    return tuple(runs)
+
+
+def key_mask_from(attn_mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
+    """A ``[B, S]`` bool key mask from a key-padding attention mask (bool, True = keep, or
+    additive float, 0 = keep) of shape ``[B, S]``, ``[B, 1, S]`` or ``[B, 1, 1, S]``."""
+    if attn_mask is None:
+        return None
+    m = attn_mask
+    while m.dim() > 2 and m.shape[1] == 1:
+        m = m.squeeze(1)
+    if m.dim() != 2 or m.shape[-1] != seq or m.shape[0] not in (1, batch):
+        raise ValueError(f"attention mask of shape {tuple(attn_mask.shape)} is not a key padding mask for "
+                         f"batch={batch}, seq={seq}; sparse attention supports key padding masks only")
+    m = m if m.dtype == torch.bool else m == 0
+    return m.expand(batch, seq)
+
+
+class SparseLayer:
+    """A sparsified self-attention module: its patterns and how to run its core call."""
+
+    def __init__(self, name: str, heads: int, patterns: Sequence[Pattern], state: ForwardState,
+                 attention_fn: Callable, backend: Optional[str]):
+        if len(patterns) != heads:
+            raise ValueError(f"layer {name!r} has {heads} heads but got {len(patterns)} patterns")
+        self.name = name
+        self.heads = heads
+        self.patterns = tuple(patterns)
+        self.runs = head_runs(self.patterns)
+        self.state = state
+        self.attention_fn = attention_fn
+        self.backend = backend
+
+    def claims(self, query: torch.Tensor, key: torch.Tensor, seq_dim: int) -> bool:
+        """True when this core call is this layer's self-attention on a sparse step."""
+        return self.state.steps.sparse_now and query.shape[seq_dim] == key.shape[seq_dim]
+
+    def layout(self, seq: int) -> TokenLayout:
+        state, adapter = self.state, self.state.adapter
+        t, h, w = state.grid
+        text_len = seq - t * h * w
+        ok = text_len == 0 or (adapter.text_position is not None
+                               and (adapter.variable_text and text_len > 0 or text_len == state.text_len))
+        if not ok:
+            raise RuntimeError(f"layer {self.name!r}: self-attention over {seq} tokens does not fit the grid "
+                               f"{state.grid} ({t * h * w} tokens) with {state.text_len} text tokens")
+        return TokenLayout(grid=state.grid, text_len=text_len, text_position=adapter.text_position or "first")
+
+    def attend(self, q, k, v, attn_mask, scale, head_offset: int = 0) -> torch.Tensor:
+        """Sparse core on ``[B, S, heads, head_dim]`` holding heads ``head_offset...``."""
+        b, s, h, _ = q.shape
+        layout = self.layout(s)
+        key_mask = key_mask_from(attn_mask, b, s)
+        outs = []
+        for h0, h1, pattern in self.runs:
+            lo, hi = max(h0 - head_offset, 0), min(h1 - head_offset, h)
+            if lo >= hi:
+                continue
+            outs.append(self.attention_fn(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], pattern, layout,
+                                          key_mask=key_mask, scale=scale, backend=self.backend))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def attend_parallel(self, q, k, v, attn_mask, scale, parallel_config) -> torch.Tensor:
+        """Sparse core under diffusers' context parallelism (Ulysses only)."""
+        cp = getattr(parallel_config, "context_parallel_config", None)
+        if cp is None:
+            return self.attend(q, k, v, attn_mask, scale)
+        if cp.ring_degree > 1 or getattr(cp, "ulysses_anything", False):
+            raise NotImplementedError("dit_sparse supports context parallelism with Ulysses only "
+                                      f"(got ring_degree={cp.ring_degree}, ulysses_anything="
+                                      f"{getattr(cp, 'ulysses_anything', False)})")
+        from diffusers.models import attention_dispatch
+
+        rank = torch.distributed.get_rank(cp._ulysses_mesh.get_group())
+
+        def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                       enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+            return self.attend(query, key, value, attn_mask, scale, head_offset=rank * query.shape[2])
+
+        def backward_op(ctx, grad_out, *args, **kwargs):
+            raise NotImplementedError("dit_sparse attention under context parallelism is inference-only")
+
+        return attention_dispatch._templated_context_parallel_attention(
+            q, k, v, attn_mask, 0.0, False, scale, False, False,
+            forward_op=forward_op, backward_op=backward_op, _parallel_config=parallel_config)
+
+
+class SparseProcessor:
+    """Wraps a layer's original processor: runs it unchanged with this layer marked active.
+
+    Attribute reads and writes that are not the wrapper's own go to the original processor
+    (diffusers sets ``_attention_backend`` / ``_parallel_config`` on processors), and
+    ``inspect.signature(wrapper.__call__)`` is the original's, since attention modules filter
+    keyword arguments by it.
+    """
+
+    def __init__(self, original, layer: SparseLayer):
+        object.__setattr__(self, "original", original)
+        object.__setattr__(self, "layer", layer)
+
+        def call(*args, **kwargs):
+            return type(self).__call__(self, *args, **kwargs)
+
+        call.__signature__ = inspect.signature(original.__call__)
+        object.__setattr__(self, "__call__", call)
+
+    def __call__(self, attn, *args, **kwargs):
+        ACTIVE.layer = self.layer
+        try:
+            return self.original(attn, *args, **kwargs)
+        finally:
+            ACTIVE.layer = None
+
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "original"), name)
+
+    def __setattr__(self, name, value):
+        setattr(self.original, name, value)
+
+    def __repr__(self):
+        return f"SparseProcessor({self.original!r}, layer={self.layer.name!r})"
+
+
+# --------------------------------------------------------------------------------------
+# Shims for the module-level names processors call
+# --------------------------------------------------------------------------------------
+
+
+def _dispatch_shim(original):
+    @functools.wraps(original)
+    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                              enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None):
+        layer = ACTIVE.layer
+        if layer is not None and not is_causal and dropout_p == 0.0 and layer.claims(query, key, 1):
+            if parallel_config is not None:
+                return layer.attend_parallel(query, key, value, attn_mask, scale, parallel_config)
+            return layer.attend(query, key, value, attn_mask, scale)
+        return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs,
+                        backend=backend, parallel_config=parallel_config)
+
+    return dispatch_attention_fn
+
+
+def _functional_shim(original_module):
+    """A copy of ``torch.nn.functional`` whose ``scaled_dot_product_attention`` is the shim."""
+    sdpa = original_module.scaled_dot_product_attention
+
+    def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                     scale=None, **kwargs):
+        layer = ACTIVE.layer
+        if (layer is not None and not is_causal and dropout_p == 0.0 and not kwargs and query.dim() == 4
+                and layer.claims(query, key, 2)):
+            out = layer.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask, scale)
+            return out.transpose(1, 2)
+        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                    **kwargs)
+
+    proxy = types.ModuleType(original_module.__name__, original_module.__doc__)
+    proxy.__dict__.update({k: v for k, v in vars(original_module).items() if k not in ("__name__", "__doc__")})
+    proxy.scaled_dot_product_attention = scaled_dot_product_attention
+    return proxy
+
+
+_SHIM_ATTR = {"dispatch": "dispatch_attention_fn", "sdpa": "F"}
+_INSTALLED: Dict[Tuple[str, str], List[Any]] = {}  # (module, attr) -> [original, refcount]
+
+
+def install_shim(adapter: Adapter) -> Tuple[str, str]:
+    """Point the family module's core name at a shim (reference counted); returns its key."""
+    attr = _SHIM_ATTR[adapter.core]
+    key = (adapter.core_module, attr)
+    if key in _INSTALLED:
+        _INSTALLED[key][1] += 1
+        return key
+    module = importlib.import_module(adapter.core_module)
+    original = getattr(module, attr)
+    if adapter.core == "sdpa" and original is not F:
+        raise RuntimeError(f"{adapter.core_module}.F is not torch.nn.functional (found {original!r}); "
+                           "another library has patched it")
+    shim = _dispatch_shim(original) if adapter.core == "dispatch" else _functional_shim(original)
+    setattr(module, attr, shim)
+    _INSTALLED[key] = [original, 1]
+    return key
+
+
+def uninstall_shim(key: Tuple[str, str]) -> None:
+    entry = _INSTALLED.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        setattr(importlib.import_module(key[0]), key[1], entry[0])
+        del _INSTALLED[key]
