@@ -1,0 +1,132 @@
+"""Tiny diffusers transformers of every supported family, built from small configs (no downloads).
+
+``build(family)`` returns ``(model, inputs, grid)``: an fp32 model in eval mode, the forward
+keyword arguments for a CFG-sized batch of 2, and the post-patchify grid the inputs make.
+Grids are odd on purpose (3 x 5 x 7 and the like) so that no tile divides them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3")
+
+HEADS, HEAD_DIM = 4, 8
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=_gen(seed))
+
+
+def build(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return _BUILDERS[family]()
+
+
+def _wan():
+    from diffusers import WanTransformer3DModel
+
+    m = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                              in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                              rope_max_seq_len=32)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _hunyuan_video():
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    m = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=HEADS,
+                                       attention_head_dim=HEAD_DIM, num_layers=1, num_single_layers=1,
+                                       num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=False,
+                                       text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 2, 4))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, 4:] = 0  # padded text in the first element
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 7, 16, seed=2), encoder_attention_mask=mask,
+                  pooled_projections=_randn(2, 8, seed=3))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _cogvideox():
+    from diffusers import CogVideoXTransformer3DModel
+
+    m = CogVideoXTransformer3DModel(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=4,
+                                    out_channels=4, time_embed_dim=16, text_embed_dim=16, num_layers=2,
+                                    sample_width=14, sample_height=10, sample_frames=9, patch_size=2,
+                                    max_text_seq_length=6, use_rotary_positional_embeddings=True)
+    inputs = dict(hidden_states=_randn(2, 3, 4, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _ltx():
+    from diffusers import LTXVideoTransformer3DModel
+
+    m = LTXVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=HEADS,
+                                   attention_head_dim=HEAD_DIM, cross_attention_dim=HEADS * HEAD_DIM, num_layers=2,
+                                   caption_channels=16)
+    grid = (3, 5, 7)
+    inputs = dict(hidden_states=_randn(2, 3 * 5 * 7, 4, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
+                  timestep=torch.tensor([700, 700]), encoder_attention_mask=torch.ones(2, 6, dtype=torch.long),
+                  num_frames=3, height=5, width=7)
+    return m.eval(), inputs, grid
+
+
+def _mochi():
+    from diffusers import MochiTransformer3DModel
+
+    m = MochiTransformer3DModel(patch_size=2, num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, num_layers=2,
+                                pooled_projection_dim=16, in_channels=4, text_embed_dim=16, time_embed_dim=16,
+                                max_sequence_length=8)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, 5:] = 0  # the processor drops these tokens of the first element
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), encoder_hidden_states=_randn(2, 8, 16, seed=2),
+                  timestep=torch.tensor([700, 700]), encoder_attention_mask=mask)
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _flux():
+    from diffusers import FluxTransformer2DModel
+
+    m = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                               attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=16,
+                               pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
+    h, w = 5, 7
+    img_ids = torch.zeros(h, w, 3)
+    img_ids[..., 1] = torch.arange(h)[:, None]
+    img_ids[..., 2] = torch.arange(w)[None, :]
+    inputs = dict(hidden_states=_randn(2, h * w, 4, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
+                  pooled_projections=_randn(2, 8, seed=3), timestep=torch.tensor([0.7, 0.7]),
+                  img_ids=img_ids.reshape(-1, 3), txt_ids=torch.zeros(6, 3))
+    return m.eval(), inputs, (1, h, w)
+
+
+def _sd3():
+    from diffusers import SD3Transformer2DModel
+
+    m = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=HEAD_DIM,
+                              num_attention_heads=HEADS, joint_attention_dim=16, caption_projection_dim=HEADS * HEAD_DIM,
+                              pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16, dual_attention_layers=(0,))
+    inputs = dict(hidden_states=_randn(2, 4, 10, 14, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
+                  pooled_projections=_randn(2, 8, seed=3), timestep=torch.tensor([700, 700]))
+    return m.eval(), inputs, (1, 5, 7)
+
+
+_BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvideox, "ltx": _ltx, "mochi": _mochi,
+             "flux": _flux, "sd3": _sd3}
+
+
+def run(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs, return_dict=False)[0]
+    return out.clone()
