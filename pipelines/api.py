@@ -282,7 +282,7 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
                     raise TypeError(f"layer {name!r} uses {type(original).__name__}, a processor with weights "
                                     "(e.g. IP-Adapter); dit_sparse does not wrap those")
                 layer = hooks.SparseLayer(name, int(module.heads), patterns, state, attention_fn, backend)
-                module.processor = hooks.SparseProcessor(original, layer)
+                module.processor = hooks.wrap_processor(original, layer)
                 handle._undo.append(lambda module=module, original=original: setattr(module, "processor", original))
                 handle.layers[name] = patterns
             key = hooks.install_shim(adapter)

@@ -284,21 +284,16 @@ class SparseLayer:
 class SparseProcessor:
     """Wraps a layer's original processor: runs it unchanged with this layer marked active.
 
-    Attribute reads and writes that are not the wrapper's own go to the original processor
-    (diffusers sets ``_attention_backend`` / ``_parallel_config`` on processors), and
-    ``inspect.signature(wrapper.__call__)`` is the original's, since attention modules filter
-    keyword arguments by it.
+    ``_attention_backend`` and ``_parallel_config`` (which diffusers sets on processors)
+    read and write through to the original processor. Attention modules filter keyword
+    arguments by ``inspect.signature(processor.__call__)``, so :func:`wrap_processor` makes
+    one subclass per original processor class whose ``__call__`` carries the original's
+    signature.
     """
 
     def __init__(self, original, layer: SparseLayer):
-        object.__setattr__(self, "original", original)
-        object.__setattr__(self, "layer", layer)
-
-        def call(*args, **kwargs):
-            return type(self).__call__(self, *args, **kwargs)
-
-        call.__signature__ = inspect.signature(original.__call__)
-        object.__setattr__(self, "__call__", call)
+        self.original = original
+        self.layer = layer
 
     def __call__(self, attn, *args, **kwargs):
         ACTIVE.layer = self.layer
@@ -307,14 +302,40 @@ class SparseProcessor:
         finally:
             ACTIVE.layer = None
 
-    def __getattr__(self, name):
-        return getattr(object.__getattribute__(self, "original"), name)
+    @property
+    def _attention_backend(self):
+        return getattr(self.original, "_attention_backend", None)
 
-    def __setattr__(self, name, value):
-        setattr(self.original, name, value)
+    @_attention_backend.setter
+    def _attention_backend(self, value):
+        self.original._attention_backend = value
+
+    @property
+    def _parallel_config(self):
+        return getattr(self.original, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, value):
+        self.original._parallel_config = value
 
     def __repr__(self):
-        return f"SparseProcessor({self.original!r}, layer={self.layer.name!r})"
+        return f"{type(self).__name__}({self.original!r}, layer={self.layer.name!r})"
+
+
+@functools.lru_cache(maxsize=None)
+def _wrapper_class(original_cls: type) -> type:
+    signature = inspect.signature(original_cls.__call__)
+
+    def __call__(self, *args, **kwargs):
+        return SparseProcessor.__call__(self, *args, **kwargs)
+
+    __call__.__signature__ = signature
+    return type(f"Sparse{original_cls.__name__}", (SparseProcessor,), {"__call__": __call__})
+
+
+def wrap_processor(original, layer: SparseLayer) -> SparseProcessor:
+    """The wrapper of ``original`` (a processor object) for ``layer``."""
+    return _wrapper_class(type(original))(original, layer)
 
 
 # --------------------------------------------------------------------------------------
