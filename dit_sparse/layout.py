@@ -7,6 +7,7 @@ models put the text tokens before (FLUX, CogVideoX, SD3) or after (HunyuanVideo)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -66,6 +67,8 @@ class TokenLayout:
             raise ValueError(f"text_len={self.text_len!r} must be >= 0")
         if self.text_position not in _TEXT_POSITIONS:
             raise ValueError(f"text_position={self.text_position!r} must be one of {_TEXT_POSITIONS}")
+        # Canonical JSON, the kernels' cache key (a constant for torch.compile).
+        object.__setattr__(self, "spec", json.dumps(self.to_dict(), sort_keys=True))
 
     @property
     def video_len(self) -> int:

@@ -138,13 +138,14 @@ def reference_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, 
 
 
 def _encode(pattern: Pattern, layout: TokenLayout) -> str:
-    return json.dumps({"pattern": pattern.to_dict(), "layout": layout.to_dict()}, sort_keys=True)
+    # Both strings are computed at construction, so that torch.compile sees constants here.
+    return pattern.spec + "|" + layout.spec
 
 
 @functools.lru_cache(maxsize=512)
 def _decode(spec: str) -> Tuple[Pattern, TokenLayout]:
-    data = json.loads(spec)
-    return Pattern.from_dict(data["pattern"]), TokenLayout.from_dict(data["layout"])
+    pattern, layout = spec.split("|")
+    return Pattern.from_dict(json.loads(pattern)), TokenLayout.from_dict(json.loads(layout))
 
 
 def _text_range(layout: TokenLayout) -> Tuple[int, int]:
@@ -261,7 +262,12 @@ def sparse_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, bac
     _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
     chosen = choose_backend(q, backend)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _sparse_attention_op(q, k, v, key_mask, _encode(pattern, layout), scale, chosen)
+    spec = _encode(pattern, layout)
+    if torch.compiler.is_compiling():
+        # An opaque custom op for torch.compile; eager calls skip the op's dispatch, whose
+        # first use imports all of torch._dynamo (seconds).
+        return _sparse_attention_op(q, k, v, key_mask, spec, scale, chosen)
+    return _dispatch(q, k, v, key_mask, spec, scale, chosen)
 
 
 # --------------------------------------------------------------------------------------

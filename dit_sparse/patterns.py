@@ -28,6 +28,7 @@ Text tokens (``layout.text_len``) are global for every pattern.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Optional, Tuple, Type
@@ -86,6 +87,11 @@ class Pattern:
             _REGISTRY[cls.kind] = cls
 
     # --- serialisation -------------------------------------------------------------
+    def _set_spec(self):
+        """Cache the canonical JSON of the pattern (the kernels' cache key; a constant for
+        torch.compile). Called at the end of every constructor."""
+        object.__setattr__(self, "spec", json.dumps(self.to_dict(), sort_keys=True))
+
     def to_dict(self) -> dict:
         out = {"kind": self.kind}
         for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
@@ -144,6 +150,9 @@ class Full(Pattern):
 
     kind: ClassVar[str] = "full"
 
+    def __post_init__(self):
+        self._set_spec()
+
     def video_mask(self, layout, q=None, k=None):
         n = layout.video_len
         return torch.ones(n, n, dtype=torch.bool)
@@ -181,6 +190,7 @@ class Neighborhood(Pattern):
         object.__setattr__(self, "kernel", kernel)
         object.__setattr__(self, "dilation", dilation)
         object.__setattr__(self, "stride", stride)
+        self._set_spec()
 
     def windows(self, layout: TokenLayout):
         """Per axis ``(lo, hi, dilation)`` window tables for ``layout.grid``."""
@@ -256,6 +266,7 @@ class BlockSparse(Pattern):
             if not (0.0 < value <= 1.0) or math.isnan(value):
                 raise ValueError(f"{name}={value!r} must be in (0, 1]")
             object.__setattr__(self, name, float(value))
+        self._set_spec()
 
     def video_mask(self, layout, q=None, k=None):
         from .tiling import block_sparse_select, BlockGrid
