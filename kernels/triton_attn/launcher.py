@@ -78,7 +78,7 @@ def launch(
         HEAD_DIM=d, BLOCK_D=head_dim_bucket(d),
         LUT_PER_HEAD=lut_per_head, MASK_MODE=mask_mode, HAS_KEY_MASK=key_mask is not None,
         HAS_DILATION=max(dilation) > 1,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="tf32",
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
@@ -100,7 +100,8 @@ _ALIGNED_INTS = ("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks"
 
 def block_shape(tokens: int, prefer: Sequence[int] = (1, 8, 8)) -> Tuple[int, int, int]:
     """A 3D block of ``tokens`` (a power of two) slots: doubles W, then H, then T up to
-    ``prefer`` (rounded up to powers of two), then keeps doubling W, H, T in turn."""
+    ``prefer`` (rounded up to powers of two), then doubles the axis furthest below its cap
+    (T first on ties: a cube-like block suits 3D windows)."""
     caps = [1 << max(0, int(p - 1).bit_length()) for p in prefer]
     shape = [1, 1, 1]
     while math.prod(shape) < tokens:
@@ -109,7 +110,7 @@ def block_shape(tokens: int, prefer: Sequence[int] = (1, 8, 8)) -> Tuple[int, in
                 shape[axis] *= 2
                 break
         else:
-            axis = min((2, 1, 0), key=lambda a: shape[a] / caps[a])
+            axis = min((0, 1, 2), key=lambda a: shape[a] / caps[a])
             shape[axis] *= 2
     return tuple(shape)  # type: ignore[return-value]
 
@@ -139,7 +140,7 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
         "HEAD_DIM": head_dim, "BLOCK_D": head_dim_bucket(head_dim),
         "LUT_PER_HEAD": mask_mode == 1, "MASK_MODE": mask_mode, "HAS_KEY_MASK": key_mask,
         "HAS_DILATION": False,
-        "PRECISION": "ieee" if dtype_name == "float32" else "tf32",
+        "PRECISION": "tf32",
     }
     signature.update({name: "constexpr" for name in constexprs})
     # What the JIT infers on a GPU for the usual shapes: 16-byte aligned tensors, and row
