@@ -168,7 +168,7 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
 
     if isinstance(pattern, Full):
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        return cpu._sdpa(q, k, v, mask, scale)
+        return cpu._sdpa(q, k, v, mask, scale, may_have_empty_rows=True)
     if isinstance(pattern, BlockSparse):
         grid, tokens, valid = _block_sparse_tables(layout, pattern.block)
         sel = block_sparse_select(pattern, layout, grid, q, k, scale)  # [B, H, nb, nb]
@@ -184,8 +184,7 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
                                           text_index, _text_range(layout), key_mask, scale)
     tiling = tiling_for(pattern, layout)
-    groups = [(g.q_index, g.kv_index, g.masks, g.text_keys) for g in tiling.groups]
-    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale)
+    return cpu.grouped_attention(q, k, v, tiling.kernel_groups(q.dtype), _text_range(layout), key_mask, scale)
 
 
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):

@@ -35,6 +35,9 @@ from .patterns import BlockSparse, Full, Neighborhood, Pattern
 CALL_COST_PAIRS = 1400.0
 SMALL_Q_ROWS = 110.0
 MASK_COST = 1.15
+# Ready-made additive masks are kept per (tiling, dtype) up to this many elements in all;
+# beyond it they are rebuilt from their per-axis factors at every call.
+MASK_CACHE_ELEMENTS = 64 * 2**20
 SEGMENT_MULTIPLES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
@@ -118,6 +121,7 @@ class Tiling:
             stats_per_axis.append([_AxisStats.of(lo, hi, d, b) for b in _segment_lengths(n, d, s)])
         self.axes: Tuple[_AxisStats, _AxisStats, _AxisStats] = self._choose(stats_per_axis)
         self.segment_lengths = tuple(a.length for a in self.axes)
+        self._kernel_groups = {}
 
     @staticmethod
     def _cost(combo: Sequence[_AxisStats], video_len: int) -> float:
@@ -163,6 +167,24 @@ class Tiling:
                 )
             out.append(QueryGroup(q, k, masks, lay.text_len))
         return out
+
+
+    def kernel_groups(self, dtype: torch.dtype):
+        """``(q_index, kv_index, mask, text_keys)`` per group for the CPU kernel, with the
+        masks pre-built as additive tensors in ``dtype`` when they fit the cache budget."""
+        cached = self._kernel_groups.get(dtype)
+        if cached is not None:
+            return cached
+        groups = self.groups
+        size = sum(g.q_index.numel() * g.kv_index.numel() for g in groups if g.masks is not None)
+        if size > MASK_CACHE_ELEMENTS:
+            return [(g.q_index, g.kv_index, g.masks, g.text_keys) for g in groups]
+        from .kernels.cpu.attention import factor_mask
+
+        built = [(g.q_index, g.kv_index, None if g.masks is None else factor_mask(g.masks, g.text_keys, dtype),
+                  g.text_keys) for g in groups]
+        self._kernel_groups[dtype] = built
+        return built
 
 
 @functools.lru_cache(maxsize=256)

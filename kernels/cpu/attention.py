@@ -16,40 +16,45 @@ Inputs are plain tensors and index tables; this module knows nothing about patte
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-Masks = Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Masks = Union[None, torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-          scale: float) -> torch.Tensor:
-    """Fused SDPA on ``[B, n, H, D]`` tensors (transposed views, no copies); returns ``[B, n, H, D]``."""
+          scale: float, may_have_empty_rows: bool = False) -> torch.Tensor:
+    """Fused SDPA on ``[B, n, H, D]`` tensors (transposed views, no copies); returns ``[B, n, H, D]``.
+
+    ``mask`` is bool (True = keep) or additive in q's dtype. With ``may_have_empty_rows``
+    (a key mask is in play), rows whose keys are all masked are set to 0 whatever the SDPA
+    backend returned there.
+    """
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
     ).transpose(1, 2)
-    if mask is not None:
-        # Rows whose keys are all masked: zeros, whatever the SDPA backend returned there.
-        m4 = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if may_have_empty_rows and mask is not None:
+        keep = mask if mask.dtype == torch.bool else mask > float("-inf")
+        m4 = keep.view((1,) * (4 - keep.dim()) + tuple(keep.shape))
         empty = ~m4.any(-1)  # [B or 1, H or 1, n or 1]
         if bool(empty.any()):
             out = out.masked_fill(empty.permute(0, 2, 1)[..., None], 0.0)
     return out
 
 
-def _factor_mask(masks: Masks, text_keys: int) -> Optional[torch.Tensor]:
-    """``[nq, nk]`` bool from per-axis masks ``[qt, kt], [qh, kh], [qw, kw]`` plus text columns."""
-    if masks is None:
-        return None
-    mt, mh, mw = masks
-    m = (mt[:, None, None, :, None, None] & mh[None, :, None, None, :, None]
-         & mw[None, None, :, None, None, :])
-    nq = mt.shape[0] * mh.shape[0] * mw.shape[0]
+def factor_mask(masks: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], text_keys: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    """Additive ``[nq, nk]`` mask (0 keep, -inf drop) from per-axis bool masks
+    ``[qt, kt], [qh, kh], [qw, kw]``, plus ``text_keys`` always-kept columns."""
+    add = [torch.zeros(m.shape, dtype=dtype).masked_fill_(~m, float("-inf")) for m in masks]
+    at, ah, aw = add
+    m = at[:, None, None, :, None, None] + ah[None, :, None, None, :, None] + aw[None, None, :, None, None, :]
+    nq = at.shape[0] * ah.shape[0] * aw.shape[0]
     m = m.reshape(nq, -1)
     if text_keys:
-        m = torch.cat([m, m.new_ones(nq, text_keys)], dim=1)
+        m = torch.cat([m, m.new_zeros(nq, text_keys)], dim=1)
     return m
 
 
@@ -59,7 +64,7 @@ def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, sc
     if t1 <= t0:
         return
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    out[:, t0:t1] = _sdpa(q[:, t0:t1], k, v, mask, scale)
+    out[:, t0:t1] = _sdpa(q[:, t0:t1], k, v, mask, scale, may_have_empty_rows=True)
 
 
 def grouped_attention(
@@ -75,10 +80,10 @@ def grouped_attention(
 
     Args:
         q, k, v: ``[B, S, H, D]``, contiguous.
-        groups: per query group ``(q_index [nq], kv_index [nk], masks, text_keys)``: token
-            indices into S; ``masks`` is None (every query sees every key) or per-axis bool
-            factors whose outer AND is the ``[nq, nk - text_keys]`` mask; the last
-            ``text_keys`` keys are always kept.
+        groups: per query group ``(q_index [nq], kv_index [nk], mask, text_keys)``: token
+            indices into S; ``mask`` is None (every query sees every key), a ready additive
+            ``[nq, nk]`` mask in q's dtype, or per-axis bool factors whose outer AND is the
+            ``[nq, nk - text_keys]`` mask; the last ``text_keys`` keys are always kept.
         text_range: ``(start, stop)`` of the text queries (attend to everything).
         key_mask: ``[B, S]`` bool (True = keep) or None.
     Returns:
@@ -86,12 +91,12 @@ def grouped_attention(
     """
     out = torch.empty_like(q)
     for q_index, kv_index, masks, text_keys in groups:
-        mask = _factor_mask(masks, text_keys)
+        mask = factor_mask(masks, text_keys, q.dtype) if isinstance(masks, tuple) else masks
         if key_mask is not None:
             km = key_mask.index_select(1, kv_index)[:, None, None, :]
-            mask = km if mask is None else (mask & km)
+            mask = km if mask is None else km & (mask > float("-inf"))
         o = _sdpa(q.index_select(1, q_index), k.index_select(1, kv_index), v.index_select(1, kv_index),
-                  mask, scale)
+                  mask, scale, may_have_empty_rows=key_mask is not None)
         out.index_copy_(1, q_index, o)
     text_query_attention(q, k, v, out, text_range, key_mask, scale)
     return out
@@ -111,6 +116,9 @@ def block_sparse_attention(
 ) -> torch.Tensor:
     """Block-sparse attention with a different key-block set per batch and head.
 
+    Keys and values are first laid out block-major (``[B, H, nb + 1, P, D]``, one pass), so
+    that a query block's keys are gathered as whole contiguous blocks.
+
     Args:
         q, k, v: ``[B, S, H, D]``, contiguous.
         block_tokens: ``[nb + 1, P]`` token indices of every video block (padded slots and
@@ -124,39 +132,47 @@ def block_sparse_attention(
         ``[B, S, H, D]``.
     """
     b, s, h, d = q.shape
-    nb = block_tokens.shape[0] - 1
-    out = torch.empty_like(q)
-    k_rows = k.reshape(b * s * h, d)
-    v_rows = v.reshape(b * s * h, d)
-    bh_base = (torch.arange(b)[:, None] * s * h + torch.arange(h)[None, :])[:, :, None]  # [B, H, 1]
+    nb1, p = block_tokens.shape
+    n_sel = selection.shape[-1]
+    flat = block_tokens.reshape(-1)
+
+    def block_major(t):  # [B, S, H, D] -> rows of whole blocks [B * H * nb1, P * D]
+        return t.index_select(1, flat).view(b, nb1, p, h, d).permute(0, 3, 1, 2, 4).reshape(b * h * nb1, p * d)
+
+    k_blocks, v_blocks = block_major(k), block_major(v)
+    base = ((torch.arange(b)[:, None] * h + torch.arange(h)[None, :]) * nb1)[:, :, None]  # [B, H, 1]
     n_text = text_index.numel()
     if n_text:
-        text_rows = bh_base + text_index[None, None, :] * h  # [B, H, n_text]
-    if key_mask is not None:
-        km_rows = key_mask[:, None, :].expand(b, h, s)
+        k_text = k.index_select(1, text_index).transpose(1, 2)  # [B, H, n_text, D]
+        v_text = v.index_select(1, text_index).transpose(1, 2)
+    valid_rows = None
+    if block_valid is not None or key_mask is not None:
+        valid_rows = torch.ones(b, h, nb1, p, dtype=torch.bool)
+        if block_valid is not None:
+            valid_rows = valid_rows & block_valid
+        if key_mask is not None:
+            valid_rows = valid_rows & key_mask.index_select(1, flat).view(b, 1, nb1, p)
+        valid_rows = valid_rows.reshape(b * h * nb1, p)
+        text_valid = (key_mask.index_select(1, text_index)[:, None, :].expand(b, h, n_text)
+                      if key_mask is not None else torch.ones(b, h, n_text, dtype=torch.bool))
+    out = torch.empty_like(q)
+    nb = nb1 - 1
     for i in range(nb):
         q_tok = block_tokens[i] if block_valid is None else block_tokens[i][block_valid[i]]
-        blocks = selection[:, :, i]  # [B, H, n_sel]
-        tok = block_tokens[blocks].reshape(b, h, -1)  # [B, H, n_sel * P]
-        rows = bh_base + tok * h
+        ids = (base + selection[:, :, i]).reshape(-1)
+        kg = k_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
+        vg = v_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
         if n_text:
-            rows = torch.cat([rows, text_rows], dim=-1)
-            tok = torch.cat([tok, text_index.expand(b, h, n_text)], dim=-1)
-        nk = rows.shape[-1]
-        kg = k_rows.index_select(0, rows.reshape(-1)).view(b, h, nk, d).transpose(1, 2)
-        vg = v_rows.index_select(0, rows.reshape(-1)).view(b, h, nk, d).transpose(1, 2)
+            kg = torch.cat([kg, k_text], dim=2)
+            vg = torch.cat([vg, v_text], dim=2)
         mask = None
-        if block_valid is not None:
-            valid = block_valid[blocks].reshape(b, h, -1)
+        if valid_rows is not None:
+            mask = valid_rows.index_select(0, ids).view(b, h, n_sel * p)
             if n_text:
-                valid = torch.cat([valid, valid.new_ones(b, h, n_text)], dim=-1)
-            mask = valid
-        if key_mask is not None:
-            kmask = km_rows.gather(-1, tok)
-            mask = kmask if mask is None else mask & kmask
-        if mask is not None:
+                mask = torch.cat([mask, text_valid], dim=-1)
             mask = mask[:, :, None, :]
-        o = _sdpa(q.index_select(1, q_tok), kg, vg, mask, scale)
+        o = _sdpa(q.index_select(1, q_tok), kg.transpose(1, 2), vg.transpose(1, 2), mask, scale,
+                  may_have_empty_rows=key_mask is not None)
         out.index_copy_(1, q_tok, o)
     text_query_attention(q, k, v, out, text_range, key_mask, scale)
     return out
