@@ -15,12 +15,13 @@ from .ops import (
     sparse_attention,
 )
 from .blockmask import BlockMask
+from .plan import Plan, PlanGridWarning
 
 __version__ = "0.1.0"
 
 # Parts that run models live in dit_sparse.pipelines (they import diffusers): loaded lazily so
 # that the core stays importable and fast without touching diffusers.
-_LAZY = {"apply": "api", "remove": "api", "applied": "api"}
+_LAZY = {"apply": "api", "remove": "api", "applied": "api", "profile": "profiling"}
 
 
 def __getattr__(name):
@@ -35,4 +36,5 @@ __all__ = [
     "TokenLayout", "Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "parse_pattern",
     "sparse_attention", "reference_attention", "estimate_speedup", "SpeedupEstimate",
     "choose_backend", "can_run_cpu", "can_run_triton", "BlockMask", "apply", "remove", "applied",
+    "Plan", "PlanGridWarning", "profile",
 ]

@@ -236,6 +236,8 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
     """
     models, pipeline = _transformers(target)
     source = _normalise(spec)
+    if hasattr(source, "validate_for"):  # a Plan checks model class, layers and heads
+        source.validate_for(target)
     dense_steps = _check_dense_steps(getattr(source, "dense_steps", 0) if dense_steps is None else dense_steps)
     if isinstance(dense_steps, float) and pipeline is None:
         raise ValueError(f"dense_steps={dense_steps} is a fraction of the schedule, which needs a pipeline target; "
@@ -253,6 +255,7 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
     plan: List[Tuple[Adapter, torch.nn.Module, hooks.ForwardState, List[Tuple[str, torch.nn.Module, tuple]]]] = []
     for (prefix, model), adapter in zip(models, adapters):
         state = hooks.ForwardState(adapter, steps)
+        state.on_grid = getattr(source, "check_grid", None)
         chosen = []
         for name, module in model.named_modules():
             if not adapter.is_self_attention(name, module):

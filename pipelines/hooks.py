@@ -140,6 +140,9 @@ class ForwardState:
         self.steps = steps
         self.grid: Optional[Tuple[int, int, int]] = None
         self.text_len = 0
+        # Called with each forward's grid when set (a plan's ``check_grid`` warns on a grid
+        # other than the profiled one).
+        self.on_grid: Optional[Callable[[Tuple[int, int, int]], None]] = None
 
 
 class SparseAttentionHook(ModelHook):
@@ -158,6 +161,8 @@ class SparseAttentionHook(ModelHook):
         adapter = self.state.adapter
         self.state.grid = tuple(adapter.grid(module, bound))
         self.state.text_len = int(adapter.text_len(module, bound)) if adapter.text_position else 0
+        if self.state.on_grid is not None:
+            self.state.on_grid(self.state.grid)
         self.state.steps.observe(bound.get("timestep"))
         return args, kwargs
 

@@ -1,0 +1,522 @@
+"""``Plan``: the portable result of profiling, a versioned JSON document.
+
+A plan says, for every self-attention layer of one model (and optionally for every head),
+which pattern to run, with the error and density measured when it was chosen, plus how many
+early denoising steps stay dense. It is plain JSON (format ``"dit-sparse-plan"``, version
+1), written atomically, validated field by field on load, never pickled::
+
+    {
+      "format": "dit-sparse-plan", "version": 1,
+      "model": {"class": "WanTransformer3DModel", "name_or_path": "...", "heads": 12,
+                "head_dim": 128, "layers": ["blocks.0.attn1", ...]},
+      "profile": {"grid": [21, 30, 52], "text_len": 0, "num_inference_steps": 50,
+                  "sampled_steps": [0, 1, ...], "height": 480, "width": 832, "num_frames": 81,
+                  "seeds": [0], "num_prompts": 4, "prompts_sha256": "...", "mode": "budget",
+                  "max_error": null, "budget": 0.3, "dense_bound": 0.1,
+                  "versions": {"dit_sparse": "0.1.0", "torch": "...", "diffusers": "..."},
+                  "candidates": [{"pattern": {...}, "error": 0.05, "density": 0.2}, ...]},
+      "dense_steps": 2,
+      "layers": [
+        {"name": "blocks.0.attn1", "pattern": {"kind": "neighborhood", ...},
+         "error": 0.03, "density": 0.21},
+        {"name": "blocks.1.attn1", "error": 0.04, "density": 0.5,
+         "heads": [{"pattern": {...}, "error": 0.02, "density": 0.2}, ...]},
+        ...]
+    }
+
+A layer entry holds either one ``pattern`` for all heads or a ``heads`` list (one entry per
+head); its ``error``/``density`` are the means over heads. ``profile.candidates`` lists
+every candidate with its mean error and density over all layers and heads (what each would
+give if applied uniformly).
+
+Windows are stored in tokens, so a plan applies at another resolution: each query keeps its
+receptive field, and a window larger than an axis covers the axis (the patterns' own
+clamping). Applying at a grid other than the profiled one warns (:class:`PlanGridWarning`).
+
+``Plan`` implements the protocol of :func:`dit_sparse.apply` (``patterns_for``,
+``dense_steps``), plus ``check_used`` (the layer set must match), ``validate_for`` (called by
+``apply`` on the target) and ``check_grid`` (called with each forward's grid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
+
+FORMAT = "dit-sparse-plan"
+VERSION = 1
+
+
+class PlanGridWarning(UserWarning):
+    """A plan is applied at a token grid other than the one it was profiled on."""
+
+
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """sha256 of the prompts (as a JSON list): identifies them without storing them."""
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def pattern_spec(pattern: Pattern) -> str:
+    """The short spec string of a pattern (``parse_pattern`` reads it back)."""
+    def triple(v):
+        return "x".join(str(x) for x in v)
+
+    if isinstance(pattern, Full):
+        return "full"
+    if isinstance(pattern, SlidingTile):
+        return f"sliding-tile:tile={triple(pattern.tile)},window={triple(pattern.window)}"
+    if isinstance(pattern, Neighborhood):
+        parts = [f"kernel={triple(pattern.kernel)}"]
+        if pattern.dilation != (1, 1, 1):
+            parts.append(f"dilation={triple(pattern.dilation)}")
+        if pattern.stride != (1, 1, 1):
+            parts.append(f"stride={triple(pattern.stride)}")
+        return "neighborhood:" + ",".join(parts)
+    if isinstance(pattern, BlockSparse):
+        sel = f"topk={pattern.topk:g}" if pattern.topk is not None else f"threshold={pattern.threshold:g}"
+        return f"block-sparse:block={triple(pattern.block)},{sel}"
+    return json.dumps(pattern.to_dict(), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------
+# Field checks: every error names the JSON path of the offending field
+# --------------------------------------------------------------------------------------
+
+
+def _fail(where: str, message: str):
+    raise ValueError(f"plan{where}: {message}")
+
+
+def _dict(value, where: str, required: Sequence[str], optional: Sequence[str] = ()) -> dict:
+    if not isinstance(value, dict):
+        _fail(where, f"must be a JSON object, got {type(value).__name__}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        _fail(where, f"missing field(s) {missing}")
+    extra = sorted(set(value) - set(required) - set(optional))
+    if extra:
+        _fail(where, f"unknown field(s) {extra}; allowed: {sorted(set(required) | set(optional))}")
+    return value
+
+
+def _int(value, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(where, f"must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _num(value, where: str, lo: float = 0.0, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
+        _fail(where, f"must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _opt_num(value, where: str, lo: float = 0.0, hi: float = math.inf) -> Optional[float]:
+    return None if value is None else _num(value, where, lo, hi)
+
+
+def _opt_int(value, where: str, minimum: int = 1) -> Optional[int]:
+    return None if value is None else _int(value, where, minimum)
+
+
+def _str(value, where: str) -> str:
+    if not isinstance(value, str):
+        _fail(where, f"must be a string, got {value!r}")
+    return value
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        _fail(where, f"must be a JSON array, got {type(value).__name__}")
+    return value
+
+
+def _grid(value, where: str) -> Tuple[int, int, int]:
+    items = _list(value, where)
+    if len(items) != 3:
+        _fail(where, f"must be [T, H, W], got {value!r}")
+    return tuple(_int(x, f"{where}[{i}]", 1) for i, x in enumerate(items))  # type: ignore[return-value]
+
+
+def _pattern(value, where: str) -> Pattern:
+    try:
+        return Pattern.from_dict(value)
+    except (TypeError, ValueError) as exc:
+        _fail(where, str(exc))
+
+
+# --------------------------------------------------------------------------------------
+# The document
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """One head's pattern with the error and density measured for it."""
+
+    pattern: Pattern
+    error: float
+    density: float
+
+    def to_dict(self) -> dict:
+        return {"pattern": self.pattern.to_dict(), "error": self.error, "density": self.density}
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One self-attention layer: its name and one :class:`HeadChoice` per head."""
+
+    name: str
+    heads: Tuple[HeadChoice, ...]
+
+    @property
+    def patterns(self) -> Tuple[Pattern, ...]:
+        return tuple(h.pattern for h in self.heads)
+
+    @property
+    def uniform(self) -> bool:
+        return all(h.pattern == self.heads[0].pattern for h in self.heads)
+
+    @property
+    def error(self) -> float:
+        return sum(h.error for h in self.heads) / len(self.heads)
+
+    @property
+    def density(self) -> float:
+        return sum(h.density for h in self.heads) / len(self.heads)
+
+    def to_dict(self) -> dict:
+        out: Dict[str, Any] = {"name": self.name}
+        if self.uniform:
+            out["pattern"] = self.heads[0].pattern.to_dict()
+        else:
+            out["heads"] = [h.to_dict() for h in self.heads]
+        out["error"] = self.error
+        out["density"] = self.density
+        return out
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model a plan was profiled on."""
+
+    cls: str
+    name_or_path: Optional[str]
+    layers: Tuple[str, ...]
+    heads: int
+    head_dim: int
+
+    def to_dict(self) -> dict:
+        return {"class": self.cls, "name_or_path": self.name_or_path, "heads": self.heads,
+                "head_dim": self.head_dim, "layers": list(self.layers)}
+
+
+_PROFILE_REQUIRED = ("grid", "text_len", "num_inference_steps", "sampled_steps", "seeds", "num_prompts",
+                     "prompts_sha256", "mode", "versions")
+_PROFILE_OPTIONAL = ("height", "width", "num_frames", "max_error", "budget", "dense_bound", "candidates")
+
+
+class Plan:
+    """Per layer (and head) sparse patterns for one model, with the dense warm-up steps.
+
+    Build one with :func:`dit_sparse.profile` or :meth:`load`; apply it with
+    ``dit_sparse.apply(pipe, plan)``.
+
+    Attributes:
+        model: :class:`ModelInfo`.
+        profile: what it was profiled on (dict; see the module docstring).
+        dense_steps: early steps that run dense.
+        layers: ``{layer name: LayerPlan}`` in the model's order.
+    """
+
+    def __init__(self, model: ModelInfo, profile: Dict[str, Any], dense_steps: int, layers: Sequence[LayerPlan]):
+        self.model = model
+        self.profile = dict(profile)
+        self.dense_steps = int(dense_steps)
+        self.layers: Dict[str, LayerPlan] = {layer.name: layer for layer in layers}
+        self._warned_grids = set()
+        self._check()
+
+    # --- consistency -----------------------------------------------------------------
+    def _check(self):
+        if list(self.layers) != list(self.model.layers):
+            missing = [n for n in self.model.layers if n not in self.layers]
+            extra = [n for n in self.layers if n not in self.model.layers]
+            if missing or extra:
+                _fail("['layers']", f"layer entries must match ['model']['layers']: missing {_short(missing)}, "
+                                    f"unexpected {_short(extra)}")
+            _fail("['layers']", "layer entries must be in the order of ['model']['layers']")
+        for i, layer in enumerate(self.layers.values()):
+            if len(layer.heads) != self.model.heads:
+                _fail(f"['layers'][{i}]", f"layer {layer.name!r} has {len(layer.heads)} head entries but the model "
+                                          f"has heads={self.model.heads}")
+
+    # --- the apply protocol ----------------------------------------------------------
+    @property
+    def grid(self) -> Tuple[int, int, int]:
+        return tuple(self.profile["grid"])  # type: ignore[return-value]
+
+    @property
+    def all_full(self) -> bool:
+        return all(isinstance(p, Full) for layer in self.layers.values() for p in layer.patterns)
+
+    def patterns_for(self, layer_name: str, num_heads: int):
+        """Per-head patterns of ``layer_name``, or None for a layer that stays dense."""
+        layer = self.layers.get(layer_name)
+        if layer is None:
+            raise ValueError(f"plan for {self.model.cls} has no layer {layer_name!r}; its layers: "
+                             f"{_short(list(self.layers))}")
+        if num_heads != len(layer.heads):
+            raise ValueError(f"layer {layer_name!r} has heads={num_heads} but the plan has {len(layer.heads)} heads")
+        patterns = layer.patterns
+        if all(isinstance(p, Full) for p in patterns) and not self.all_full:
+            return None  # dense: leave the model's own attention in place
+        return list(patterns)
+
+    def check_used(self, names: Sequence[str]) -> None:
+        """The layers ``apply`` found must be exactly the plan's layers."""
+        missing = [n for n in self.layers if n not in names]
+        extra = [n for n in names if n not in self.layers]
+        if missing or extra:
+            raise ValueError(f"plan does not fit the model's self-attention layers: plan layers missing from the "
+                             f"model {_short(missing)}, model layers missing from the plan {_short(extra)}")
+
+    def check_grid(self, grid) -> None:
+        """Warn (once per grid) when a forward runs at a grid other than the profiled one."""
+        grid = tuple(int(g) for g in grid)
+        if grid != self.grid and grid not in self._warned_grids:
+            self._warned_grids.add(grid)
+            warnings.warn(f"plan profiled on token grid {self.grid} is applied at grid {grid}: windows are kept in "
+                          "tokens (clamped where an axis is smaller), errors may differ from the profiled ones",
+                          PlanGridWarning, stacklevel=2)
+
+    def validate_for(self, model) -> None:
+        """Check that the plan fits ``model``: a pipeline, a transformer, or a description dict
+        ``{"class", "layers", "heads", "head_dim"}``. Raises ValueError naming what differs."""
+        if isinstance(model, dict):
+            desc = model
+        else:
+            from dit_sparse.pipelines.profiling import describe_model
+
+            desc = describe_model(model)
+        diffs = []
+        if desc["class"] != self.model.cls:
+            diffs.append(f"model class {desc['class']!r} != plan's {self.model.cls!r}")
+        layers = list(desc["layers"])
+        if layers != list(self.model.layers):
+            missing = [n for n in self.model.layers if n not in layers]
+            extra = [n for n in layers if n not in self.model.layers]
+            diffs.append(f"self-attention layers differ ({len(layers)} in the model, {len(self.model.layers)} in the "
+                         f"plan; plan-only {_short(missing)}, model-only {_short(extra)})")
+        if desc["heads"] != self.model.heads:
+            diffs.append(f"heads {desc['heads']} != plan's {self.model.heads}")
+        if desc.get("head_dim") is not None and desc["head_dim"] != self.model.head_dim:
+            diffs.append(f"head_dim {desc['head_dim']} != plan's {self.model.head_dim}")
+        if diffs:
+            raise ValueError("plan does not fit this model: " + "; ".join(diffs))
+
+    # --- numbers ---------------------------------------------------------------------
+    @property
+    def mean_density(self) -> float:
+        """Mean density over all layers and heads on the sparse steps."""
+        heads = [h for layer in self.layers.values() for h in layer.heads]
+        return sum(h.density for h in heads) / len(heads)
+
+    @property
+    def mean_error(self) -> float:
+        heads = [h for layer in self.layers.values() for h in layer.heads]
+        return sum(h.error for h in heads) / len(heads)
+
+    def density_matrix(self) -> List[List[float]]:
+        """``[layers][heads]`` chosen densities (for pictures)."""
+        return [[h.density for h in layer.heads] for layer in self.layers.values()]
+
+    # --- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "profile": self.profile,
+                "dense_steps": self.dense_steps, "layers": [layer.to_dict() for layer in self.layers.values()]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data) -> "Plan":
+        """Validate every field of a plan document; errors name the field's JSON path."""
+        data = _dict(data, "", ("format", "version", "model", "profile", "dense_steps", "layers"))
+        if data["format"] != FORMAT:
+            _fail("['format']", f"is {data['format']!r}, expected {FORMAT!r} (not a dit-sparse plan)")
+        if isinstance(data["version"], bool) or data["version"] != VERSION:
+            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads version {VERSION}")
+        m = _dict(data["model"], "['model']", ("class", "name_or_path", "heads", "head_dim", "layers"))
+        layer_names = tuple(_str(n, f"['model']['layers'][{i}]") for i, n in enumerate(_list(m["layers"],
+                                                                                             "['model']['layers']")))
+        if not layer_names:
+            _fail("['model']['layers']", "is empty")
+        if len(set(layer_names)) != len(layer_names):
+            _fail("['model']['layers']", "has duplicate names")
+        if m["name_or_path"] is not None:
+            _str(m["name_or_path"], "['model']['name_or_path']")
+        model = ModelInfo(_str(m["class"], "['model']['class']"), m["name_or_path"], layer_names,
+                          _int(m["heads"], "['model']['heads']", 1), _int(m["head_dim"], "['model']['head_dim']", 1))
+        profile = cls._check_profile(data["profile"])
+        dense_steps = _int(data["dense_steps"], "['dense_steps']", 0)
+        layers = []
+        for i, entry in enumerate(_list(data["layers"], "['layers']")):
+            where = f"['layers'][{i}]"
+            entry = _dict(entry, where, ("name", "error", "density"), ("pattern", "heads"))
+            name = _str(entry["name"], f"{where}['name']")
+            _num(entry["error"], f"{where}['error']")
+            _num(entry["density"], f"{where}['density']", 0.0, 1.0)
+            if ("pattern" in entry) == ("heads" in entry):
+                _fail(where, "needs exactly one of 'pattern' (all heads) and 'heads' (one entry per head)")
+            if "pattern" in entry:
+                choice = HeadChoice(_pattern(entry["pattern"], f"{where}['pattern']"), float(entry["error"]),
+                                    float(entry["density"]))
+                heads = (choice,) * model.heads
+            else:
+                heads = []
+                for j, h in enumerate(_list(entry["heads"], f"{where}['heads']")):
+                    hw = f"{where}['heads'][{j}]"
+                    h = _dict(h, hw, ("pattern", "error", "density"))
+                    heads.append(HeadChoice(_pattern(h["pattern"], f"{hw}['pattern']"), _num(h["error"], f"{hw}['error']"),
+                                            _num(h["density"], f"{hw}['density']", 0.0, 1.0)))
+                heads = tuple(heads)
+            layers.append(LayerPlan(name, heads))
+        return cls(model, profile, dense_steps, layers)
+
+    @staticmethod
+    def _check_profile(value) -> dict:
+        p = _dict(value, "['profile']", _PROFILE_REQUIRED, _PROFILE_OPTIONAL)
+        w = "['profile']"
+        _grid(p["grid"], f"{w}['grid']")
+        _int(p["text_len"], f"{w}['text_len']", 0)
+        steps = _int(p["num_inference_steps"], f"{w}['num_inference_steps']", 1)
+        sampled = [_int(s, f"{w}['sampled_steps'][{i}]", 0) for i, s in enumerate(_list(p["sampled_steps"],
+                                                                                        f"{w}['sampled_steps']"))]
+        if not sampled or sampled != sorted(set(sampled)) or sampled[-1] >= steps:
+            _fail(f"{w}['sampled_steps']", f"must be increasing steps in [0, {steps}), got {sampled}")
+        for i, s in enumerate(_list(p["seeds"], f"{w}['seeds']")):
+            _int(s, f"{w}['seeds'][{i}]", 0)
+        _int(p["num_prompts"], f"{w}['num_prompts']", 1)
+        digest = _str(p["prompts_sha256"], f"{w}['prompts_sha256']")
+        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            _fail(f"{w}['prompts_sha256']", f"must be 64 lowercase hex digits, got {digest!r}")
+        if p["mode"] not in ("max_error", "budget"):
+            _fail(f"{w}['mode']", f"must be 'max_error' or 'budget', got {p['mode']!r}")
+        _opt_num(p.get("max_error"), f"{w}['max_error']")
+        _opt_num(p.get("budget"), f"{w}['budget']", 0.0, 1.0)
+        _opt_num(p.get("dense_bound"), f"{w}['dense_bound']")
+        if p.get(p["mode"]) is None:
+            _fail(f"{w}['{p['mode']}']", f"must be set when mode is {p['mode']!r}")
+        for key in ("height", "width", "num_frames"):
+            _opt_int(p.get(key), f"{w}['{key}']")
+        versions = _dict(p["versions"], f"{w}['versions']", ("dit_sparse",), ("torch", "diffusers", "transformers"))
+        for key, v in versions.items():
+            _str(v, f"{w}['versions']['{key}']")
+        for i, c in enumerate(_list(p.get("candidates", []), f"{w}['candidates']")):
+            cw = f"{w}['candidates'][{i}]"
+            c = _dict(c, cw, ("pattern", "error", "density"))
+            _pattern(c["pattern"], f"{cw}['pattern']")
+            _num(c["error"], f"{cw}['error']")
+            _num(c["density"], f"{cw}['density']", 0.0, 1.0)
+        return p
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the plan as JSON atomically (temporary file in the same folder, then
+        ``os.replace``): an existing file is either kept or fully replaced."""
+        path = Path(path)
+        text = self.to_json()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Plan":
+        """Read and validate a plan file. Raises ValueError naming what is wrong."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"plan file {str(path)!r} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not a text file ({exc.reason})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    # --- display ---------------------------------------------------------------------
+    def summary(self) -> str:
+        """A table: layer, pattern per head (runs of equal heads), density, error."""
+        p = self.profile
+        mode = f"max_error={p['max_error']}" if p["mode"] == "max_error" else f"budget={p['budget']}"
+        lines = [
+            f"dit-sparse plan for {self.model.cls} ({self.model.name_or_path or 'unnamed'}): "
+            f"{len(self.layers)} layers x {self.model.heads} heads, head_dim {self.model.head_dim}",
+            f"profiled on grid {tuple(p['grid'])}, {p['num_inference_steps']} steps (sampled {len(p['sampled_steps'])}), "
+            f"{p['num_prompts']} prompt(s) x {len(p['seeds'])} seed(s), {mode}",
+            f"dense warm-up steps: {self.dense_steps}; mean density {self.mean_density:.3f}, "
+            f"mean error {self.mean_error:.4f}",
+            "",
+        ]
+        rows = [("layer", "heads", "pattern", "density", "error")]
+        for layer in self.layers.values():
+            groups = _runs(layer.heads)
+            for g, (h0, h1, pattern, dens, err) in enumerate(groups):
+                heads = str(h0) if h1 == h0 + 1 else f"{h0}-{h1 - 1}"
+                rows.append((layer.name if g == 0 else "", heads, pattern_spec(pattern), f"{dens:.3f}", f"{err:.4f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"Plan({self.model.cls}, {len(self.layers)} layers, dense_steps={self.dense_steps}, "
+                f"mean_density={self.mean_density:.3f})")
+
+
+def _runs(heads: Sequence[HeadChoice]):
+    """``(first, end, pattern, mean density, mean error)`` over runs of equal patterns."""
+    out = []
+    for i, h in enumerate(heads):
+        if out and out[-1][2] == h.pattern:
+            first, _, pattern, items = out[-1]
+            out[-1] = (first, i + 1, pattern, items + [h])
+        else:
+            out.append((i, i + 1, h.pattern, [h]))
+    return [(a, b, p, sum(x.density for x in xs) / len(xs), sum(x.error for x in xs) / len(xs))
+            for a, b, p, xs in out]
+
+
+def _short(names: Sequence[str], n: int = 4) -> str:
+    names = list(names)
+    return "[" + ", ".join(names[:n]) + (", ..." if len(names) > n else "") + f"] ({len(names)})"
+
+
+__all__ = ["Plan", "LayerPlan", "HeadChoice", "ModelInfo", "PlanGridWarning", "pattern_spec", "prompts_digest",
+           "FORMAT", "VERSION"]
