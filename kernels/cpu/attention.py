@@ -58,6 +58,16 @@ def factor_mask(masks: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], text_key
     return m
 
 
+def assemble(q, outs, video_inverse: torch.Tensor, video_start: int):
+    """``[B, S, H, D]`` from per-group outputs (concatenated in group order, which lists every
+    video token once) and the inverse of that order. One gather instead of a scatter per
+    group (``index_copy_`` is a slow element-wise path on CPU)."""
+    out = torch.empty_like(q)
+    video = torch.cat(outs, dim=1).index_select(1, video_inverse)
+    out[:, video_start:video_start + video.shape[1]] = video
+    return out
+
+
 def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, scale):
     """Text queries attend to every key: one dense call on a contiguous slice."""
     t0, t1 = text_range
@@ -75,6 +85,8 @@ def grouped_attention(
     text_range: Tuple[int, int],
     key_mask: Optional[torch.Tensor],
     scale: float,
+    video_inverse: torch.Tensor,
+    video_start: int,
 ) -> torch.Tensor:
     """Static sparse attention (neighborhood, sliding tile, dense).
 
@@ -86,10 +98,12 @@ def grouped_attention(
             ``[nq, nk - text_keys]`` mask; the last ``text_keys`` keys are always kept.
         text_range: ``(start, stop)`` of the text queries (attend to everything).
         key_mask: ``[B, S]`` bool (True = keep) or None.
+        video_inverse: ``[T*H*W]`` int64, the inverse of the concatenated ``q_index``
+            (minus ``video_start``): where each video token's row sits in group order.
     Returns:
         ``[B, S, H, D]``.
     """
-    out = torch.empty_like(q)
+    outs = []
     for q_index, kv_index, masks, text_keys in groups:
         mask = factor_mask(masks, text_keys, q.dtype) if isinstance(masks, tuple) else masks
         if key_mask is not None:
@@ -97,7 +111,8 @@ def grouped_attention(
             mask = km if mask is None else km & (mask > float("-inf"))
         o = _sdpa(q.index_select(1, q_index), k.index_select(1, kv_index), v.index_select(1, kv_index),
                   mask, scale, may_have_empty_rows=key_mask is not None)
-        out.index_copy_(1, q_index, o)
+        outs.append(o)
+    out = assemble(q, outs, video_inverse, video_start)
     text_query_attention(q, k, v, out, text_range, key_mask, scale)
     return out
 
@@ -113,6 +128,8 @@ def block_sparse_attention(
     text_range: Tuple[int, int],
     key_mask: Optional[torch.Tensor],
     scale: float,
+    video_inverse: torch.Tensor,
+    video_start: int,
 ) -> torch.Tensor:
     """Block-sparse attention with a different key-block set per batch and head.
 
@@ -128,6 +145,8 @@ def block_sparse_attention(
         selection: ``[B, H, nb, n_sel]`` int64 chosen key blocks per query block; ``nb``
             (the null block) pads rows that keep fewer blocks.
         text_index: ``[n_text]`` int64 text token indices (global keys).
+        video_inverse: where each video token's row sits when the valid tokens of the
+            blocks are concatenated in block order.
     Returns:
         ``[B, S, H, D]``.
     """
@@ -155,7 +174,7 @@ def block_sparse_attention(
         valid_rows = valid_rows.reshape(b * h * nb1, p)
         text_valid = (key_mask.index_select(1, text_index)[:, None, :].expand(b, h, n_text)
                       if key_mask is not None else torch.ones(b, h, n_text, dtype=torch.bool))
-    out = torch.empty_like(q)
+    outs = []
     nb = nb1 - 1
     for i in range(nb):
         q_tok = block_tokens[i] if block_valid is None else block_tokens[i][block_valid[i]]
@@ -173,6 +192,7 @@ def block_sparse_attention(
             mask = mask[:, :, None, :]
         o = _sdpa(q.index_select(1, q_tok), kg.transpose(1, 2), vg.transpose(1, 2), mask, scale,
                   may_have_empty_rows=key_mask is not None)
-        out.index_copy_(1, q_tok, o)
+        outs.append(o)
+    out = assemble(q, outs, video_inverse, video_start)
     text_query_attention(q, k, v, out, text_range, key_mask, scale)
     return out
