@@ -1,0 +1,256 @@
+"""``dit-sparse bench``: dense against sparse on the same prompts and seeds.
+
+For every (prompt, seed) the pipeline runs once dense and once per sparse configuration
+(each ``--plan`` and ``--pattern``, in the order given), interleaved so that a machine
+that gets busier mid-run penalises every configuration alike. Reported per configuration:
+mean wall time of a pipeline call, the self-attention part of it
+(:class:`~dit_sparse.cli.generate.AttentionMeter`), end-to-end and attention speedups
+against dense, PSNR and SSIM of the decoded frames against the dense frames of the same
+prompt and seed (:mod:`dit_sparse.metrics`, averaged over frames, then runs), and the mean
+density.
+
+Before timing, every configuration runs one untimed 1-step call at the benchmark size
+(``--no-warmup`` skips it), with no dense warm-up steps, so that one-time costs (kernel
+tables, allocator growth, lazy imports) are not charged to whichever configuration runs
+first.
+
+``--out`` writes the decoded videos side by side: a GIF/MP4 whose rows are the
+(prompt, seed) runs and whose columns are the configurations (dense first), or a PNG whose
+rows are the runs x configurations, each row one clip's frames left to right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+from . import generate as gen
+from .generate import CLIError, fail
+
+NAME = "bench"
+HELP = "compare dense and sparse attention: wall time, speedup, PSNR, SSIM"
+
+#: Prompts for the embedded model when --prompts is not given (captions of its training data).
+EMBEDDED_PROMPTS = (
+    "a red circle moving left on a blue background",
+    "a yellow triangle moving up on a black background",
+)
+
+
+@dataclass
+class Row:
+    config: str
+    density: float
+    seconds: float
+    attention_seconds: float
+    speedup: float = 1.0
+    attention_speedup: float = 1.0
+    psnr: float = math.inf
+    ssim: float = 1.0
+    runs: int = 0
+    run_seconds: List[float] = field(default_factory=list)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", action="append", default=[], metavar="PLAN_JSON",
+                        help="a plan from `dit-sparse profile` (repeatable)")
+    parser.add_argument("--pattern", action="append", default=[], metavar="SPEC",
+                        help="one pattern for every self-attention layer, e.g. sliding-tile:tile=4x4x4,window=3x3x3 "
+                             "(repeatable)")
+    parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
+                        help="prompts (default for the embedded model: two captions of its training data)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds (default 0)")
+    parser.add_argument("--out", metavar="PATH", help="side-by-side video or image of all runs (.gif, .mp4, .png)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the untimed 1-step call per configuration")
+    gen.add_model_arguments(parser)
+
+
+def _configs(args) -> List[gen.Sparsity]:
+    if not args.plan and not args.pattern:
+        fail("give at least one --plan or --pattern to compare against dense")
+    from dit_sparse.plan import pattern_spec
+
+    configs = [gen.Sparsity("dense")]
+    for path in args.plan:
+        configs.append(gen.Sparsity(f"plan {Path(path).name}", gen.load_plan(path), args.dense_steps))
+    for spec in args.pattern:
+        pattern = gen.load_pattern(spec)
+        configs.append(gen.Sparsity(pattern_spec(pattern), pattern, args.dense_steps))
+    return configs
+
+
+def _check_outputs(args) -> None:
+    from dit_sparse import video_io
+
+    if args.out is not None:
+        try:
+            video_io.check_writable(args.out)
+        except (OSError, ValueError) as exc:
+            fail(f"--out: {exc}")
+    if args.json is not None:
+        path = Path(args.json)
+        if path.suffix.lower() != ".json":
+            fail(f"--json {args.json!r} must end in .json")
+        if not path.parent.is_dir():
+            fail(f"--json: folder {str(path.parent)!r} does not exist")
+
+
+def _run_config(pipe, config: gen.Sparsity, prompt: str, seed: int, kwargs: Dict):
+    """``(frames, seconds, attention seconds, density)`` of one pipeline call."""
+    handle = gen.apply_sparsity(pipe, config)
+    try:
+        with gen.AttentionMeter(pipe) as meter:
+            start = time.perf_counter()
+            frames = gen.run_pipeline(pipe, prompt, seed, kwargs)
+            seconds = time.perf_counter() - start
+    finally:
+        if handle is not None:
+            handle.remove()
+    return frames, seconds, meter.seconds, meter.density
+
+
+def _warmup(pipe, configs: List[gen.Sparsity], prompt: str, kwargs: Dict) -> None:
+    short = dict(kwargs, num_inference_steps=1)
+    for config in configs:
+        _run_config(pipe, config if config.dense else gen.Sparsity(config.label, config.spec, 0), prompt, 0, short)
+
+
+def _finite(row: Dict) -> Dict:
+    """JSON has no inf/nan: PSNR of identical frames (inf) and undefined ratios become null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "inf" if math.isinf(x) else f"{x:.{digits}f}"
+
+
+def format_table(rows: List[Row]) -> str:
+    header = ("config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "ssim")
+    body = [(r.config, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.attention_seconds:.2f}", f"{r.speedup:.2f}x",
+             f"{r.attention_speedup:.2f}x", _fmt(r.psnr, 2), f"{r.ssim:.4f}") for r in rows]
+    widths = [max(len(str(line[i])) for line in [header] + body) for i in range(len(header))]
+    lines = []
+    for k, line in enumerate([header] + body):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _side_by_side(path: str, videos: List[List], fps: float) -> None:
+    """``videos[run][config]`` float frames -> one file (module docstring)."""
+    from dit_sparse import video_io
+
+    clips = [[video_io.to_uint8(v) for v in row] for row in videos]
+    if Path(path).suffix.lower() == ".png":
+        picture = video_io.grid([[video_io.strip(c)[None]] for row in clips for c in row])
+    else:
+        picture = video_io.grid(clips)
+    video_io.write_frames(path, picture, fps=fps)
+
+
+def run(args) -> int:
+    """Run ``bench`` from parsed arguments; returns the exit code."""
+    import torch
+
+    from dit_sparse.metrics import psnr, ssim, to_images
+
+    try:
+        _check_outputs(args)
+        if any(s < 0 for s in args.seeds):
+            fail(f"--seeds {args.seeds} must be >= 0")
+        configs = _configs(args)
+        if args.prompts is not None:
+            for i, p in enumerate(args.prompts):
+                gen.check_prompt(p, f"--prompts[{i}]")
+        pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype)
+        prompts = list(args.prompts) if args.prompts is not None else None
+        if prompts is None:
+            if not embedded:
+                fail("--prompts is required with --model")
+            prompts = list(EMBEDDED_PROMPTS)
+        settings = gen.prepare(args, pipe, embedded)
+        kwargs = settings.call_kwargs(pipe)
+        gen.set_progress(pipe, True, "")
+        runs = [(p, s) for p in prompts for s in args.seeds]
+        from tqdm.auto import tqdm
+
+        if args.warmup:
+            _warmup(pipe, configs, prompts[0], kwargs)
+        times = {c.label: [] for c in configs}
+        attn = {c.label: [] for c in configs}
+        dens = {c.label: [] for c in configs}
+        quality = {c.label: ([], []) for c in configs}
+        videos = []
+        with tqdm(total=len(runs) * len(configs), desc="bench", unit="run", disable=args.quiet, leave=False) as bar:
+            for prompt, seed in runs:
+                row, dense_frames = [], None
+                for config in configs:
+                    bar.set_postfix_str(config.label[:40])
+                    frames, seconds, attention, density = _run_config(pipe, config, prompt, seed, kwargs)
+                    times[config.label].append(seconds)
+                    attn[config.label].append(attention)
+                    dens[config.label].append(density)
+                    if dense_frames is None:
+                        dense_frames = frames
+                    ref, got = to_images(dense_frames), to_images(frames)
+                    quality[config.label][0].append(psnr(got, ref))
+                    quality[config.label][1].append(ssim(got, ref))
+                    row.append(frames)
+                    bar.update(1)
+                videos.append(row)
+        if args.out is not None:
+            _side_by_side(args.out, videos, args.fps)
+    except CLIError as exc:
+        return gen.report_error(f"dit-sparse {NAME}", exc)
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    dense = configs[0].label
+    rows = []
+    for c in configs:
+        t, a = mean(times[c.label]), mean(attn[c.label])
+        rows.append(Row(c.label, mean(dens[c.label]), t, a, mean(times[dense]) / t,
+                        mean(attn[dense]) / a if a > 0 else math.nan, mean(quality[c.label][0]),
+                        mean(quality[c.label][1]), len(times[c.label]), [round(x, 4) for x in times[c.label]]))
+    f, h, w, _ = videos[0][0].shape
+    device = args.device + ("" if args.device != "cpu" else f", {torch.get_num_threads()} threads")
+    print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "
+          f"{f} frames {h}x{w}, {kwargs.get('num_inference_steps', 'default')} steps, {len(prompts)} prompt(s) x "
+          f"{len(args.seeds)} seed(s), {device}, {args.dtype}")
+    print(format_table(rows))
+    if args.out is not None:
+        print(f"side by side: {args.out} (columns: {', '.join(c.label for c in configs)})")
+    if args.json is not None:
+        doc = {"model": "embedded" if embedded else args.model, "frames": f, "height": h, "width": w,
+               "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(args.seeds),
+               "device": args.device, "dtype": args.dtype, "rows": [_finite(asdict(r)) for r in rows]}
+        from dit_sparse.video_io import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return 0
+
+
+def build_parser(prog: str = f"dit-sparse {NAME}") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Standalone entry: ``python -m dit_sparse.cli.bench ...``."""
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,606 @@
+"""``dit-sparse generate "PROMPT" -o out.mp4``: one clip (or image) with sparse attention.
+
+The model is the embedded tiny Wan pipeline unless ``--model`` names a diffusers pipeline
+folder (or a Hugging Face id already in the local cache; nothing is downloaded). Attention
+is dense, a uniform ``--pattern`` on every self-attention layer, or a ``--plan`` from
+``dit-sparse profile``. The output format follows the suffix (:mod:`dit_sparse.video_io`:
+MP4, GIF, PNG; a PNG of several frames is a horizontal strip).
+
+The last line reports the pipeline call's wall time, the part of it spent in the
+self-attention core and the mean density. The attention time comes from
+:class:`AttentionMeter`, a timer around the model family's attention core name (the
+``dispatch_attention_fn`` or ``F`` global of the transformer's module, the same name that
+:func:`dit_sparse.apply` shims), counting calls whose queries and keys have one length.
+
+User errors (empty prompt, sizes the model cannot take, unknown pattern, unwritable output,
+missing model) print one line on stderr and exit with code 2, leaving no file behind.
+
+This module also holds what ``dit-sparse bench`` shares with it: model loading, size
+rules, the sparsity options and the meter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import inspect
+import math
+import os
+import re
+import sys
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+NAME = "generate"
+HELP = "generate a video or image with sparse attention"
+
+DTYPES = ("float32", "float16", "bfloat16")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+class CLIError(Exception):
+    """A user error: reported as one line on stderr with exit code 2."""
+
+
+def fail(message: str) -> None:
+    raise CLIError(message)
+
+
+def report_error(prog: str, exc: BaseException) -> int:
+    message = " ".join(str(exc).split())  # one line, whatever the exception held
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# --------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(p.suffix in WEIGHT_SUFFIXES for p in folder.rglob("*") if p.is_file())
+
+
+def resolve_model(model: Optional[str]) -> Tuple[str, bool]:
+    """``(path or id, is_embedded)`` for ``--model``; checks local folders before loading."""
+    if model is None:
+        from dit_sparse.pipelines.tiny import embedded_model_path
+
+        try:
+            return str(embedded_model_path()), True
+        except FileNotFoundError as exc:
+            fail(f"no --model given and {exc}")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            fail(f"--model {model!r} is a file; give a diffusers pipeline folder (with model_index.json)")
+        if not (path / "model_index.json").is_file():
+            fail(f"--model {model!r} has no model_index.json; it is not a diffusers pipeline folder")
+        if not _has_weights(path):
+            fail(f"--model {model!r} has no weights (no {', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])} files)")
+        return str(path), False
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith("."):
+        return model, False  # maybe a Hugging Face id in the local cache: from_pretrained decides
+    fail(f"--model {model!r} does not exist")
+
+
+def load_pipeline(model: Optional[str], device: str, dtype: str):
+    """``(pipeline, is_embedded)``: ``--model`` loaded offline on ``device`` in ``dtype``."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    name, embedded = resolve_model(model)
+    torch_dtype = getattr(torch, dtype)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device} but CUDA is not available")
+    from diffusers import DiffusionPipeline
+
+    try:
+        with _quiet_loading():
+            pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, local_files_only=True)
+    except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "" if Path(name).exists() else " (not a local folder, and not in the local Hugging Face cache)"
+        fail(f"cannot load --model {name!r}{where}: {first}")
+    if getattr(pipe, "transformer", None) is None:
+        fail(f"--model {name!r} is a {type(pipe).__name__} without a transformer; dit-sparse needs a DiT pipeline")
+    try:
+        pipe = pipe.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        fail(f"cannot move the pipeline to --device {device}: {exc}")
+    return pipe, embedded
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No loading bars, library warnings or deprecation notices while loading: errors
+    must stay one line, and the rest is not the user's business."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        tlog = None
+    levels = [dlog.get_verbosity(), tlog.get_verbosity() if tlog else None]
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    if tlog:
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlog.enable_progress_bar()
+        dlog.set_verbosity(levels[0])
+        if tlog:
+            tlog.enable_progress_bar()
+            tlog.set_verbosity(levels[1])
+
+
+def call_parameters(pipe) -> Dict[str, inspect.Parameter]:
+    return dict(inspect.signature(type(pipe).__call__).parameters)
+
+
+def is_video_pipeline(pipe) -> bool:
+    return "num_frames" in call_parameters(pipe)
+
+
+# --------------------------------------------------------------------------------------
+# Sizes
+# --------------------------------------------------------------------------------------
+
+
+def _first_attr(obj, names, default=None):
+    for name in names:
+        value = getattr(obj, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return int(value)
+    return default
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """What sizes a pipeline takes: height and width multiples of ``spatial``; frames
+    ``temporal * k + 1`` (``temporal`` None: an image pipeline, one frame)."""
+
+    spatial: int
+    temporal: Optional[int]
+    spatial_why: str
+
+    def check(self, frames: Optional[int], height: Optional[int], width: Optional[int]) -> None:
+        for name, value in (("--height", height), ("--width", width)):
+            if value is None:
+                continue
+            if value < 1:
+                fail(f"{name} {value} must be >= 1")
+            if value % self.spatial:
+                fail(f"{name} {value} is not a multiple of {self.spatial} ({self.spatial_why}); nearest valid: "
+                     f"{_nearest(value, self.spatial, 0)}")
+        if frames is None:
+            return
+        if frames < 1:
+            fail(f"--frames {frames} must be >= 1")
+        if self.temporal is None:
+            if frames != 1:
+                fail(f"--frames {frames}: this is a text-to-image pipeline; use --frames 1")
+            return
+        if (frames - 1) % self.temporal:
+            fail(f"--frames {frames} does not fit the VAE's temporal factor {self.temporal} (frames = "
+                 f"{self.temporal}k + 1); nearest valid: {_nearest(frames, self.temporal, 1)}")
+
+
+def _nearest(value: int, step: int, offset: int) -> str:
+    below = (value - offset) // step * step + offset
+    above = below + step
+    options = [v for v in (below, above) if v >= max(offset, 1)]
+    return " or ".join(str(v) for v in options)
+
+
+def size_rules(pipe) -> SizeRules:
+    """Height/width multiple and temporal factor of ``pipe`` from its VAE factors and the
+    transformer's patch size (both as the pipeline itself computes them)."""
+    cfg = pipe.transformer.config
+    patch = cfg.get("patch_size", 1) if hasattr(cfg, "get") else getattr(cfg, "patch_size", 1)
+    if isinstance(patch, (list, tuple)):
+        ph, pw = int(patch[-2]), int(patch[-1])
+    else:
+        ph = pw = int(patch or 1)
+    name = type(pipe).__name__
+    if type(pipe.transformer).__name__ == "FluxTransformer2DModel":
+        ph = pw = 2  # the Flux pipeline packs 2 x 2 latent patches itself
+    vs = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor",
+                            "vae_scale_factor"), 8)
+    multiple = vs * max(ph, pw)
+    why = f"VAE factor {vs} x patch {max(ph, pw)}"
+    if name.startswith("Wan") and multiple % 16:
+        multiple = math.lcm(multiple, 16)
+        why += f"; {name} takes multiples of 16"
+    temporal = None
+    if is_video_pipeline(pipe):
+        temporal = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
+                                      "vae_temporal_scale_factor"), 1)
+    return SizeRules(multiple, temporal, why)
+
+
+# --------------------------------------------------------------------------------------
+# Sparsity options
+# --------------------------------------------------------------------------------------
+
+
+def parse_dense_steps(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be an int >= 0 or a fraction in (0, 1)")
+    if value.is_integer():
+        return int(value)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a non-integer must be a fraction in (0, 1) of the steps")
+    return value
+
+
+@dataclass
+class Sparsity:
+    """One attention configuration: ``spec`` is None (dense), a Pattern or a Plan."""
+
+    label: str
+    spec: Any = None
+    dense_steps: Any = None
+
+    @property
+    def dense(self) -> bool:
+        return self.spec is None
+
+
+def load_plan(path: str):
+    from dit_sparse import Plan
+
+    try:
+        return Plan.load(path)
+    except (OSError, ValueError) as exc:
+        fail(f"--plan: {exc}")
+
+
+def load_pattern(spec: str):
+    from dit_sparse import parse_pattern
+
+    try:
+        return parse_pattern(spec)
+    except (TypeError, ValueError) as exc:
+        fail(f"--pattern: {exc}")
+
+
+def apply_sparsity(pipe, sparsity: Sparsity):
+    """Apply ``sparsity`` to ``pipe``; returns the handle (None when dense)."""
+    if sparsity.dense:
+        return None
+    import dit_sparse as ds
+
+    try:
+        return ds.apply(pipe, sparsity.spec, dense_steps=sparsity.dense_steps)
+    except (TypeError, ValueError) as exc:
+        fail(f"{sparsity.label}: {exc}")
+
+
+# --------------------------------------------------------------------------------------
+# Timing the attention core
+# --------------------------------------------------------------------------------------
+
+
+class AttentionMeter:
+    """Wall time and density of the self-attention core calls of one pipeline.
+
+    ``with AttentionMeter(pipe) as meter:`` points the family module's core name
+    (``dispatch_attention_fn``, or ``F`` for processors that call
+    ``F.scaled_dot_product_attention``) at a timer for the duration, on top of whatever is
+    there (the plain function, or the shim of :func:`dit_sparse.apply`: enter the meter
+    after ``apply`` and leave it before ``remove``). Calls whose query and key lengths are
+    equal are self-attention; the rest (cross-attention) run untimed. On CUDA the device is
+    synchronised around each timed call, which costs a little overlap.
+
+    ``density`` is the mean over self-attention calls of the fraction of query-key pairs
+    computed: 1 for a dense call, the pattern's block-level density (mean over heads) for a
+    sparse one, so dense warm-up steps count.
+    """
+
+    def __init__(self, pipe):
+        from dit_sparse.pipelines.adapters import adapter_for
+
+        self.models = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+                       if m is not None]
+        self.adapters = []
+        for model in self.models:
+            adapter = adapter_for(model)
+            if all(a.core_module != adapter.core_module for a in self.adapters):
+                self.adapters.append(adapter)
+        self.seconds = 0.0
+        self.calls = 0
+        self.density_sum = 0.0
+        self._saved: List[Tuple[Any, str, Any]] = []
+        self._density_cache: Dict[Any, float] = {}
+
+    @property
+    def density(self) -> float:
+        return self.density_sum / self.calls if self.calls else float("nan")
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.density_sum = 0.0, 0, 0.0
+
+    def __enter__(self):
+        for adapter in self.adapters:
+            module = importlib.import_module(adapter.core_module)
+            if adapter.core == "dispatch":
+                attr, seq_dim = "dispatch_attention_fn", 1
+                timed = self._timed(getattr(module, attr), seq_dim)
+            else:
+                attr, seq_dim = "F", 2
+                timed = self._functional(getattr(module, attr))
+            self._saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, timed)
+        return self
+
+    def __exit__(self, *exc):
+        while self._saved:
+            module, attr, original = self._saved.pop()
+            setattr(module, attr, original)
+
+    def _functional(self, functional):
+        proxy = types.ModuleType(functional.__name__, functional.__doc__)
+        proxy.__dict__.update({k: v for k, v in vars(functional).items() if k not in ("__name__", "__doc__")})
+        proxy.scaled_dot_product_attention = self._timed(functional.scaled_dot_product_attention, 2)
+        return proxy
+
+    def _timed(self, fn, seq_dim: int):
+        import torch
+
+        @functools.wraps(fn)
+        def timed(query, key, *args, **kwargs):
+            if query.dim() != 4 or query.shape[seq_dim] != key.shape[seq_dim]:
+                return fn(query, key, *args, **kwargs)
+            cuda = query.is_cuda
+            if cuda:
+                torch.cuda.synchronize(query.device)
+            start = time.perf_counter()
+            out = fn(query, key, *args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize(query.device)
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            self.density_sum += self._call_density(query, key, seq_dim)
+            return out
+
+        return timed
+
+    def _call_density(self, query, key, seq_dim: int) -> float:
+        from dit_sparse.pipelines import hooks
+
+        layer = hooks.ACTIVE.layer
+        if layer is None or not layer.claims(query, key, seq_dim):
+            return 1.0
+        seq, heads = query.shape[seq_dim], query.shape[3 - seq_dim]
+        layout = layer.layout(seq)
+        total = 0.0
+        for h0, h1, pattern in layer.runs:
+            key_ = (pattern, layout)
+            d = self._density_cache.get(key_)
+            if d is None:
+                try:
+                    d = pattern.density(layout)
+                    self._density_cache[key_] = d
+                except ValueError:  # data-dependent (BlockSparse with a threshold)
+                    q = query if seq_dim == 1 else query.transpose(1, 2)
+                    k = key if seq_dim == 1 else key.transpose(1, 2)
+                    d = pattern.density(layout, q=q[:, :, h0:h1], k=k[:, :, h0:h1])
+            total += d * (min(h1, heads) - h0)
+        return total / layer.heads
+
+
+# --------------------------------------------------------------------------------------
+# Running the pipeline
+# --------------------------------------------------------------------------------------
+
+
+def embedded_defaults() -> Dict[str, Any]:
+    from dit_sparse.pipelines.tiny import DEFAULT_CALL_KWARGS
+
+    return dict(DEFAULT_CALL_KWARGS)
+
+
+@dataclass
+class Settings:
+    """Generation settings; None means the pipeline's default."""
+
+    frames: Optional[int] = None
+    height: Optional[int] = None
+    width: Optional[int] = None
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+
+    def fill(self, defaults: Dict[str, Any]) -> "Settings":
+        return Settings(
+            self.frames if self.frames is not None else defaults.get("num_frames"),
+            self.height if self.height is not None else defaults.get("height"),
+            self.width if self.width is not None else defaults.get("width"),
+            self.steps if self.steps is not None else defaults.get("num_inference_steps"),
+            self.guidance if self.guidance is not None else defaults.get("guidance_scale"),
+        )
+
+    def check(self, pipe) -> None:
+        if self.steps is not None and self.steps < 1:
+            fail(f"--steps {self.steps} must be >= 1")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            fail(f"--guidance {self.guidance} must be a finite number >= 0")
+        size_rules(pipe).check(self.frames, self.height, self.width)
+
+    def call_kwargs(self, pipe) -> Dict[str, Any]:
+        params = call_parameters(pipe)
+        kwargs: Dict[str, Any] = {}
+        for key, value in (("num_frames", self.frames), ("height", self.height), ("width", self.width),
+                           ("num_inference_steps", self.steps), ("guidance_scale", self.guidance)):
+            if value is None:
+                continue
+            if key == "num_frames" and key not in params:
+                continue  # an image pipeline; check() made sure frames == 1
+            kwargs[key] = value
+        return kwargs
+
+
+def check_prompt(prompt: str, what: str = "prompt") -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        fail(f"{what} is empty")
+    return prompt
+
+
+def run_pipeline(pipe, prompt: str, seed: int, kwargs: Dict[str, Any]):
+    """``[F, H, W, C]`` float frames in [0, 1] of one pipeline call."""
+    import numpy as np
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        out = pipe(prompt=prompt, generator=generator, output_type="np", **kwargs)
+    frames = getattr(out, "frames", None)
+    if frames is None:
+        frames = getattr(out, "images", None)
+        if frames is None:
+            raise RuntimeError(f"{type(pipe).__name__} returned {type(out).__name__} without frames or images")
+        frames = np.asarray(frames[:1])  # [1, H, W, C]: an image is one frame
+    else:
+        frames = np.asarray(frames[0])  # [F, H, W, C]
+    return frames.astype(np.float32)
+
+
+def describe(sparsity: Sparsity, handle) -> str:
+    if handle is None:
+        return "dense"
+    steps = handle.step_log
+    dense = sum(1 for *_, sparse in steps if not sparse)
+    return f"{sparsity.label}, {dense} of {len(steps)} steps dense"
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``bench``: model, size, device."""
+    parser.add_argument("--model", metavar="PATH_OR_ID",
+                        help="diffusers pipeline folder or cached Hugging Face id (default: the embedded tiny Wan "
+                             "model); loaded with local_files_only=True")
+    parser.add_argument("--frames", type=int, help="frames (1 gives an image; default: the model's)")
+    parser.add_argument("--height", type=int, help="height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, help="width in pixels (default: the model's)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    parser.add_argument("--dense-steps", type=parse_dense_steps, metavar="N",
+                        help="first steps that run dense: an int, or a fraction in (0, 1) (default: the plan's, "
+                             "0 for a pattern)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and compute dtype")
+    parser.add_argument("--fps", type=float, default=16.0, help="frames per second of MP4/GIF output (default 16)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="text prompt")
+    parser.add_argument("-o", "--output", required=True, metavar="PATH",
+                        help="output file: .mp4 (H.264), .gif or .png (several frames: a horizontal strip)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--plan", metavar="PLAN_JSON", help="per-layer plan from `dit-sparse profile`")
+    which.add_argument("--pattern", metavar="SPEC",
+                       help="one pattern for every self-attention layer, e.g. sliding-tile:tile=4x4x4,window=3x3x3")
+    which.add_argument("--dense", action="store_true", help="dense attention (the default without --plan/--pattern)")
+    add_model_arguments(parser)
+
+
+def sparsity_from_args(args) -> Sparsity:
+    if args.plan is not None:
+        return Sparsity(f"plan {Path(args.plan).name}", load_plan(args.plan), args.dense_steps)
+    if args.pattern is not None:
+        from dit_sparse.plan import pattern_spec
+
+        pattern = load_pattern(args.pattern)
+        return Sparsity(pattern_spec(pattern), pattern, args.dense_steps)
+    return Sparsity("dense")
+
+
+def settings_from_args(args) -> Settings:
+    return Settings(args.frames, args.height, args.width, args.steps, args.guidance)
+
+
+def prepare(args, pipe, embedded: bool) -> Settings:
+    settings = settings_from_args(args)
+    if embedded:
+        settings = settings.fill(embedded_defaults())
+    settings.check(pipe)
+    return settings
+
+
+def set_progress(pipe, quiet: bool, desc: str) -> None:
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=quiet, desc=desc, leave=False)
+
+
+def run(args) -> int:
+    """Run ``generate`` from parsed arguments; returns the exit code."""
+    from dit_sparse import video_io
+
+    try:
+        check_prompt(args.prompt)
+        try:
+            out = video_io.check_writable(args.output)
+        except (OSError, ValueError) as exc:
+            fail(f"-o/--output: {exc}")
+        if args.seed < 0:
+            fail(f"--seed {args.seed} must be >= 0")
+        sparsity = sparsity_from_args(args)
+        pipe, embedded = load_pipeline(args.model, args.device, args.dtype)
+        settings = prepare(args, pipe, embedded)
+        kwargs = settings.call_kwargs(pipe)
+        set_progress(pipe, args.quiet, "denoising")
+        handle = apply_sparsity(pipe, sparsity)
+        try:
+            with AttentionMeter(pipe) as meter:
+                start = time.perf_counter()
+                frames = run_pipeline(pipe, args.prompt, args.seed, kwargs)
+                total = time.perf_counter() - start
+            what = describe(sparsity, handle)
+        finally:
+            if handle is not None:
+                handle.remove()
+        video_io.write_frames(out, frames, fps=args.fps)
+    except CLIError as exc:
+        return report_error(f"dit-sparse {NAME}", exc)
+    f, h, w, _ = frames.shape
+    share = meter.seconds / total if total > 0 else 0.0
+    print(f"{out}: {f} frame{'s' if f != 1 else ''} {h}x{w}, total {total:.2f} s, self-attention {meter.seconds:.2f} s "
+          f"({share:.0%}), mean density {meter.density:.3f} ({what})")
+    return 0
+
+
+def build_parser(prog: str = f"dit-sparse {NAME}") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Standalone entry: ``python -m dit_sparse.cli.generate ...``."""
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
