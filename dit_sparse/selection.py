@@ -21,12 +21,14 @@ Two selection rules, both deterministic:
   every cell starts at its cheapest candidate, and upgrades along each cell's lower convex
   hull of (density, error) are taken in order of error saved per density spent, skipping
   upgrades that no longer fit (the optimum of the fractional relaxation, rounded down). A
-  final pass spends what is left on the single switch that saves the most error, repeatedly.
+  final pass spends what is left on the single switch that saves the most error, repeatedly;
+  the result is never worse than the best single candidate used everywhere within budget.
   A budget below the mean density of the cheapest candidates is an error.
 
 :func:`choose_dense_steps` then decides how many early steps stay dense: the leading sampled
 steps whose error under the chosen patterns exceeds a bound (capped at a fraction of the
-schedule). :func:`select` runs the whole thing and re-selects on the sparse steps only.
+schedule) under the patterns chosen for the later steps. :func:`select` runs the whole thing
+and selects again on the steps that run sparse.
 
 :func:`default_candidates` builds the default candidate list from the profiled grid:
 windows are chosen as fractions of the grid's axes but stored in tokens.
@@ -326,6 +328,12 @@ def select_budget(errors, density, budget: float) -> torch.Tensor:
     out = torch.zeros(l, h, dtype=torch.int64)
     for (i, j), x in choice.items():
         out[i, j] = x
+    # Safeguard: never worse than the best single candidate used everywhere that fits.
+    total = errors.gather(-1, out[..., None]).sum()
+    for x in range(c):
+        if float(density[..., x].sum()) <= capacity and float(errors[..., x].sum()) < float(total) - 1e-12:
+            out.fill_(x)
+            total = errors[..., x].sum()
     return out
 
 
@@ -367,6 +375,7 @@ class Selection:
         step_errors: ``[N]`` error of the chosen patterns at each sampled step.
         mode, value: ``"max_error"`` or ``"budget"`` and its value.
         dense_bound: the per-step error above which a leading step stays dense.
+        step_errors is of the final choice; the warm-up was decided on the reference choice.
     """
 
     choice: torch.Tensor
@@ -384,11 +393,13 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
            max_dense_fraction: float = 0.5) -> Selection:
     """Choose per layer and head patterns and the dense warm-up from an :class:`ErrorTable`.
 
-    1. Select over all sampled steps (:func:`select_max_error` or :func:`select_budget`).
-    2. Dense warm-up (:func:`choose_dense_steps`): ``dense_bound`` defaults to ``max_error``,
-       or in budget mode to twice the median per-step error of step 1's choice; at most
-       ``max_dense_fraction`` of ``num_steps`` (default: last sampled step + 1).
-    3. If some steps stay dense, select again from the sampled steps that run sparse.
+    1. Select on the later half of the sampled steps (:func:`select_max_error` or
+       :func:`select_budget`) and measure that choice's error at every sampled step.
+    2. Dense warm-up (:func:`choose_dense_steps`): the leading steps whose error exceeds
+       ``dense_bound`` (default ``max_error``, or in budget mode twice the median error of
+       the later half), at most ``max_dense_fraction`` of ``num_steps`` (default: last
+       sampled step + 1).
+    3. Select again on all sampled steps that run sparse.
     """
     mode, value = check_mode(max_error, budget)
     if not 0.0 <= max_dense_fraction <= 1.0:
@@ -401,15 +412,17 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
             return select_max_error(errors, table.density, value)
         return select_budget(errors, table.density, value)
 
-    choice = run(0)
-    per_step = step_errors(table, choice)
+    # The reference: patterns chosen for the later half of the sampled steps, which run sparse
+    # whatever the warm-up; early steps they do not fit stay dense.
+    half = table.steps[len(table.steps) // 2]
+    per_step = step_errors(table, run(half))
     if dense_bound is None:
-        dense_bound = value if mode == "max_error" else 2.0 * float(per_step.median())
+        late = per_step[len(table.steps) // 2:]
+        dense_bound = value if mode == "max_error" else 2.0 * float(late.median())
     max_dense = math.floor(max_dense_fraction * num_steps)
     dense = choose_dense_steps(per_step.tolist(), table.steps, dense_bound, max_dense)
-    if dense > 0 and any(s >= dense for s in table.steps):
-        choice = run(dense)
-        per_step = step_errors(table, choice)
+    choice = run(dense)
+    per_step = step_errors(table, choice)
     combined = table.combined(dense)
     chosen_err = combined.gather(-1, choice[..., None])[..., 0]
     chosen_den = table.density.gather(-1, choice[..., None])[..., 0]

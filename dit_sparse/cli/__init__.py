@@ -1,0 +1,79 @@
+"""The ``dit-sparse`` command line (``python -m dit_sparse`` runs the same).
+
+Each subcommand is a module of this package listed in :data:`SUBCOMMANDS` that defines
+``register(subparsers)``: it adds its parser (``subparsers.add_parser(...)``), and sets
+``run=`` (a function of the parsed arguments returning an exit code or None) with
+``set_defaults``. Modules import heavy libraries (torch, diffusers) inside ``run`` so that
+``--help`` stays fast. Adding a subcommand is one module plus one entry in the list.
+
+Exit codes: 0 on success; 2 for usage errors and for errors in the user's input (a bad plan
+file, an impossible budget, ...), reported as one line on stderr (``--debug`` shows the
+traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional, Sequence
+
+#: Subcommand modules of ``dit_sparse.cli``, in the order ``--help`` lists them.
+SUBCOMMANDS: List[str] = ["profile", "inspect"]
+
+
+class CLIError(Exception):
+    """An error in the user's input; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dit_sparse import __version__
+
+    parser = _Parser(prog="dit-sparse", description="Sparse 3D attention for diffusers Diffusion Transformers.")
+    parser.add_argument("--version", action="version", version=f"dit-sparse {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        sub_parser = module.register(sub)
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help="show tracebacks instead of one-line errors")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version and usage errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        code = args.run(args)
+    except BrokenPipeError:  # stdout closed early (``| head``): not an error of the command
+        return 0
+    except KeyboardInterrupt:
+        print("dit-sparse: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, OSError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"dit-sparse {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+__all__ = ["main", "build_parser", "CLIError", "SUBCOMMANDS"]

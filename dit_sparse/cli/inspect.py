@@ -1,0 +1,75 @@
+"""``dit-sparse inspect``: print a plan's summary; ``--png`` draws a layers x heads heatmap.
+
+    dit-sparse inspect plan.json
+    dit-sparse inspect plan.json --png plan.png
+
+The heatmap has one row per layer and one column per head, coloured by the chosen pattern's
+density (dark = sparse, bright = dense), with a colour bar; drawn with Pillow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Sequence, Tuple
+
+# A perceptually ordered ramp (viridis key colours), interpolated linearly.
+_RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("inspect", help="print a plan's summary (and draw it with --png)",
+                              description="Print a plan's summary; --png writes a layers x heads density heatmap.")
+    p.add_argument("plan", metavar="PLAN_JSON")
+    p.add_argument("--png", default=None, metavar="FILE", help="write a heatmap (layers x heads, by density)")
+    p.set_defaults(run=run)
+    return p
+
+
+def colour(value: float) -> Tuple[int, int, int]:
+    """The ramp colour of ``value`` in [0, 1]."""
+    x = min(max(float(value), 0.0), 1.0) * (len(_RAMP) - 1)
+    i = min(int(x), len(_RAMP) - 2)
+    f = x - i
+    a, b = _RAMP[i], _RAMP[i + 1]
+    return tuple(round(a[c] + (b[c] - a[c]) * f) for c in range(3))  # type: ignore[return-value]
+
+
+def heatmap(densities: Sequence[Sequence[float]], labels: Sequence[str], cell: int = 18):
+    """A Pillow image: one row per layer, one column per head, coloured by density."""
+    from PIL import Image, ImageDraw
+
+    rows, cols = len(densities), max(len(r) for r in densities)
+    label_w = 7 * max(len(s) for s in labels) + 10
+    bar_w = 60
+    top = 20
+    width = label_w + cols * cell + bar_w + 10
+    height = top + max(rows * cell, 120) + 10
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text((label_w, 4), "heads ->   (colour = density)", fill=(0, 0, 0))
+    for r, (row, label) in enumerate(zip(densities, labels)):
+        y = top + r * cell
+        draw.text((4, y + cell // 2 - 6), label, fill=(0, 0, 0))
+        for c, d in enumerate(row):
+            x = label_w + c * cell
+            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colour(d))
+    bx = label_w + cols * cell + 12
+    bar_h = max(rows * cell, 120)
+    for i in range(bar_h):
+        draw.line([bx, top + i, bx + 12, top + i], fill=colour(1.0 - i / max(bar_h - 1, 1)))
+    draw.text((bx + 16, top - 2), "1.0", fill=(0, 0, 0))
+    draw.text((bx + 16, top + bar_h - 10), "0.0", fill=(0, 0, 0))
+    return img
+
+
+def run(args) -> int:
+    from dit_sparse.plan import Plan
+
+    plan = Plan.load(args.plan)
+    print(plan.summary())
+    if args.png:
+        labels: List[str] = list(plan.layers)
+        img = heatmap(plan.density_matrix(), labels)
+        img.save(args.png, format="PNG")
+        print(f"\nwrote {args.png}")
+    return 0
