@@ -1,10 +1,10 @@
 """The ``dit-sparse`` command line (``python -m dit_sparse`` runs the same).
 
 Each subcommand is a module of this package listed in :data:`SUBCOMMANDS` that defines
-``register(subparsers)``: it adds its parser (``subparsers.add_parser(...)``), and sets
-``run=`` (a function of the parsed arguments returning an exit code or None) with
-``set_defaults``. Modules import heavy libraries (torch, diffusers) inside ``run`` so that
-``--help`` stays fast. Adding a subcommand is one module plus one entry in the list.
+``NAME`` (the subcommand), ``HELP`` (one line for ``--help``), ``add_arguments(parser)`` and
+``run(args) -> int`` (the exit code). Modules import heavy libraries (torch, diffusers)
+inside ``run`` so that ``--help`` stays fast. Adding a subcommand is one module plus one
+entry in the list.
 
 Exit codes: 0 on success; 2 for usage errors and for errors in the user's input (a bad plan
 file, an impossible budget, ...), reported as one line on stderr (``--debug`` shows the
@@ -19,7 +19,7 @@ import sys
 from typing import List, Optional, Sequence
 
 #: Subcommand modules of ``dit_sparse.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS: List[str] = ["profile", "inspect"]
+SUBCOMMANDS: List[str] = ["profile", "generate", "bench", "inspect"]
 
 
 class CLIError(Exception):
@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        sub_parser = module.register(sub)
+        doc = (module.__doc__ or "").strip().split("\n\n")[0]
+        sub_parser = sub.add_parser(module.NAME, help=module.HELP, description=doc,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(run=module.run)
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show tracebacks instead of one-line errors")
     return parser

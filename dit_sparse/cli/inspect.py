@@ -16,13 +16,13 @@ from typing import List, Sequence, Tuple
 _RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("inspect", help="print a plan's summary (and draw it with --png)",
-                              description="Print a plan's summary; --png writes a layers x heads density heatmap.")
+NAME = "inspect"
+HELP = "print a plan's summary (and draw it with --png)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", metavar="PLAN_JSON")
     p.add_argument("--png", default=None, metavar="FILE", help="write a heatmap (layers x heads, by density)")
-    p.set_defaults(run=run)
-    return p
 
 
 def colour(value: float) -> Tuple[int, int, int]:

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import List
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("profile", help="profile a pipeline and write a sparse attention plan",
-                              description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+NAME = "profile"
+HELP = "profile a pipeline on calibration prompts and write a sparse attention plan"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="PATH_OR_ID",
                    help="diffusers pipeline folder or hub id in the local cache (default: the embedded tiny Wan)")
     p.add_argument("--prompts", required=True, metavar="FILE", help="calibration prompts, one per line (or .json)")
@@ -42,9 +44,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--dense-bound", type=float, default=None, metavar="E",
                    help="per-step error above which early steps stay dense")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
-    return p
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def read_prompts(path: str) -> List[str]:

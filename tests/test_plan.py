@@ -1,0 +1,196 @@
+"""Plan documents: JSON round trip, validation of every field, atomic saves, the apply
+protocol, and validation against a model description."""
+
+import copy
+import json
+import os
+import warnings
+
+import pytest
+
+import dit_sparse as ds
+from dit_sparse.plan import FORMAT, VERSION, Plan, PlanGridWarning, pattern_spec, prompts_digest
+
+LAYERS = ["blocks.0.attn1", "blocks.1.attn1", "blocks.2.attn1"]
+
+
+def plan_dict(**changes):
+    """A valid plan document written by hand (not by the code under test)."""
+    doc = {
+        "format": "dit-sparse-plan", "version": 1,
+        "model": {"class": "WanTransformer3DModel", "name_or_path": "tiny", "heads": 2, "head_dim": 8,
+                  "layers": list(LAYERS)},
+        "profile": {"grid": [3, 8, 8], "text_len": 0, "num_inference_steps": 4, "sampled_steps": [0, 1, 2, 3],
+                    "height": 32, "width": 32, "num_frames": 5, "seeds": [0], "num_prompts": 2,
+                    "prompts_sha256": "a" * 64, "mode": "budget", "max_error": None, "budget": 0.4,
+                    "dense_bound": 0.1, "versions": {"dit_sparse": "0.1.0", "torch": "2", "diffusers": "0.42"},
+                    "candidates": [{"pattern": {"kind": "full"}, "error": 0.0, "density": 1.0}]},
+        "dense_steps": 1,
+        "layers": [
+            {"name": LAYERS[0], "pattern": {"kind": "neighborhood", "kernel": [1, 3, 3], "dilation": [1, 1, 1],
+                                            "stride": [1, 1, 1]}, "error": 0.1, "density": 0.2},
+            {"name": LAYERS[1], "error": 0.05, "density": 0.6,
+             "heads": [{"pattern": {"kind": "full"}, "error": 0.0, "density": 1.0},
+                       {"pattern": {"kind": "block_sparse", "block": [1, 4, 4], "topk": 0.25, "threshold": None},
+                        "error": 0.1, "density": 0.2}]},
+            {"name": LAYERS[2], "pattern": {"kind": "full"}, "error": 0.0, "density": 1.0},
+        ],
+    }
+    for path, value in changes.items():
+        target = doc
+        keys = path.split("/")
+        for key in keys[:-1]:
+            target = target[int(key) if isinstance(target, list) else key]
+        last = keys[-1]
+        if value is _DELETE:
+            del target[last]
+        else:
+            target[int(last) if isinstance(target, list) else last] = value
+    return doc
+
+
+_DELETE = object()
+
+
+def test_round_trip_through_a_file(tmp_path):
+    plan = Plan.from_dict(plan_dict())
+    path = plan.save(tmp_path / "p.json")
+    text = path.read_text()
+    assert json.loads(text)["format"] == "dit-sparse-plan" and json.loads(text)["version"] == 1
+    again = Plan.load(path)
+    assert again.to_dict() == plan.to_dict() == plan_dict()
+    assert again.dense_steps == 1 and again.grid == (3, 8, 8)
+    assert again.layers[LAYERS[1]].patterns == (ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25))
+    assert FORMAT == "dit-sparse-plan" and VERSION == 1
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_apply_protocol():
+    plan = Plan.from_dict(plan_dict())
+    assert plan.patterns_for(LAYERS[0], 2) == [ds.Neighborhood((1, 3, 3))] * 2
+    assert plan.patterns_for(LAYERS[1], 2) == [ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25)]
+    assert plan.patterns_for(LAYERS[2], 2) is None  # an all-dense layer keeps the model's attention
+    with pytest.raises(ValueError, match="has heads=4 but the plan has 2"):
+        plan.patterns_for(LAYERS[0], 4)
+    with pytest.raises(ValueError, match="no layer 'blocks.9.attn1'"):
+        plan.patterns_for("blocks.9.attn1", 2)
+    with pytest.raises(ValueError, match="model layers missing from the plan"):
+        plan.check_used(LAYERS + ["blocks.3.attn1"])
+    plan.check_used(LAYERS)
+    assert plan.mean_density == pytest.approx((0.2 * 2 + 1.0 + 0.2 + 1.0 * 2) / 6)
+
+
+def test_grid_warning_once_per_grid():
+    plan = Plan.from_dict(plan_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan.check_grid((3, 8, 8))
+        plan.check_grid((3, 16, 16))
+        plan.check_grid((3, 16, 16))
+    assert len(caught) == 1 and issubclass(caught[0].category, PlanGridWarning)
+    assert "(3, 8, 8)" in str(caught[0].message) and "(3, 16, 16)" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"format": "other-plan"}, r"\['format'\].*'other-plan'"),
+    ({"version": 2}, r"\['version'\]: is 2, this dit-sparse reads version 1"),
+    ({"model/class": 3}, r"\['model'\]\['class'\]: must be a string"),
+    ({"model/heads": 0}, r"\['model'\]\['heads'\]: must be an int >= 1"),
+    ({"model/layers": []}, r"\['model'\]\['layers'\]: is empty"),
+    ({"profile/grid": [3, 8]}, r"\['profile'\]\['grid'\]: must be \[T, H, W\]"),
+    ({"profile/sampled_steps": [0, 4]}, r"sampled_steps.*\[0, 4\)"),
+    ({"profile/prompts_sha256": "xyz"}, r"prompts_sha256.*64 lowercase hex"),
+    ({"profile/mode": "fast"}, r"\['mode'\]: must be 'max_error' or 'budget'"),
+    ({"profile/budget": None}, r"\['profile'\]\['budget'\]: must be set"),
+    ({"profile/budget": 1.5}, r"\['profile'\]\['budget'\]: must be a number in \[0.0, 1.0\]"),
+    ({"profile/versions": {}}, r"versions'\]: missing field\(s\) \['dit_sparse'\]"),
+    ({"dense_steps": -1}, r"\['dense_steps'\]: must be an int >= 0"),
+    ({"layers/0/pattern": {"kind": "spiral"}}, r"\['layers'\]\[0\]\['pattern'\]: unknown pattern kind='spiral'"),
+    ({"layers/0/pattern": {"kind": "neighborhood", "kernel": [1, 3, 3], "size": 2}},
+     r"\['layers'\]\[0\]\['pattern'\]: .*unknown fields \['size'\]"),
+    ({"layers/0/density": 2.0}, r"\['layers'\]\[0\]\['density'\]"),
+    ({"layers/1/heads": [{"pattern": {"kind": "full"}, "error": 0.0, "density": 1.0}]},
+     r"\['layers'\]\[1\]: layer 'blocks.1.attn1' has 1 head entries but the model has heads=2"),
+    ({"layers/0/heads": []}, r"\['layers'\]\[0\]: needs exactly one of 'pattern'"),
+    ({"layers/2/name": "blocks.7.attn1"}, r"missing \[blocks.2.attn1\].*unexpected \[blocks.7.attn1\]"),
+    ({"layers/0/extra": 1}, r"\['layers'\]\[0\]: unknown field\(s\) \['extra'\]"),
+    ({"profile": _DELETE}, r"plan: missing field\(s\) \['profile'\]"),
+])
+def test_every_field_is_validated(tmp_path, changes, match):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(plan_dict(**changes)))
+    with pytest.raises(ValueError, match=match) as info:
+        Plan.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_layer_order_and_malformed_json(tmp_path):
+    doc = plan_dict()
+    doc["layers"] = [doc["layers"][1], doc["layers"][0], doc["layers"][2]]
+    with pytest.raises(ValueError, match="order"):
+        Plan.from_dict(doc)
+    path = tmp_path / "broken.json"
+    path.write_text('{"format": "dit-sparse-plan", "version": 1,')
+    with pytest.raises(ValueError, match=r"malformed JSON at line 1"):
+        Plan.load(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Plan.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        Plan.from_dict([1, 2])
+
+
+def test_validate_for_names_what_differs():
+    plan = Plan.from_dict(plan_dict())
+    ok = {"class": "WanTransformer3DModel", "layers": list(LAYERS), "heads": 2, "head_dim": 8}
+    plan.validate_for(ok)
+    with pytest.raises(ValueError, match="model class 'FluxTransformer2DModel' != plan's 'WanTransformer3DModel'"):
+        plan.validate_for(dict(ok, **{"class": "FluxTransformer2DModel"}))
+    with pytest.raises(ValueError, match=r"layers differ \(2 in the model, 3 in the plan; plan-only \[blocks.2.attn1\]"):
+        plan.validate_for(dict(ok, layers=LAYERS[:2]))
+    with pytest.raises(ValueError, match="heads 4 != plan's 2"):
+        plan.validate_for(dict(ok, heads=4))
+    with pytest.raises(ValueError, match="head_dim 16 != plan's 8"):
+        plan.validate_for(dict(ok, head_dim=16))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "plan.json"
+    Plan.from_dict(plan_dict()).save(path)
+    before = path.read_bytes()
+    other = Plan.from_dict(plan_dict(dense_steps=3))
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+    monkeypatch.undo()
+    other.save(path)
+    assert Plan.load(path).dense_steps == 3
+
+
+def test_summary_lists_layers_heads_patterns():
+    text = Plan.from_dict(plan_dict()).summary()
+    lines = text.splitlines()
+    assert "WanTransformer3DModel" in lines[0] and "3 layers x 2 heads" in lines[0]
+    assert "dense warm-up steps: 1" in text
+    row = next(line for line in lines if line.startswith("blocks.0.attn1"))
+    assert "0-1" in row and "neighborhood:kernel=1x3x3" in row and "0.200" in row and "0.1000" in row
+    i = next(i for i, line in enumerate(lines) if line.startswith("blocks.1.attn1"))
+    assert "full" in lines[i] and "block-sparse:block=1x4x4,topk=0.25" in lines[i + 1]
+
+
+def test_pattern_spec_round_trips_through_parse_pattern():
+    for p in (ds.Full(), ds.Neighborhood((1, 3, 5), dilation=(1, 2, 1)), ds.SlidingTile((1, 4, 4), (3, 3, 3)),
+              ds.BlockSparse((1, 8, 8), topk=0.125), ds.BlockSparse((2, 4, 4), threshold=0.9)):
+        assert ds.parse_pattern(pattern_spec(p)) == p
+
+
+def test_prompts_digest_is_sha256_of_the_json_list():
+    import hashlib
+
+    assert prompts_digest(["a", "b"]) == hashlib.sha256(b'["a", "b"]').hexdigest()
+    assert prompts_digest(["a", "b"]) != prompts_digest(["b", "a"])
