@@ -210,6 +210,8 @@ def run(args) -> int:
         if args.out is not None:
             _side_by_side(args.out, videos, args.fps)
     except CLIError as exc:
+        if getattr(args, "debug", False):
+            raise
         return gen.report_error(f"dit-sparse {NAME}", exc)
 
     def mean(xs):
@@ -239,18 +241,3 @@ def run(args) -> int:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return 0
-
-
-def build_parser(prog: str = f"dit-sparse {NAME}") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return parser
-
-
-def main(argv=None) -> int:
-    """Standalone entry: ``python -m dit_sparse.cli.bench ...``."""
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -583,24 +583,11 @@ def run(args) -> int:
                 handle.remove()
         video_io.write_frames(out, frames, fps=args.fps)
     except CLIError as exc:
+        if getattr(args, "debug", False):
+            raise
         return report_error(f"dit-sparse {NAME}", exc)
     f, h, w, _ = frames.shape
     share = meter.seconds / total if total > 0 else 0.0
     print(f"{out}: {f} frame{'s' if f != 1 else ''} {h}x{w}, total {total:.2f} s, self-attention {meter.seconds:.2f} s "
           f"({share:.0%}), mean density {meter.density:.3f} ({what})")
     return 0
-
-
-def build_parser(prog: str = f"dit-sparse {NAME}") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return parser
-
-
-def main(argv=None) -> int:
-    """Standalone entry: ``python -m dit_sparse.cli.generate ...``."""
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``dit-sparse bench`` at a CI size: the table, the JSON, the side-by-side picture, errors.
+
+Same model as ``test_cli_generate`` (the embedded tiny Wan, or a tiny random stand-in). A
+plan made by ``dit_sparse.profile`` on one calibration prompt is compared with a uniform
+pattern against dense.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dit_sparse import video_io
+from dit_sparse.cli import main
+from test_cli_generate import FRAMES, HEIGHT, PROMPT, STEPS, WIDTH, model_args, size_args, stderr_lines  # noqa: F401
+
+PATTERN = "sliding-tile:tile=1x4x4,window=3x1x1"
+COLUMNS = ["config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "ssim"]
+
+
+@pytest.fixture(scope="module")
+def plan_path(model_args, tmp_path_factory):
+    import dit_sparse as ds
+    from dit_sparse.cli.generate import load_pipeline
+
+    pipe, _ = load_pipeline(model_args[1] if model_args else None, "cpu", "float32")
+    plan = ds.profile(pipe, ["a blue square moving up on a red background"], budget=0.5, num_inference_steps=STEPS,
+                      num_frames=FRAMES, height=HEIGHT, width=WIDTH, progress=False,
+                      candidates=["neighborhood:kernel=1x3x3", "neighborhood:kernel=3x3x3", PATTERN])
+    return plan.save(tmp_path_factory.mktemp("plan") / "tiny.plan.json")
+
+
+def parse_table(out: str):
+    lines = out.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["config"])
+    assert lines[start].split() == COLUMNS
+    rows = {}
+    for line in lines[start + 2:]:
+        if line.startswith("side by side:"):
+            break
+        *name, density, t, a, speedup, attn_speedup, psnr, ssim = line.split()
+        rows[" ".join(name)] = dict(density=float(density), time=float(t), attn=float(a),
+                                    speedup=float(speedup.rstrip("x")), attn_speedup=float(attn_speedup.rstrip("x")),
+                                    psnr=float(psnr), ssim=float(ssim))
+    return rows
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_bench_table_json_and_side_by_side(tmp_path, capsys, model_args, plan_path, suffix):
+    out, js = tmp_path / f"side{suffix}", tmp_path / "bench.json"
+    seeds = ["0", "1"] if suffix == ".gif" else ["0"]
+    code = main(["bench", *model_args, *size_args(), "--plan", str(plan_path), "--pattern", PATTERN,
+                 "--prompts", PROMPT, "--seeds", *seeds, "--out", str(out), "--json", str(js), "--no-warmup"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = parse_table(captured.out)
+    assert list(rows) == ["dense", "plan tiny.plan.json", PATTERN]
+    dense, plan, pattern = rows.values()
+    assert dense["density"] == 1.0 and dense["speedup"] == 1.0 and math.isinf(dense["psnr"]) and dense["ssim"] == 1.0
+    for row in (plan, pattern):
+        assert 0 < row["density"] < 1 and row["time"] > 0 and row["attn"] > 0 and row["speedup"] > 0
+        assert 5 < row["psnr"] < math.inf and -1 <= row["ssim"] <= 1
+    doc = json.loads(js.read_text())
+    assert [r["config"] for r in doc["rows"]] == list(rows)
+    assert doc["rows"][0]["psnr"] is None  # inf is not JSON
+    assert doc["rows"][2]["runs"] == len(seeds) and len(doc["rows"][2]["run_seconds"]) == len(seeds)
+    assert doc["rows"][2]["psnr"] == pytest.approx(pattern["psnr"], abs=0.01)
+    picture = video_io.read_frames(out)
+    gap = 2
+    if suffix == ".gif":  # rows = seeds, columns = configurations
+        assert picture.shape == (FRAMES, 2 * HEIGHT + gap, 3 * WIDTH + 2 * gap, 3)
+    else:  # rows = configurations (one run), each a strip of the frames
+        assert picture.shape == (1, 3 * HEIGHT + 2 * gap, FRAMES * WIDTH, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, js.name])
+
+
+def test_bench_warmup_runs_default(tmp_path, capsys, model_args):
+    code = main(["bench", *model_args, *size_args(frames=3, height=16, width=16), "--pattern", PATTERN,
+                 "--prompts", PROMPT])
+    assert code == 0, capsys.readouterr().err
+    assert list(parse_table(capsys.readouterr().out)) == ["dense", PATTERN]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no config", "give at least one --plan or --pattern"),
+    ("empty prompt", "--prompts[1] is empty"),
+    ("bad pattern", "unknown pattern spec"),
+    ("plan for another model", "plan does not fit this model"),
+    ("size", "--width 24 is not a multiple of 16"),
+    ("out folder missing", "does not exist"),
+])
+def test_bench_errors(tmp_path, capsys, model_args, plan_path, case, expected):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    argv = ["bench", *model_args, *size_args(), "--out", str(out_dir / "side.gif"), "--prompts", PROMPT]
+    if case == "empty prompt":
+        argv += ["--pattern", PATTERN, "--prompts", PROMPT, ""]
+    elif case == "bad pattern":
+        argv += ["--pattern", "tiles:4"]
+    elif case == "plan for another model":
+        doc = json.loads(plan_path.read_text())
+        doc["model"]["class"] = "FluxTransformer2DModel"
+        other = tmp_path / "other.plan.json"
+        other.write_text(json.dumps(doc))
+        argv += ["--plan", str(other)]
+    elif case == "size":
+        argv += ["--pattern", PATTERN, "--width", "24"]
+    elif case == "out folder missing":
+        argv += ["--pattern", PATTERN, "--out", str(out_dir / "sub" / "side.gif")]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = stderr_lines(captured.err)
+    assert len(lines) == 1 and lines[0].startswith("dit-sparse bench: error: ") and expected in lines[0], captured.err
+    assert list(out_dir.iterdir()) == []
