@@ -3,7 +3,18 @@
 ``import dit_sparse as ds``; see README.md for the quick start.
 """
 
-from .layout import TokenLayout
+import os as _os
+
+# Installed, ``dit_sparse.kernels`` and ``dit_sparse.pipelines`` are subfolders of this package
+# (pyproject maps the top-level ``kernels/`` and ``pipelines/`` folders there). Imported from a
+# source checkout instead (the repository root on sys.path, e.g. ``python -m dit_sparse`` run
+# there), they sit beside this folder: let the package find them there.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(
+        _os.path.join(_root, "kernels", "__init__.py")):
+    __path__.append(_root)
+
+from .layout import TokenLayout  # noqa: E402
 from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile, parse_pattern
 from .ops import (
     SpeedupEstimate,
