@@ -227,9 +227,23 @@ def _device_block_mask(pattern, layout, q_block, kv_block, device):
     return static_block_mask(pattern, layout, q_block, kv_block).to(device)
 
 
+@functools.lru_cache(maxsize=1)
+def _xformers_ops():
+    """xformers' ops module when it is installed (an optional GPU extra), else None."""
+    try:
+        import xformers.ops as xops
+    except ImportError:
+        return None
+    return xops
+
+
 def _dispatch(q, k, v, key_mask, spec: str, scale: float, backend: str) -> torch.Tensor:
     pattern, layout = _decode(spec)
     q, k, v = (t if t.stride(-1) == 1 and t.is_contiguous() else t.contiguous() for t in (q, k, v))
+    if backend == "triton" and isinstance(pattern, Full) and key_mask is None and q.is_cuda:
+        xops = _xformers_ops()
+        if xops is not None:  # dense on GPU: xformers' kernel takes diffusers' [B, S, H, D] as is
+            return xops.memory_efficient_attention(q, k, v, scale=scale)
     if backend == "triton":
         return _run_triton(q, k, v, pattern, layout, key_mask, scale)
     return _run_cpu(q, k, v, pattern, layout, key_mask, scale)

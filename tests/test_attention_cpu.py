@@ -112,3 +112,15 @@ def test_torch_compile_does_not_break():
 
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS_SMALL + [ds.SlidingTile((2, 4, 8), (3, 5, 3))], ids=repr)
+def test_cpu_every_pattern_on_5x30x52(pattern):
+    """Every pattern on the (5, 30, 52) grid, text first, key mask, batch 2 (sampled rows)."""
+    layout = ds.TokenLayout((5, 30, 52), text_len=6, text_position="first")
+    q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=64)
+    km = make_key_mask(layout)
+    out = ds.sparse_attention(q, k, v, pattern, layout, key_mask=km, backend="cpu")
+    rows = torch.cat([torch.arange(6), torch.randperm(layout.seq_len - 6)[:150] + 6, torch.tensor([layout.seq_len - 1])])
+    ref = reference_rows(q, k, v, pattern, layout, rows, key_mask=km)
+    assert (out[:, rows].double() - ref).abs().max().item() <= ATOL[torch.float32]
