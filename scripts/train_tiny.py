@@ -1,0 +1,582 @@
+"""Train the embedded tiny Wan text-to-video model (the record of how its weights were made).
+
+The model is a standard diffusers ``WanPipeline`` folder built only from library classes:
+
+* ``vae``: ``AutoencoderKLWan`` with ``dim_mult=[1, 2]`` -> one down stage, spatial and
+  temporal factor 2, ``z_dim=8``; ``latents_mean`` / ``latents_std`` are measured on the
+  training clips, so the pipeline's own (de)normalisation makes latents unit-scale.
+* ``text_encoder``: a 2-layer ``UMT5EncoderModel`` (d_model 64), trained with the transformer.
+* ``tokenizer``: a ``tokenizers`` WordLevel model over the caption vocabulary, wrapped in
+  ``PreTrainedTokenizerFast``.
+* ``transformer``: ``WanTransformer3DModel``, inner dim 128 (4 heads x 32), 3 layers,
+  patch (1, 2, 2), Wan's own 3D RoPE.
+* ``scheduler``: ``FlowMatchEulerDiscreteScheduler`` (shift 3).
+
+Training data is procedural (``scripts/tiny_clips.py``): 9-frame 64x64 clips of a coloured
+shape moving left/right/up/down on a coloured background, captioned, deterministic from
+``--seed``. At 9 x 64 x 64 pixels the latent is 5 x 32 x 32 and the transformer sees a
+5 x 16 x 16 token grid (1280 tokens); at 2x spatial size (128 x 128) it is 5 x 32 x 32
+(5120 tokens), where self-attention dominates the run time.
+
+Stages (each resumable from ``--ckpt``; each stops after ``--minutes`` of wall time and can
+be started again to continue)::
+
+    python scripts/train_tiny.py --stage vae     --ckpt /work/ckpt --minutes 18
+    python scripts/train_tiny.py --stage latents --ckpt /work/ckpt       # encode + cache clips
+    python scripts/train_tiny.py --stage dit     --ckpt /work/ckpt --minutes 60
+    python scripts/train_tiny.py --stage export  --ckpt /work/ckpt --out pipelines/embedded/tiny-wan
+    python scripts/train_tiny.py --stage all     --ckpt /work/ckpt --out ... --minutes 80
+
+``vae-decoder`` then fine-tunes only the VAE decoder on full 9-frame clips with the encoder
+frozen (so the cached latents and the DiT stay valid); it can run beside ``dit``::
+
+    python scripts/train_tiny.py --stage vae-decoder --ckpt /work/ckpt --minutes 15
+
+``all`` runs them in sequence, splitting ``--minutes`` 25% vae, 65% dit, 10% vae-decoder. Checkpoints are
+safetensors files (model + Adam moments) plus a small ``state.json`` per stage, in
+``--ckpt`` (outside the repository). Runs single-threaded by default (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_clips  # noqa: E402
+
+FRAMES, SIZE = 9, 64
+Z_DIM = 8
+TEXT_DIM = 64
+MAX_TEXT_LEN = 512  # WanPipeline's default max_sequence_length: train with the same padding
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_vae(latents_mean=None, latents_std=None):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=16,
+        z_dim=Z_DIM,
+        dim_mult=[1, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True],
+        latents_mean=list(latents_mean) if latents_mean is not None else [0.0] * Z_DIM,
+        latents_std=list(latents_std) if latents_std is not None else [1.0] * Z_DIM,
+        scale_factor_temporal=2,
+        scale_factor_spatial=2,
+    )
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in tiny_clips.vocabulary():
+        vocab[w] = len(vocab)
+    # "<colour> background" -> "bg<colour> background": a background colour is its own token,
+    # so every token names its role and the cross-attention need not learn word order first
+    # (with plain colour words it learned no conditioning in a 35-minute run)
+    for c in tiny_clips.COLORS:
+        vocab[f"bg{c}"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase()] + [normalizers.Replace(f"{c} background", f"bg{c} background") for c in tiny_clips.COLORS]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=MAX_TEXT_LEN,
+    )
+
+
+def build_text_encoder(vocab_size: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=TEXT_DIM,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        tie_word_embeddings=False,
+    )
+    return UMT5EncoderModel(cfg)
+
+
+def build_transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=32,
+        in_channels=Z_DIM,
+        out_channels=Z_DIM,
+        text_dim=TEXT_DIM,
+        freq_dim=64,
+        ffn_dim=384,
+        num_layers=3,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=256,
+    )
+
+
+def make_text_padding_inert(transformer, k_gain: float = 2.5) -> bool:
+    """Make WanPipeline's zero-padded text positions a pure attention sink.
+
+    WanPipeline pads every prompt embedding with zeros to ``max_sequence_length`` (512), and
+    the cross-attention has no mask, so ~500 identical pad keys swamp the ~11 caption tokens
+    and the text gradient is drowned (a first run learned no conditioning in 300 steps).
+    With the text projection's and the cross-attention k/v biases at zero (and frozen), a
+    zero pad embedding gives k = RMSNorm(0) = 0 and v = 0: the pads get logit 0 and add
+    nothing, and every k/v gradient comes from the caption tokens. This is exact for the
+    stock pipeline. On a trained model the pads' old constant output is folded into the
+    ``to_out`` bias, so the function barely changes; the cross-attention k norm gain is
+    raised so caption logits can outgrow the pads'. Returns True if it changed anything
+    (it is idempotent).
+    """
+    emb = transformer.condition_embedder.text_embedder
+    changed = bool(emb.linear_1.bias.detach().abs().sum() + emb.linear_2.bias.detach().abs().sum() > 0)
+    with torch.no_grad():
+        pad = emb(torch.zeros(1, 1, emb.linear_1.in_features))
+        for block in transformer.blocks:
+            a = block.attn2
+            v_pad = a.to_v(pad)  # [1, 1, dim], what the pads contribute
+            if a.to_k.bias.detach().abs().sum() + a.to_v.bias.detach().abs().sum() > 0:
+                a.to_out[0].bias.copy_(a.to_out[0](v_pad)[0, 0])
+                a.norm_k.weight.mul_(k_gain)
+                changed = True
+            for bias in (a.to_k.bias, a.to_v.bias):
+                bias.zero_()
+                bias.requires_grad_(False)
+        for bias in (emb.linear_1.bias, emb.linear_2.bias):
+            bias.zero_()
+            bias.requires_grad_(False)
+    return changed
+
+
+def build_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoint:
+    """``<ckpt>/<stage>/``: model.safetensors, optim.safetensors (Adam moments), state.json."""
+
+    def __init__(self, root: Path, stage: str):
+        self.dir = root / stage
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / "state.json").exists()
+
+    def save(self, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None, state: dict) -> None:
+        weights = {f"{k}.{n}": p.detach().clone().contiguous() for k, m in modules.items() for n, p in m.state_dict().items()}
+        save_file(weights, str(self.dir / "model.tmp"))
+        moments, steps = {}, {}
+        names = {id(p): f"{k}.{n}" for k, m in modules.items() for n, p in m.named_parameters()}
+        for group in opt.param_groups if opt is not None else []:
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if not st:
+                    continue
+                moments[f"exp_avg.{names[id(p)]}"] = st["exp_avg"].contiguous()
+                moments[f"exp_avg_sq.{names[id(p)]}"] = st["exp_avg_sq"].contiguous()
+                steps[names[id(p)]] = float(st["step"])
+        save_file(moments, str(self.dir / "optim.tmp"))
+        state = dict(state, adam_steps=steps)
+        (self.dir / "state.tmp").write_text(json.dumps(state, indent=1))
+        os.replace(self.dir / "model.tmp", self.dir / "model.safetensors")
+        os.replace(self.dir / "optim.tmp", self.dir / "optim.safetensors")
+        os.replace(self.dir / "state.tmp", self.dir / "state.json")
+
+    def load_weights(self, modules: dict[str, torch.nn.Module]) -> None:
+        weights = load_file(str(self.dir / "model.safetensors"))
+        for k, m in modules.items():
+            sub = {n[len(k) + 1 :]: t for n, t in weights.items() if n.startswith(k + ".")}
+            m.load_state_dict(sub)
+
+    def load(self, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> dict:
+        self.load_weights(modules)
+        state = json.loads((self.dir / "state.json").read_text())
+        moments = load_file(str(self.dir / "optim.safetensors"))
+        for k, m in modules.items():
+            for n, p in m.named_parameters():
+                key = f"{k}.{n}"
+                if f"exp_avg.{key}" in moments:
+                    opt.state[p] = {
+                        "step": torch.tensor(state["adam_steps"][key]),
+                        "exp_avg": moments[f"exp_avg.{key}"],
+                        "exp_avg_sq": moments[f"exp_avg_sq.{key}"],
+                    }
+        return state
+
+
+def lr_at(frac: float, base: float, warm: float = 0.03, decay: float = 0.3) -> float:
+    """Warm-up, then constant, then cosine decay (to 10%) over the last ``decay`` of the budget."""
+    if frac < warm:
+        return base * max(frac / warm, 0.05)
+    if frac < 1.0 - decay:
+        return base
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min((frac - 1.0 + decay) / decay, 1.0))))
+
+
+# ----------------------------------------------------------------------------- vae stage
+
+
+def train_vae(args, decoder_only: bool = False) -> None:
+    """Train the autoencoder; ``decoder_only`` then fine-tunes just the decoder on longer
+    clips with the encoder (hence the latent space the DiT learned) frozen."""
+    vae = build_vae()
+    vae.train()
+    stage, frames = ("vae_dec", FRAMES) if decoder_only else ("vae", args.vae_frames)
+    if decoder_only:
+        Checkpoint(args.ckpt, "vae").load_weights({"vae": vae})
+        vae.requires_grad_(False)
+        for m in (vae.post_quant_conv, vae.decoder):
+            m.requires_grad_(True)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    lr = args.vae_lr * (0.3 if decoder_only else 1.0)
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ck = Checkpoint(args.ckpt, stage)
+    state = {"step": 0, "elapsed": 0.0, "budget": args.minutes * 60.0}
+    if ck.exists:
+        state = ck.load({"vae": vae}, opt)
+        state["budget"] = state["elapsed"] + args.minutes * 60.0 if args.extend else state["budget"]
+        log(f"{stage}: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+    log(f"{stage}: {sum(p.numel() for p in trainable) / 1e6:.2f} M trainable params, budget {state['budget'] / 60:.1f} min")
+    rng_seed = args.seed + 1_000_000  # the VAE sees other clips than the cached DiT set
+    t0, last_save, run = time.time() - state["elapsed"], time.time(), []
+    bs, crop = args.vae_batch, args.vae_crop
+    while True:
+        elapsed = time.time() - t0
+        if elapsed >= state["budget"]:
+            break
+        step = state["step"]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(elapsed / state["budget"], lr)
+        x, _ = tiny_clips.make_batch(rng_seed, step * bs, bs, frames=frames, height=SIZE, width=SIZE)
+        r = np.random.default_rng([rng_seed, step, 7])
+        if crop < SIZE:  # random crops: convolutions do not care, and it is 1.8x cheaper
+            oy, ox = (int(v) // 2 * 2 for v in r.integers(0, SIZE - crop + 1, size=2))
+            x = x[..., oy : oy + crop, ox : ox + crop]
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        with torch.no_grad() if decoder_only else contextlib.nullcontext():
+            post = vae.encode(x).latent_dist
+            z = post.sample()
+        y = vae.decode(z).sample
+        rec = (y - x).abs().mean() + F.mse_loss(y, x)
+        kl = post.kl().mean() / z[0].numel()
+        loss = rec + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        state["step"] = step + 1
+        run.append((rec.item(), kl.item()))
+        if state["step"] % 20 == 0:
+            a = np.mean(run, axis=0)
+            log(f"{stage} step {state['step']} rec {a[0]:.4f} kl {a[1]:.3f} lr {opt.param_groups[0]['lr']:.2e} t {elapsed / 60:.1f}m")
+            run = []
+        if time.time() - last_save > 120:
+            state["elapsed"] = time.time() - t0
+            ck.save({"vae": vae}, opt, state)
+            last_save = time.time()
+    state["elapsed"] = time.time() - t0
+    ck.save({"vae": vae}, opt, state)
+    log(f"{stage}: done, step {state['step']}, {state['elapsed'] / 60:.1f} min")
+
+
+def load_trained_vae(args):
+    vae = build_vae()
+    Checkpoint(args.ckpt, "vae").load_weights({"vae": vae})
+    vae.eval()
+    return vae
+
+
+# ----------------------------------------------------------------------------- latents stage
+
+
+def cache_latents(args) -> None:
+    """Encode the DiT training clips once with the trained VAE (posterior mode) into
+    ``<ckpt>/latents/<size>.safetensors`` (float16) + captions JSON, and measure the
+    per-channel latent mean / std that the exported VAE config will carry."""
+    vae = load_trained_vae(args)
+    out = args.ckpt / "latents"
+    out.mkdir(parents=True, exist_ok=True)
+    sets = [(SIZE, args.num_clips, 0), (args.big_size, args.num_big_clips, 10_000_000)]
+    for size, count, offset in sets:
+        path = out / f"{size}.safetensors"
+        if path.exists() or count == 0:
+            continue
+        t0, zs, caps = time.time(), [], []
+        with torch.no_grad():
+            for start in range(0, count, 8):
+                n = min(8, count - start)
+                x, c = tiny_clips.make_batch(args.seed, offset + start, n, frames=FRAMES, height=size, width=size)
+                zs.append(vae.encode(torch.from_numpy(x)).latent_dist.mode().half())
+                caps += c
+                if start % 200 == 0:
+                    log(f"latents {size}: {start + n}/{count} ({time.time() - t0:.0f} s)")
+        z = torch.cat(zs)
+        save_file({"latents": z.contiguous()}, str(path))
+        (out / f"{size}.json").write_text(json.dumps(caps))
+        log(f"latents {size}: {tuple(z.shape)} in {time.time() - t0:.0f} s")
+    z = load_file(str(out / f"{SIZE}.safetensors"))["latents"].float()
+    mean = z.mean(dim=(0, 2, 3, 4))
+    std = z.std(dim=(0, 2, 3, 4))
+    stats = {"latents_mean": [round(v, 5) for v in mean.tolist()], "latents_std": [round(v, 5) for v in std.tolist()]}
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    log(f"latent stats {stats}")
+
+
+# ----------------------------------------------------------------------------- dit stage
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int = MAX_TEXT_LEN) -> torch.Tensor:
+    """Exactly WanPipeline's prompt embedding: encode with the padding masked, keep each
+    caption's own tokens, zero-pad to ``max_len``."""
+    enc = tokenizer(captions, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+    hidden = text_encoder(enc.input_ids, enc.attention_mask).last_hidden_state
+    lens = enc.attention_mask.sum(1)
+    out = hidden.new_zeros(len(captions), max_len, hidden.shape[-1])
+    for i, n in enumerate(lens.tolist()):
+        out[i, :n] = hidden[i, :n]
+    return out
+
+
+def train_dit(args) -> None:
+    lat_dir = args.ckpt / "latents"
+    stats = json.loads((lat_dir / "stats.json").read_text())
+    mean = torch.tensor(stats["latents_mean"]).view(1, -1, 1, 1, 1)
+    std = torch.tensor(stats["latents_std"]).view(1, -1, 1, 1, 1)
+    data = {}
+    for size in (SIZE, args.big_size):
+        path = lat_dir / f"{size}.safetensors"
+        if path.exists():
+            z = load_file(str(path))["latents"]
+            data[size] = (z, json.loads((lat_dir / f"{size}.json").read_text()))
+            log(f"dit: {len(z)} cached clips at {size}px, latent {tuple(z.shape[1:])}")
+
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(len(tokenizer))
+    transformer = build_transformer()
+    ema = build_transformer()
+    ema.load_state_dict(transformer.state_dict())
+    ema_te = build_text_encoder(len(tokenizer))
+    ema_te.load_state_dict(text_encoder.state_dict())
+    for m in (ema, ema_te):
+        m.requires_grad_(False)
+    make_text_padding_inert(transformer)
+    make_text_padding_inert(ema)
+    modules = {"transformer": transformer, "text_encoder": text_encoder}
+    params = [p for m in modules.values() for p in m.parameters()]
+    # the text path (encoder, projection, cross-attention) starts from nothing and is
+    # drowned at first: give it a higher learning rate
+    text_ids = {id(p) for p in text_encoder.parameters()}
+    text_ids |= {id(p) for p in transformer.condition_embedder.text_embedder.parameters()}
+    text_ids |= {id(p) for b in transformer.blocks for p in b.attn2.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) not in text_ids], "mult": 1.0},
+        {"params": [p for p in params if id(p) in text_ids], "mult": args.text_lr_mult},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ck = Checkpoint(args.ckpt, "dit")
+    state = {"step": 0, "elapsed": 0.0, "budget": args.minutes * 60.0}
+    if ck.exists:
+        saved = load_file(str(ck.dir / "model.safetensors"))
+        if saved["text_encoder.shared.weight"].shape != text_encoder.shared.weight.shape:
+            # the vocabulary changed: keep the transformer, start the text encoder afresh
+            log("dit: tokenizer vocabulary changed, re-initialising the text encoder")
+            state = ck.load({"transformer": transformer}, opt)
+            Checkpoint(args.ckpt, "dit_ema").load_weights({"transformer": ema})
+            ema_te.load_state_dict(text_encoder.state_dict())
+        else:
+            state = ck.load(modules, opt)
+            Checkpoint(args.ckpt, "dit_ema").load_weights({"transformer": ema, "text_encoder": ema_te})
+        del saved
+        for m in (transformer, ema):
+            if make_text_padding_inert(m):
+                log("dit: made the text padding inert in the resumed weights")
+        if args.extend:
+            state["budget"] = state["elapsed"] + args.minutes * 60.0
+        log(f"dit: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+    n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
+    log(f"dit: transformer {n_params:.2f} M params, budget {state['budget'] / 60:.1f} min")
+    transformer.train()
+    text_encoder.train()
+    t0, last_save, run = time.time() - state["elapsed"], time.time(), []
+    while True:
+        elapsed = time.time() - t0
+        if elapsed >= state["budget"]:
+            break
+        step = state["step"]
+        lr = lr_at(elapsed / state["budget"], args.dit_lr, decay=args.decay_frac)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["mult"]
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        big = args.big_size in data and step % args.big_every == args.big_every - 1
+        size = args.big_size if big else SIZE
+        bs = args.big_batch if big else args.dit_batch
+        z_all, caps_all = data[size]
+        idx = torch.randint(len(z_all), (bs,), generator=g)
+        x0 = (z_all[idx].float() - mean) / std
+        caps = [caps_all[i] if torch.rand((), generator=g) >= args.drop_caption else "" for i in idx.tolist()]
+        u = torch.sigmoid(torch.randn(bs, generator=g))  # logit-normal, then Wan's shift
+        sigma = args.shift * u / (1 + (args.shift - 1) * u)
+        noise = torch.randn(x0.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        emb = encode_text(tokenizer, text_encoder, caps)
+        pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for src, dst in ((transformer, ema), (text_encoder, ema_te)):
+                for a, b in zip(dst.parameters(), src.parameters()):
+                    a.lerp_(b, 1 - decay)
+        state["step"] = step + 1
+        run.append(loss.item())
+        if state["step"] % 20 == 0:
+            log(f"dit step {state['step']} loss {np.mean(run):.4f} lr {lr:.2e} t {elapsed / 60:.1f}m")
+            run = []
+        if time.time() - last_save > 180:
+            state["elapsed"] = time.time() - t0
+            ck.save(modules, opt, state)
+            Checkpoint(args.ckpt, "dit_ema").save({"transformer": ema, "text_encoder": ema_te}, None, {"step": state["step"]})
+            last_save = time.time()
+    state["elapsed"] = time.time() - t0
+    ck.save(modules, opt, state)
+    Checkpoint(args.ckpt, "dit_ema").save({"transformer": ema, "text_encoder": ema_te}, None, {"step": state["step"]})
+    log(f"dit: done, step {state['step']}, {state['elapsed'] / 60:.1f} min")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export(args) -> None:
+    """Assemble the standard WanPipeline folder from the checkpoints and save it."""
+    from diffusers import WanPipeline
+
+    stats = json.loads((args.ckpt / "latents" / "stats.json").read_text())
+    vae = build_vae(stats["latents_mean"], stats["latents_std"])
+    vae_stage = "vae_dec" if Checkpoint(args.ckpt, "vae_dec").exists else "vae"
+    Checkpoint(args.ckpt, vae_stage).load_weights({"vae": vae})
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(len(tokenizer))
+    transformer = build_transformer()
+    which = "dit" if args.no_ema else "dit_ema"
+    Checkpoint(args.ckpt, which).load_weights({"transformer": transformer, "text_encoder": text_encoder})
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=build_scheduler(),
+        transformer=transformer,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(args.out), safe_serialization=True)
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    log(f"export: {vae_stage} + {which} weights -> {args.out} ({size / 1e6:.2f} MB)")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", required=True, choices=["vae", "vae-decoder", "latents", "dit", "export", "all"])
+    p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan")
+    p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget of the stage")
+    p.add_argument("--extend", action="store_true", help="on resume, add --minutes to the stage's budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--vae-frames", type=int, default=5)
+    p.add_argument("--vae-crop", type=int, default=48)
+    p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--num-clips", type=int, default=2000, help="cached DiT clips at the training size")
+    p.add_argument("--big-size", type=int, default=96, help="second, larger training size (resolution variety)")
+    p.add_argument("--num-big-clips", type=int, default=256)
+    p.add_argument("--big-every", type=int, default=8, help="every Nth DiT step uses the larger size")
+    p.add_argument("--big-batch", type=int, default=3)
+    p.add_argument("--dit-lr", type=float, default=1e-3)
+    p.add_argument("--dit-batch", type=int, default=8)
+    p.add_argument("--decay-frac", type=float, default=0.3, help="final fraction of the DiT budget with cosine decay")
+    p.add_argument("--text-lr-mult", type=float, default=3.0, help="learning-rate factor of the text path")
+    p.add_argument("--drop-caption", type=float, default=0.1, help="empty-caption rate (for CFG)")
+    p.add_argument("--shift", type=float, default=3.0, help="timestep shift, as the scheduler's")
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--no-ema", action="store_true", help="export the raw instead of the EMA weights")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.stage == "vae":
+        train_vae(args)
+    elif args.stage == "vae-decoder":
+        train_vae(args, decoder_only=True)
+    elif args.stage == "latents":
+        cache_latents(args)
+    elif args.stage == "dit":
+        train_dit(args)
+    elif args.stage == "export":
+        export(args)
+    else:  # all
+        total = args.minutes
+        args.minutes = 0.25 * total
+        train_vae(args)
+        cache_latents(args)
+        args.minutes = 0.65 * total
+        train_dit(args)
+        args.minutes = 0.1 * total
+        train_vae(args, decoder_only=True)
+        export(args)
+
+
+if __name__ == "__main__":
+    main()
