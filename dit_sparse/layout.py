@@ -7,7 +7,6 @@ models put the text tokens before (FLUX, CogVideoX, SD3) or after (HunyuanVideo)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -67,8 +66,10 @@ class TokenLayout:
             raise ValueError(f"text_len={self.text_len!r} must be >= 0")
         if self.text_position not in _TEXT_POSITIONS:
             raise ValueError(f"text_position={self.text_position!r} must be one of {_TEXT_POSITIONS}")
-        # Canonical JSON, the kernels' cache key (a constant for torch.compile).
-        object.__setattr__(self, "spec", json.dumps(self.to_dict(), sort_keys=True))
+        # Canonical string, the kernels' cache key. Plain f-string formatting: layouts are
+        # built inside torch.compile'd forwards, where dynamo folds it to a constant.
+        t, h, w = self.grid
+        object.__setattr__(self, "spec", f"{t}x{h}x{w}/{self.text_len}/{self.text_position}")
 
     @property
     def video_len(self) -> int:
@@ -91,6 +92,12 @@ class TokenLayout:
 
     def to_dict(self) -> dict:
         return {"grid": list(self.grid), "text_len": self.text_len, "text_position": self.text_position}
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "TokenLayout":
+        """Inverse of ``layout.spec``."""
+        grid, text_len, position = spec.split("/")
+        return cls(tuple(int(x) for x in grid.split("x")), int(text_len), position)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TokenLayout":

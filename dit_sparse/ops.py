@@ -15,7 +15,6 @@ The kernels are wrapped as one torch custom op (``dit_sparse::sparse_attention``
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from . import env
 from .blockmask import block_sparse_block_mask, static_block_mask
 from .layout import TokenLayout
-from .patterns import BlockSparse, Full, Neighborhood, Pattern
+from .patterns import BlockSparse, Full, Neighborhood, Pattern, parse_pattern
 from .tiling import BlockGrid, block_sparse_select, tiling_for
 
 BACKENDS = ("cpu", "triton")
@@ -138,14 +137,14 @@ def reference_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, 
 
 
 def _encode(pattern: Pattern, layout: TokenLayout) -> str:
-    # Both strings are computed at construction, so that torch.compile sees constants here.
+    # Both strings are made at construction, so that torch.compile sees constants here.
     return pattern.spec + "|" + layout.spec
 
 
 @functools.lru_cache(maxsize=512)
 def _decode(spec: str) -> Tuple[Pattern, TokenLayout]:
     pattern, layout = spec.split("|")
-    return Pattern.from_dict(json.loads(pattern)), TokenLayout.from_dict(json.loads(layout))
+    return parse_pattern(pattern), TokenLayout.from_spec(layout)
 
 
 def _text_range(layout: TokenLayout) -> Tuple[int, int]:

@@ -28,7 +28,6 @@ Text tokens (``layout.text_len``) are global for every pattern.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Optional, Tuple, Type
@@ -88,9 +87,16 @@ class Pattern:
 
     # --- serialisation -------------------------------------------------------------
     def _set_spec(self):
-        """Cache the canonical JSON of the pattern (the kernels' cache key; a constant for
-        torch.compile). Called at the end of every constructor."""
-        object.__setattr__(self, "spec", json.dumps(self.to_dict(), sort_keys=True))
+        """Cache the canonical spec string of the pattern (``parse_pattern`` reads it back;
+        the kernels' cache key, a constant for torch.compile). Called by every constructor."""
+        items = []
+        for key, value in sorted(self.to_dict().items()):
+            if key == "kind" or value is None:
+                continue
+            text = "x".join(map(str, value)) if isinstance(value, list) else repr(value)
+            items.append(f"{key}={text}")
+        spec = self.kind.replace("_", "-") + (":" + ",".join(items) if items else "")
+        object.__setattr__(self, "spec", spec)
 
     def to_dict(self) -> dict:
         out = {"kind": self.kind}
