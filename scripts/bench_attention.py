@@ -14,7 +14,8 @@ that encodes the identical attention (window tables, or the same block selection
     python scripts/bench_attention.py                      # the full table (long: ~1 h here)
     python scripts/bench_attention.py --grids 8x32x32 --head-dims 64 --dtypes float32 --no-flex
 
-Absolute times move by ~30% from run to run on this machine; ratios within a run count.
+Absolute times move by ~30% from run to run on this machine; ratios within a run count,
+and only on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import gc
 import itertools
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -60,7 +60,8 @@ def _reset_peak() -> bool:
 
 
 def timed(fn, reps: int):
-    """Median wall time of ``reps`` runs after one warm-up run, and the peak extra RSS (MiB)."""
+    """Fastest wall time of ``reps`` runs after one warm-up run (other load on the machine only
+    adds time, so the minimum is the steadiest estimate), and the peak extra RSS (MiB)."""
     fn()
     gc.collect()
     base = _rss_kb("VmRSS:")
@@ -71,7 +72,7 @@ def timed(fn, reps: int):
         fn()
         times.append(time.perf_counter() - t0)
     peak = (_rss_kb("VmHWM:") - base) / 1024 if can_peak else float("nan")
-    return statistics.median(times), max(peak, 0.0)
+    return min(times), max(peak, 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def main(argv=None):
 
     flex = None if args.no_flex else Flex()
     print(f"# dit-sparse {ds.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.heads} heads, batch 1; times in ms (median of {args.reps} after a warm-up)")
+          f"{args.heads} heads, batch 1; times in ms (fastest of {args.reps} after a warm-up)")
     cols = ("grid", "S", "hd", "dtype", "pattern", "density", "ideal", "dense_ms", "ds_ms", "speedup",
             "%ideal", "flex_ms", "flex_x", "flex_compile_s", "ds_peak_MiB")
     print("| " + " | ".join(cols) + " |")
