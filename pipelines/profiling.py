@@ -227,6 +227,22 @@ def _call_parameters(pipe) -> Dict[str, inspect.Parameter]:
     return dict(inspect.signature(type(pipe).__call__).parameters)
 
 
+class Measurement:
+    """What a profiling run measured: the error table and what it ran on. :meth:`plan`
+    selects patterns from it (any number of times, at any budget or error bound)."""
+
+    def __init__(self, table: ErrorTable, desc: Dict[str, Any], context: Dict[str, Any]):
+        self.table = table
+        self.desc = desc
+        self.context = context
+
+    def plan(self, *, max_error: Optional[float] = None, budget: Optional[float] = None,
+             dense_bound: Optional[float] = None, max_dense_fraction: float = 0.5) -> Plan:
+        sel = select(self.table, max_error=max_error, budget=budget, num_steps=self.context["num_inference_steps"],
+                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction)
+        return build_plan(self.table, sel, self.desc, **self.context)
+
+
 def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None, budget: Optional[float] = None,
             num_inference_steps: Optional[int] = None, sample_steps: Optional[Sequence[int]] = None,
             seeds: Sequence[int] = (0,), height: Optional[int] = None, width: Optional[int] = None,
@@ -256,9 +272,21 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
     Returns:
         a :class:`dit_sparse.Plan`.
     """
+    check_mode(max_error, budget)
+    measured = measure(pipe, prompts, candidates=candidates, num_inference_steps=num_inference_steps,
+                       sample_steps=sample_steps, seeds=seeds, height=height, width=width, num_frames=num_frames,
+                       progress=progress, model_name=model_name, call_kwargs=call_kwargs)
+    return measured.plan(max_error=max_error, budget=budget, dense_bound=dense_bound,
+                         max_dense_fraction=max_dense_fraction)
+
+
+def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int] = None,
+            sample_steps: Optional[Sequence[int]] = None, seeds: Sequence[int] = (0,), height: Optional[int] = None,
+            width: Optional[int] = None, num_frames: Optional[int] = None, progress: bool = True,
+            model_name: Optional[str] = None, call_kwargs: Optional[Dict[str, Any]] = None) -> Measurement:
+    """The measuring half of :func:`profile` (same arguments): a :class:`Measurement`."""
     from .api import apply
 
-    mode, value = check_mode(max_error, budget)
     prompts = _check_prompts(prompts)
     seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
     if not seeds or any(s < 0 for s in seeds):
@@ -336,11 +364,9 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
     if recorder is None:
         raise RuntimeError("the pipeline ran no self-attention layer while profiling")
     table = recorder.table(desc["layers"])
-    sel = select(table, max_error=max_error, budget=budget, num_steps=num_inference_steps, dense_bound=dense_bound,
-                 max_dense_fraction=max_dense_fraction)
-    return build_plan(table, sel, desc, prompts=prompts, seeds=seeds, num_inference_steps=num_inference_steps,
-                      height=height, width=width, num_frames=num_frames, text_len=recorder.text_len or 0,
-                      grid=recorder.grid, model_name=model_name)
+    context = dict(prompts=prompts, seeds=seeds, num_inference_steps=num_inference_steps, height=height, width=width,
+                   num_frames=num_frames, text_len=recorder.text_len or 0, grid=recorder.grid, model_name=model_name)
+    return Measurement(table, desc, context)
 
 
 def build_plan(table: ErrorTable, sel, desc: Dict[str, Any], *, prompts: Sequence[str], seeds: Sequence[int],
@@ -376,4 +402,4 @@ def _clean(x) -> float:
     return float(f"{x:.6g}")
 
 
-__all__ = ["profile", "describe_model", "build_plan", "default_sample_steps"]
+__all__ = ["profile", "measure", "Measurement", "describe_model", "build_plan", "default_sample_steps"]
