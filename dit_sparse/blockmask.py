@@ -153,12 +153,9 @@ def _whole_blocks(grid: Triple, block: Triple) -> torch.Tensor:
 def static_block_mask(pattern: Pattern, layout: TokenLayout, q_block: Triple, kv_block: Triple) -> BlockMask:
     """Block mask of a static pattern (``Full``, ``Neighborhood``, ``SlidingTile``), cached."""
     grid = layout.grid
-    if isinstance(pattern, Full):
-        windows = [(torch.zeros(n, dtype=torch.int64), torch.full((n,), n - 1, dtype=torch.int64), 1) for n in grid]
-    elif isinstance(pattern, Neighborhood):
-        windows = pattern.windows(layout)
-    else:
+    if not isinstance(pattern, (Full, Neighborhood)):
         raise TypeError(f"static_block_mask needs a static pattern, got {pattern!r}")
+    windows = pattern.windows(layout)
     rels = [_axis_block_relation(axis_mask(lo, hi, d), bq, bk)
             for (lo, hi, d), bq, bk in zip(windows, q_block, kv_block)]
     any_rel = _outer3(*[r[0] for r in rels])[None]

@@ -159,6 +159,11 @@ class Full(Pattern):
     def __post_init__(self):
         self._set_spec()
 
+    def windows(self, layout: TokenLayout):
+        """Per axis ``(lo, hi, dilation)``: every query's window is the whole axis."""
+        return [(torch.zeros(n, dtype=torch.int64), torch.full((n,), n - 1, dtype=torch.int64), 1)
+                for n in layout.grid]
+
     def video_mask(self, layout, q=None, k=None):
         n = layout.video_len
         return torch.ones(n, n, dtype=torch.bool)

@@ -106,15 +106,10 @@ class Tiling:
         self.pattern = pattern
         self.layout = layout
         grid = layout.grid
-        if isinstance(pattern, Full):
-            windows = [(torch.zeros(n, dtype=torch.int64), torch.full((n,), n - 1, dtype=torch.int64), 1)
-                       for n in grid]
-            strides = (1, 1, 1)
-        elif isinstance(pattern, Neighborhood):
-            windows = pattern.windows(layout)
-            strides = pattern.stride
-        else:
+        if not isinstance(pattern, (Full, Neighborhood)):
             raise TypeError(f"Tiling is for static patterns, got {pattern!r}")
+        windows = pattern.windows(layout)
+        strides = pattern.stride if isinstance(pattern, Neighborhood) else (1, 1, 1)
         self.windows = windows
         stats_per_axis = []
         for (lo, hi, d), n, s in zip(windows, grid, strides):
