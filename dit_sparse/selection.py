@@ -390,7 +390,7 @@ class Selection:
 
 def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Optional[float] = None,
            num_steps: Optional[int] = None, dense_bound: Optional[float] = None,
-           max_dense_fraction: float = 0.5) -> Selection:
+           max_dense_fraction: float = 0.5, per_head: bool = True) -> Selection:
     """Choose per layer and head patterns and the dense warm-up from an :class:`ErrorTable`.
 
     1. Select on the later half of the sampled steps (:func:`select_max_error` or
@@ -400,6 +400,10 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
        the later half), at most ``max_dense_fraction`` of ``num_steps`` (default: last
        sampled step + 1).
     3. Select again on all sampled steps that run sparse.
+
+    With ``per_head=False`` every layer gets one pattern for all its heads, chosen on the
+    heads' root-mean-square error (and mean density): on CPU a layer whose heads share a
+    pattern is one kernel call, a mixed layer one call per run of equal heads.
     """
     mode, value = check_mode(max_error, budget)
     if not 0.0 <= max_dense_fraction <= 1.0:
@@ -407,10 +411,14 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
     num_steps = table.steps[-1] + 1 if num_steps is None else int(num_steps)
 
     def run(first_step):
-        errors = table.combined(first_step)
+        errors, density = table.combined(first_step), table.density
+        if not per_head:
+            errors, density = errors.pow(2).mean(1, keepdim=True).sqrt(), density.mean(1, keepdim=True)
         if mode == "max_error":
-            return select_max_error(errors, table.density, value)
-        return select_budget(errors, table.density, value)
+            choice = select_max_error(errors, density, value)
+        else:
+            choice = select_budget(errors, density, value)
+        return choice.expand(-1, table.heads).contiguous()
 
     # The reference: patterns chosen for the later half of the sampled steps, which run sparse
     # whatever the warm-up; early steps they do not fit stay dense.

@@ -237,9 +237,9 @@ class Measurement:
         self.context = context
 
     def plan(self, *, max_error: Optional[float] = None, budget: Optional[float] = None,
-             dense_bound: Optional[float] = None, max_dense_fraction: float = 0.5) -> Plan:
+             dense_bound: Optional[float] = None, max_dense_fraction: float = 0.5, per_head: bool = True) -> Plan:
         sel = select(self.table, max_error=max_error, budget=budget, num_steps=self.context["num_inference_steps"],
-                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction)
+                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction, per_head=per_head)
         return build_plan(self.table, sel, self.desc, **self.context)
 
 
@@ -248,7 +248,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
             seeds: Sequence[int] = (0,), height: Optional[int] = None, width: Optional[int] = None,
             num_frames: Optional[int] = None, progress: bool = True, dense_bound: Optional[float] = None,
             max_dense_fraction: float = 0.5, model_name: Optional[str] = None,
-            call_kwargs: Optional[Dict[str, Any]] = None) -> Plan:
+            call_kwargs: Optional[Dict[str, Any]] = None, per_head: bool = True) -> Plan:
     """Profile ``pipe`` with dense attention on calibration prompts and choose a plan.
 
     Args:
@@ -269,6 +269,8 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
         dense_bound, max_dense_fraction: dense warm-up rule (:func:`dit_sparse.selection.select`).
         model_name: stored as the plan's ``name_or_path`` (default: the pipeline's).
         call_kwargs: further pipeline arguments (guidance_scale, negative_prompt, ...).
+        per_head: choose per layer and head (default); False: one pattern per layer, on the
+            heads' RMS error (faster on CPU, where a mixed layer costs one call per run of heads).
     Returns:
         a :class:`dit_sparse.Plan`.
     """
@@ -277,7 +279,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
                        sample_steps=sample_steps, seeds=seeds, height=height, width=width, num_frames=num_frames,
                        progress=progress, model_name=model_name, call_kwargs=call_kwargs)
     return measured.plan(max_error=max_error, budget=budget, dense_bound=dense_bound,
-                         max_dense_fraction=max_dense_fraction)
+                         max_dense_fraction=max_dense_fraction, per_head=per_head)
 
 
 def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int] = None,

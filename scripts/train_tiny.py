@@ -189,6 +189,28 @@ def make_text_padding_inert(transformer, k_gain: float = 2.5) -> bool:
     return changed
 
 
+def reinit_text_path(transformer, text_encoder, opt) -> None:
+    """Start the text path afresh (text encoder, text projection, every cross-attention),
+    keeping the rest of the transformer, and forget those parameters' Adam moments.
+
+    Used once (``--reinit-text``) on a run whose cross-attention had learned to shut itself:
+    trained always padded to 512, the inert pads (logit 0, value 0) offer an "off" position,
+    and with a still-useless text encoder the cheapest move was to push every caption logit
+    negative (measured: -5.4 on average, 0.05% of the attention mass, no effect of the
+    caption on the output). See ``--pad-prob`` for what prevents it.
+    """
+    fresh = build_transformer()
+    cross = [transformer.condition_embedder.text_embedder] + [b.attn2 for b in transformer.blocks]
+    cross_fresh = [fresh.condition_embedder.text_embedder] + [b.attn2 for b in fresh.blocks]
+    new_te = build_text_encoder(text_encoder.config.vocab_size)
+    with torch.no_grad():
+        for old, new in list(zip(cross, cross_fresh)) + [(text_encoder, new_te)]:
+            for (_, a), (_, b) in zip(old.named_parameters(), new.named_parameters()):
+                a.copy_(b)
+                opt.state.pop(a, None)
+    make_text_padding_inert(transformer)
+
+
 def build_scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -372,12 +394,13 @@ def cache_latents(args) -> None:
 # ----------------------------------------------------------------------------- dit stage
 
 
-def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int = MAX_TEXT_LEN) -> torch.Tensor:
+def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int | None = MAX_TEXT_LEN) -> torch.Tensor:
     """Exactly WanPipeline's prompt embedding: encode with the padding masked, keep each
-    caption's own tokens, zero-pad to ``max_len``."""
-    enc = tokenizer(captions, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+    caption's own tokens, zero-pad to ``max_len`` (None: to the longest caption)."""
+    enc = tokenizer(captions, padding="longest", truncation=True, max_length=MAX_TEXT_LEN, return_tensors="pt")
     hidden = text_encoder(enc.input_ids, enc.attention_mask).last_hidden_state
     lens = enc.attention_mask.sum(1)
+    max_len = int(lens.max()) if max_len is None else max_len
     out = hidden.new_zeros(len(captions), max_len, hidden.shape[-1])
     for i, n in enumerate(lens.tolist()):
         out[i, :n] = hidden[i, :n]
@@ -439,6 +462,12 @@ def train_dit(args) -> None:
                 log("dit: made the text padding inert in the resumed weights")
         if args.extend:
             state["budget"] = state["elapsed"] + args.minutes * 60.0
+        if args.reinit_text and not state.get("text_reinit_at"):
+            reinit_text_path(transformer, text_encoder, opt)
+            ema.load_state_dict(transformer.state_dict())
+            ema_te.load_state_dict(text_encoder.state_dict())
+            state["text_reinit_at"] = state["step"]
+            log(f"dit: text path re-initialised at step {state['step']}")
         log(f"dit: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
     log(f"dit: transformer {n_params:.2f} M params, budget {state['budget'] / 60:.1f} min")
@@ -466,7 +495,12 @@ def train_dit(args) -> None:
         noise = torch.randn(x0.shape, generator=g)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        emb = encode_text(tokenizer, text_encoder, caps)
+        # padded like WanPipeline (512) in a --pad-prob share of the steps, else only to the
+        # longest caption: without pads the softmax has to land on caption tokens, so the
+        # cross-attention cannot learn to shut itself (see reinit_text_path); with them the
+        # caption logits must grow until ~500 pads at logit 0 no longer matter
+        text_len = MAX_TEXT_LEN if torch.rand((), generator=g) < args.pad_prob else None
+        emb = encode_text(tokenizer, text_encoder, caps, text_len)
         pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
@@ -481,7 +515,15 @@ def train_dit(args) -> None:
         state["step"] = step + 1
         run.append(loss.item())
         if state["step"] % 20 == 0:
-            log(f"dit step {state['step']} loss {np.mean(run):.4f} lr {lr:.2e} t {elapsed / 60:.1f}m")
+            # how much the caption helps: the same noisy batch with every caption dropped
+            # (a gap near 0 means the text conditioning is not being used)
+            with torch.no_grad():
+                pred0 = transformer(
+                    hidden_states=xt, timestep=sigma * 1000,
+                    encoder_hidden_states=encode_text(tokenizer, text_encoder, [""] * bs, text_len), return_dict=False,
+                )[0]
+                gap = F.mse_loss(pred0, noise - x0).item() - loss.item()
+            log(f"dit step {state['step']} loss {np.mean(run):.4f} text gap {gap:+.4f} lr {lr:.2e} t {elapsed / 60:.1f}m")
             run = []
         if time.time() - last_save > 180:
             state["elapsed"] = time.time() - t0
@@ -549,6 +591,10 @@ def main(argv=None) -> None:
     p.add_argument("--dit-batch", type=int, default=8)
     p.add_argument("--decay-frac", type=float, default=0.3, help="final fraction of the DiT budget with cosine decay")
     p.add_argument("--text-lr-mult", type=float, default=3.0, help="learning-rate factor of the text path")
+    p.add_argument("--pad-prob", type=float, default=0.5,
+                   help="share of DiT steps whose text is zero-padded to 512 like WanPipeline's (else unpadded)")
+    p.add_argument("--reinit-text", action="store_true",
+                   help="on resume, once: re-initialise the text encoder, text projection and cross-attention")
     p.add_argument("--drop-caption", type=float, default=0.1, help="empty-caption rate (for CFG)")
     p.add_argument("--shift", type=float, default=3.0, help="timestep shift, as the scheduler's")
     p.add_argument("--ema", type=float, default=0.995)

@@ -144,9 +144,13 @@ def test_default_model_is_the_embedded_one(capsys, tmp_path, prompts_file):
         pytest.skip(f"embedded model not available yet: {exc}")
     out = tmp_path / "plan.json"
     code, stdout, err = _run(capsys, "profile", "--prompts", str(prompts_file), "--out", str(out), "--budget", "0.5",
-                             "--steps", "1", "--quiet", "--candidate", "neighborhood:kernel=1x5x5")
+                             "--steps", "1", "--quiet", "--candidate", "neighborhood:kernel=1x5x5",
+                             "--candidate", "neighborhood:kernel=3x9x9", "--per-layer")
     assert code == 0, err
-    assert ds.Plan.load(out).model.name_or_path == "embedded:tiny-wan"
+    plan = ds.Plan.load(out)
+    assert plan.model.name_or_path == "embedded:tiny-wan"
+    # --per-layer: all heads of a layer share one pattern
+    assert all(layer.uniform for layer in plan.layers.values())
 
 
 def test_subcommand_registry_and_python_dash_m():

@@ -207,3 +207,18 @@ def test_candidate_errors_against_the_float64_reference():
     assert torch.allclose(density[:, 0], torch.full((3,), cands[0].density(layout), dtype=torch.float64))
     assert torch.allclose(head_density(cands[1], layout, q, k).mean(), torch.tensor(cands[1].density(layout, q=q, k=k),
                                                                                    dtype=torch.float64))
+
+
+def test_per_layer_selection_shares_one_pattern_and_uses_the_heads_rms_error():
+    table = ErrorTable(("a", "b"), 2, (ds.Full(),) * 4, (0,), ERRORS[None], DENSITY)
+    per_head = select(table, max_error=0.05)
+    per_layer = select(table, max_error=0.05, per_head=False)
+    # per head the heads of layer 0 differ (0.08 > 0.05 for head 0, 0.04 <= 0.05 for head 1)
+    assert per_head.choice.tolist() == [[2, 0], [3, 1]]
+    # per layer: RMS over heads; layer 0 candidate 1 = sqrt((0.08^2+0.03^2)/2) = 0.0604 > 0.05,
+    # candidate 2 = 0.0158 -> 2; layer 1 candidate 2 = sqrt((0.06^2+0)/2) = 0.0424 -> 2
+    assert per_layer.choice.tolist() == [[2, 2], [2, 2]]
+    # budget mode: one pattern per layer, inside the budget
+    sel = select(table, budget=0.3, per_head=False)
+    assert all(len(set(row)) == 1 for row in sel.choice.tolist())
+    assert sel.density.mean().item() <= 0.3 + 1e-9

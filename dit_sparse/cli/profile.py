@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--dense-bound", type=float, default=None, metavar="E",
                    help="per-step error above which early steps stay dense")
+    p.add_argument("--per-layer", action="store_true",
+                   help="one pattern per layer for all its heads (faster on CPU) instead of per head")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -131,7 +133,8 @@ def run(args) -> int:
         height=args.height if args.height is not None else defaults.get("height"),
         width=args.width if args.width is not None else defaults.get("width"),
         num_frames=args.frames if args.frames is not None else defaults.get("num_frames"),
-        progress=not args.quiet, dense_bound=args.dense_bound, model_name=name, call_kwargs=call_kwargs)
+        progress=not args.quiet, dense_bound=args.dense_bound, model_name=name, call_kwargs=call_kwargs,
+        per_head=not args.per_layer)
     plan.save(out)
     print(plan.summary())
     print(f"\nwrote {out}")

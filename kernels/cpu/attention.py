@@ -32,16 +32,32 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torc
     (a key mask is in play), rows whose keys are all masked are set to 0 whatever the SDPA
     backend returned there.
     """
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
-    ).transpose(1, 2)
+    return _sdpa_heads(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, scale,
+                       may_have_empty_rows).transpose(1, 2)
+
+
+def _sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                scale: float, may_have_empty_rows: bool = False) -> torch.Tensor:
+    """:func:`_sdpa` on ``[B, H, n, D]`` tensors; returns ``[B, H, n, D]``."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if may_have_empty_rows and mask is not None:
         keep = mask if mask.dtype == torch.bool else mask > float("-inf")
         m4 = keep.view((1,) * (4 - keep.dim()) + tuple(keep.shape))
         empty = ~m4.any(-1)  # [B or 1, H or 1, n or 1]
         if bool(empty.any()):
-            out = out.masked_fill(empty.permute(0, 2, 1)[..., None], 0.0)
+            out = out.masked_fill(empty[..., None], 0.0)
     return out
+
+
+def heads_major(x: torch.Tensor) -> torch.Tensor:
+    """``[B, S, H, D]`` -> contiguous ``[B, H, S, D]`` (one pass).
+
+    PyTorch's CPU flash kernel runs ~20% faster on contiguous per-head rows than on the
+    transposed views of diffusers' layout, and gathering ``D``-element rows from this layout
+    is as cheap as gathering ``H * D`` rows from the other, so every kernel here gathers
+    from and attends in this layout.
+    """
+    return x.transpose(1, 2).contiguous()
 
 
 def factor_mask(masks: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], text_keys: int,
@@ -59,22 +75,24 @@ def factor_mask(masks: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], text_key
 
 
 def assemble(q, outs, video_inverse: torch.Tensor, video_start: int):
-    """``[B, S, H, D]`` from per-group outputs (concatenated in group order, which lists every
-    video token once) and the inverse of that order. One gather instead of a scatter per
-    group (``index_copy_`` is a slow element-wise path on CPU)."""
+    """``[B, S, H, D]`` from per-group ``[B, H, n, D]`` outputs (concatenated in group order,
+    which lists every video token once) and the inverse of that order. One gather instead of
+    a scatter per group (``index_copy_`` is a slow element-wise path on CPU)."""
     out = torch.empty_like(q)
-    video = torch.cat(outs, dim=1).index_select(1, video_inverse)
-    out[:, video_start:video_start + video.shape[1]] = video
+    video = torch.cat(outs, dim=2).index_select(2, video_inverse)
+    out[:, video_start:video_start + video.shape[2]] = video.transpose(1, 2)
     return out
 
 
-def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, scale):
-    """Text queries attend to every key: one dense call on a contiguous slice."""
+def text_query_attention(qh, kh, vh, out, text_range: Tuple[int, int], key_mask, scale):
+    """Text queries attend to every key: one dense call on a contiguous slice
+    (``qh, kh, vh`` heads-major, ``out`` ``[B, S, H, D]``)."""
     t0, t1 = text_range
     if t1 <= t0:
         return
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    out[:, t0:t1] = _sdpa(q[:, t0:t1], k, v, mask, scale, may_have_empty_rows=True)
+    o = _sdpa_heads(qh[:, :, t0:t1], kh, vh, mask, scale, may_have_empty_rows=True)
+    out[:, t0:t1] = o.transpose(1, 2)
 
 
 def grouped_attention(
@@ -103,17 +121,18 @@ def grouped_attention(
     Returns:
         ``[B, S, H, D]``.
     """
+    qh, kh, vh = heads_major(q), heads_major(k), heads_major(v)
     outs = []
     for q_index, kv_index, masks, text_keys in groups:
         mask = factor_mask(masks, text_keys, q.dtype) if isinstance(masks, tuple) else masks
         if key_mask is not None:
             km = key_mask.index_select(1, kv_index)[:, None, None, :]
             mask = km if mask is None else km & (mask > float("-inf"))
-        o = _sdpa(q.index_select(1, q_index), k.index_select(1, kv_index), v.index_select(1, kv_index),
-                  mask, scale, may_have_empty_rows=key_mask is not None)
+        o = _sdpa_heads(qh.index_select(2, q_index), kh.index_select(2, kv_index), vh.index_select(2, kv_index),
+                        mask, scale, may_have_empty_rows=key_mask is not None)
         outs.append(o)
     out = assemble(q, outs, video_inverse, video_start)
-    text_query_attention(q, k, v, out, text_range, key_mask, scale)
+    text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
     return out
 
 
@@ -155,15 +174,17 @@ def block_sparse_attention(
     n_sel = selection.shape[-1]
     flat = block_tokens.reshape(-1)
 
-    def block_major(t):  # [B, S, H, D] -> rows of whole blocks [B * H * nb1, P * D]
-        return t.index_select(1, flat).view(b, nb1, p, h, d).permute(0, 3, 1, 2, 4).reshape(b * h * nb1, p * d)
+    qh, kh, vh = heads_major(q), heads_major(k), heads_major(v)
 
-    k_blocks, v_blocks = block_major(k), block_major(v)
+    def block_major(t):  # [B, H, S, D] -> rows of whole blocks [B * H * nb1, P * D]
+        return t.index_select(2, flat).view(b * h * nb1, p * d)
+
+    k_blocks, v_blocks = block_major(kh), block_major(vh)
     base = ((torch.arange(b)[:, None] * h + torch.arange(h)[None, :]) * nb1)[:, :, None]  # [B, H, 1]
     n_text = text_index.numel()
     if n_text:
-        k_text = k.index_select(1, text_index).transpose(1, 2)  # [B, H, n_text, D]
-        v_text = v.index_select(1, text_index).transpose(1, 2)
+        k_text = kh.index_select(2, text_index)  # [B, H, n_text, D]
+        v_text = vh.index_select(2, text_index)
     valid_rows = None
     if block_valid is not None or key_mask is not None:
         valid_rows = torch.ones(b, h, nb1, p, dtype=torch.bool)
@@ -190,9 +211,8 @@ def block_sparse_attention(
             if n_text:
                 mask = torch.cat([mask, text_valid], dim=-1)
             mask = mask[:, :, None, :]
-        o = _sdpa(q.index_select(1, q_tok), kg.transpose(1, 2), vg.transpose(1, 2), mask, scale,
-                  may_have_empty_rows=key_mask is not None)
+        o = _sdpa_heads(qh.index_select(2, q_tok), kg, vg, mask, scale, may_have_empty_rows=key_mask is not None)
         outs.append(o)
     out = assemble(q, outs, video_inverse, video_start)
-    text_query_attention(q, k, v, out, text_range, key_mask, scale)
+    text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
     return out
