@@ -130,3 +130,32 @@ def run(model, inputs):
     with torch.no_grad():
         out = model(**inputs, return_dict=False)[0]
     return out.clone()
+
+
+def tiny_wan_pipeline(heads: int = 4, layers: int = 2, seed: int = 0):
+    """A random ``WanPipeline`` from small configs (VAE: x2 in time and space; patch 1x2x2;
+    a word-level tokenizer over the procedural captions' words)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "green", "yellow", "circle", "square", "triangle", "moving",
+             "left", "right", "up", "down", "on", "blue", "black", "white", "background"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                               num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
+                                               eos_token_id=1)).eval()
+    z = 4
+    vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[True],
+                           latents_mean=[0.0] * z, latents_std=[1.0] * z, scale_factor_spatial=2,
+                           scale_factor_temporal=2).eval()
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=8,
+                                        in_channels=z, out_channels=z, text_dim=16, freq_dim=16, ffn_dim=32,
+                                        num_layers=layers, rope_max_seq_len=32).eval()
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -112,7 +112,7 @@ def test_profile_empty_prompts_and_missing_model(capsys, tmp_path, prompts_file,
 
 @pytest.fixture(scope="module")
 def saved_pipeline(tmp_path_factory):
-    from test_profile import tiny_wan_pipeline
+    from pipelines_fixtures import tiny_wan_pipeline
 
     path = tmp_path_factory.mktemp("tiny-wan")
     tiny_wan_pipeline(heads=2).save_pretrained(path)

@@ -17,6 +17,7 @@ import torch
 
 import dit_sparse as ds
 from dit_sparse.pipelines.api import apply, applied, remove
+from pipelines_fixtures import tiny_wan_pipeline
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -24,29 +25,7 @@ STEPS = 4
 
 
 def _tiny_pipeline():
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(0)
-    words = ["<pad>", "</s>", "<unk>", "a", "red", "circle", "moving", "left", "on", "blue", "background"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                                               num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
-                                               eos_token_id=1)).eval()
-    z = 4
-    vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
-                           latents_mean=[0.0] * z, latents_std=[1.0] * z).eval()
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
-                                        in_channels=z, out_channels=z, text_dim=16, freq_dim=16, ffn_dim=32,
-                                        num_layers=2, rope_max_seq_len=32).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                       transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_wan_pipeline(heads=2)
 
 
 def _run(pipe):
