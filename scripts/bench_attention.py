@@ -245,6 +245,8 @@ def main(argv=None):
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    parser.add_argument("--flex-max-density", type=float, default=1.0,
+                        help="run FlexAttention only on rows up to this density (it is slow on CPU)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -283,7 +285,7 @@ def main(argv=None):
             t_ds = timed(run_ds, args.reps)
             peak = peak_extra_mib(run_ds)
             flex_ms = flex_x = flex_compile = float("nan")
-            if flex is not None:
+            if flex is not None and density <= args.flex_max_density:
                 try:
                     bm, perm = flex.prepare(p, layout, q, k)
                     fn, flex_compile = flex.run(q, k, v, bm, perm)
