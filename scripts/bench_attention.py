@@ -95,6 +95,7 @@ def peak_extra_mib(fn) -> float:
     if not _mallopt(1 << 20):
         return float("nan")
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap memory back, or the call reuses it unseen
     base = _rss_kb("VmRSS:")
     if not _reset_peak():
         return float("nan")

@@ -35,6 +35,28 @@ frozen (so the cached latents and the DiT stay valid); it can run beside ``dit``
 ``all`` runs them in sequence, splitting ``--minutes`` 25% vae, 65% dit, 10% vae-decoder. Checkpoints are
 safetensors files (model + Adam moments) plus a small ``state.json`` per stage, in
 ``--ckpt`` (outside the repository). Runs single-threaded by default (``--threads``).
+
+How the shipped weights were made (the record; wall minutes on the 2-core machine)::
+
+    --stage vae --minutes 20                                   # 20.0 min, 865 steps
+    --stage latents --num-clips 1600 --num-big-clips 200       #  8.5 min
+    --stage vae-decoder --minutes 27                           # 27.6 min (beside the DiT)
+    --stage dit --minutes 52, resumed with --extend to 59.6    # 842 steps, text path trained
+                                                               # jointly: it shut itself off
+    --stage dit --minutes 75 --extend                          # to step 984 (stopped early)
+    --stage dit --minutes 50 --extend --reinit-text <name> --threads 2 --decay-frac 0.12
+                                                               # to step 1368: the text encoder
+                                                               # collapsed again (stopped early)
+    --stage dit --minutes 40 --extend --reinit-text frozen-te --threads 2 --decay-frac 0.15 --text-lr-mult 2
+                                                               # to step 1647 (stopped early)
+    --stage dit --minutes 38 --extend --threads 2 --decay-frac 0.2 --text-lr-mult 1.5 --text-only-until 2000
+                                                               # to step 2771, 143.5 min in all
+    --stage export                                             # EMA weights, 5.6 MB
+
+(the first ``--reinit-text`` run predates the NAME argument; with today's flags it is
+``--reinit-text first --train-text-encoder``). What made the text take: the frozen seeded
+text encoder (now the default), text unpadded in half the steps (``--pad-prob``), and a
+text-only phase on noisy samples. That recipe has not been run from scratch in one go.
 """
 
 from __future__ import annotations

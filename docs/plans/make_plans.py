@@ -1,3 +1,8 @@
+"""The plans of the README's end-to-end table: one dense profiling pass of the embedded model at
+9 x 128 x 128 on docs/plans/calib.txt, then three selections from the same measurement.
+
+    python docs/plans/make_plans.py      # ~2 min on 2 cores
+"""
 import dit_sparse as ds
 from dit_sparse.pipelines.profiling import measure
 from dit_sparse.pipelines.tiny import load_embedded_pipeline
