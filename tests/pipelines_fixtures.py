@@ -132,7 +132,7 @@ def run(model, inputs):
     return out.clone()
 
 
-def tiny_wan_pipeline(heads: int = 4, layers: int = 2, seed: int = 0):
+def tiny_wan_pipeline(heads: int = 4, layers: int = 2, seed: int = 0, model_max_length: int | None = None):
     """A random ``WanPipeline`` from small configs (VAE: x2 in time and space; patch 1x2x2;
     a word-level tokenizer over the procedural captions' words)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
@@ -144,7 +144,9 @@ def tiny_wan_pipeline(heads: int = 4, layers: int = 2, seed: int = 0):
              "left", "right", "up", "down", "on", "blue", "black", "white", "background"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                        **extra)
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=1,
                                                num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
                                                eos_token_id=1)).eval()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dit_sparse import video_io
 from dit_sparse.cli import main
@@ -31,29 +30,9 @@ PROMPT = "a red circle moving left on a blue background"
 
 def build_random_wan(out: Path) -> Path:
     """A tiny random ``WanPipeline`` folder (offline), VAE factors 2 x 2 like the embedded model."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from pipelines_fixtures import tiny_wan_pipeline
 
-    torch.manual_seed(0)
-    words = ["<pad>", "</s>", "<unk>"] + sorted(set(PROMPT.split()))
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                        model_max_length=16)
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                                               num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
-                                               eos_token_id=1)).eval()
-    z = 4
-    vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[True],
-                           latents_mean=[0.0] * z, latents_std=[1.0] * z, scale_factor_temporal=2,
-                           scale_factor_spatial=2).eval()
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
-                                        in_channels=z, out_channels=z, text_dim=16, freq_dim=16, ffn_dim=32,
-                                        num_layers=2, rope_max_seq_len=32).eval()
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    tiny_wan_pipeline(heads=2, model_max_length=16).save_pretrained(str(out), safe_serialization=True)
     return out
 
 
