@@ -26,7 +26,6 @@ import ctypes
 import gc
 import itertools
 import math
-import os
 import sys
 import time
 
@@ -61,13 +60,17 @@ def _reset_peak() -> bool:
         return False
 
 
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")  # glibc's malloc tuning; None elsewhere
+except OSError:
+    _LIBC = None
+
+
 def _mallopt(mmap_threshold: int) -> bool:
-    """Set glibc's mmap and trim thresholds (no-op elsewhere)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, mmap_threshold)) and bool(libc.mallopt(-1, 2 * mmap_threshold))
-    except (OSError, AttributeError):
+    """Set glibc's mmap and trim thresholds (False, and nothing done, without glibc)."""
+    if _LIBC is None:
         return False
+    return bool(_LIBC.mallopt(-3, mmap_threshold)) and bool(_LIBC.mallopt(-1, 2 * mmap_threshold))
 
 
 def timed(fn, reps: int):
@@ -94,15 +97,16 @@ def peak_extra_mib(fn) -> float:
     really holds at once (glibc would otherwise keep freed arenas resident and hide it)."""
     if not _mallopt(1 << 20):
         return float("nan")
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap memory back, or the call reuses it unseen
-    base = _rss_kb("VmRSS:")
-    if not _reset_peak():
-        return float("nan")
-    fn()
-    peak = (_rss_kb("VmHWM:") - base) / 1024
-    _mallopt(32 << 20)
-    return max(peak, 0.0)
+    try:
+        gc.collect()
+        _LIBC.malloc_trim(0)  # hand freed heap memory back, or the call reuses it unseen
+        base = _rss_kb("VmRSS:")
+        if not _reset_peak():
+            return float("nan")
+        fn()
+        return max((_rss_kb("VmHWM:") - base) / 1024, 0.0)
+    finally:
+        _mallopt(32 << 20)
 
 
 # --------------------------------------------------------------------------------------
