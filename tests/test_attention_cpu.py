@@ -124,3 +124,30 @@ def test_cpu_every_pattern_on_5x30x52(pattern):
     rows = torch.cat([torch.arange(6), torch.randperm(layout.seq_len - 6)[:150] + 6, torch.tensor([layout.seq_len - 1])])
     ref = reference_rows(q, k, v, pattern, layout, rows, key_mask=km)
     assert (out[:, rows].double() - ref).abs().max().item() <= ATOL[torch.float32]
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [100, 10, 90, 50, 81, 79, 1, 64], [3], list(range(1, 40))])
+def test_ragged_length_groups_cover_rows_and_bound_padding(lengths):
+    from dit_sparse.kernels.cpu.attention import _length_groups
+
+    t = torch.tensor(lengths)
+    groups = _length_groups(t, ratio=0.8, max_groups=4)
+    rows = torch.cat([r for r, _ in groups])
+    assert sorted(rows.tolist()) == list(range(len(lengths)))  # every row exactly once
+    assert len(groups) <= 4
+    for r, n in groups:
+        assert n == int(t[r].max())  # padded to the group's longest
+    for r, n in groups[:-1]:  # only the last group may exceed the 1 / ratio padding bound
+        assert int(t[r].min()) >= 0.8 * n
+
+
+def test_ragged_block_sparse_with_uneven_head_lengths_matches_reference():
+    # 13x30x52-like raggedness in small: every axis has a short last block, so heads that
+    # choose different blocks gather different numbers of keys
+    layout = ds.TokenLayout((5, 9, 11), text_len=3, text_position="last")
+    pattern = ds.BlockSparse((2, 4, 4), topk=0.2)
+    q, k, v = make_qkv(layout, heads=6, head_dim=32, batch=2, seed=5)
+    key_mask = make_key_mask(layout)
+    out = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="cpu")
+    ref = ds.reference_attention(q, k, v, pattern, layout, key_mask=key_mask)
+    torch.testing.assert_close(out, ref, atol=ATOL[torch.float32], rtol=0)

@@ -216,3 +216,89 @@ def block_sparse_attention(
     out = assemble(q, outs, video_inverse, video_start)
     text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
     return out
+
+
+def _length_groups(lengths: torch.Tensor, ratio: float = 0.8, max_groups: int = 4) -> list:
+    """Split rows into at most ``max_groups`` groups of similar length (longest first): a
+    new group starts when a row is shorter than ``ratio`` of its group's longest, so padding
+    every row of a group to its longest wastes at most ``1 / ratio``."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    ls = lengths[order].tolist()
+    groups, start = [], 0
+    for j in range(1, len(ls) + 1):
+        if j == len(ls) or (ls[j] < ratio * ls[start] and len(groups) < max_groups - 1):
+            groups.append((order[start:j], int(ls[start])))
+            start = j
+    return groups
+
+
+def ragged_block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_tokens: torch.Tensor,
+    block_valid: torch.Tensor,
+    selection: torch.Tensor,
+    text_index: torch.Tensor,
+    text_range: Tuple[int, int],
+    key_mask: Optional[torch.Tensor],
+    scale: float,
+    video_inverse: torch.Tensor,
+    video_start: int,
+) -> torch.Tensor:
+    """:func:`block_sparse_attention` for grids the blocks do not tile evenly.
+
+    Padding every selected block to its full ``P`` slots wastes up to half of the work on a
+    ragged grid (13x30x52 in 4x8x8 blocks: 71% of the slots are tokens, and the small edge
+    blocks are chosen more often), so here each (batch, head) row gathers only the valid
+    tokens of its blocks, packed; rows of similar length share one call (padded to the
+    group's longest and masked), at most four calls per query block.
+    Same arguments as :func:`block_sparse_attention`; ``block_valid`` is required.
+    """
+    b, s, h, d = q.shape
+    bh = b * h
+    nb = block_tokens.shape[0] - 1
+    qh, kh, vh = heads_major(q), heads_major(k), heads_major(v)
+    q_rows, k_rows, v_rows = qh.view(bh * s, d), kh.view(bh * s, d), vh.view(bh * s, d)
+    row_base = torch.arange(bh) * s  # first row of every (batch, head) in the flat views
+    batch_of = torch.arange(bh) // h
+    n_text = text_index.numel()
+    sel = selection.reshape(bh, nb, -1)
+    outs = []
+    for i in range(nb):
+        q_tok = block_tokens[i][block_valid[i]]
+        tok = block_tokens.index_select(0, sel[:, i].reshape(-1)).view(bh, -1)  # [BH, n_sel * P]
+        val = block_valid.index_select(0, sel[:, i].reshape(-1)).view(bh, -1)
+        lengths = val.sum(-1)
+        width = int(lengths.max())
+        # pack each row's valid tokens to its front (a scatter by running count, O(n))
+        pos = (val.cumsum(-1) - 1).masked_fill_(~val, width)
+        packed = torch.zeros(bh, width + 1, dtype=torch.int64).scatter_(1, pos, tok)[:, :width]
+        o_i = q.new_empty(bh, q_tok.numel(), d)
+        for rows, n in _length_groups(lengths):
+            g = rows.numel()
+            base = row_base.index_select(0, rows)[:, None]
+            keys = (base + packed.index_select(0, rows)[:, :n]).reshape(-1)
+            kg, vg = k_rows.index_select(0, keys).view(g, n, d), v_rows.index_select(0, keys).view(g, n, d)
+            keep = None
+            if bool((lengths.index_select(0, rows) < n).any()) or key_mask is not None:
+                keep = torch.arange(n)[None, :] < lengths.index_select(0, rows)[:, None]
+                if key_mask is not None:
+                    keep = keep & key_mask.index_select(0, batch_of.index_select(0, rows)).gather(
+                        1, packed.index_select(0, rows)[:, :n])
+            if n_text:
+                t_rows = (base + text_index[None, :]).reshape(-1)
+                kg = torch.cat([kg, k_rows.index_select(0, t_rows).view(g, n_text, d)], dim=1)
+                vg = torch.cat([vg, v_rows.index_select(0, t_rows).view(g, n_text, d)], dim=1)
+                if keep is not None:
+                    t_keep = (key_mask.index_select(0, batch_of.index_select(0, rows)).index_select(1, text_index)
+                              if key_mask is not None else torch.ones(g, n_text, dtype=torch.bool))
+                    keep = torch.cat([keep, t_keep], dim=1)
+            qg = q_rows.index_select(0, (base + q_tok[None, :]).reshape(-1)).view(g, 1, -1, d)
+            mask = None if keep is None else keep[:, None, None, :]
+            o = _sdpa_heads(qg, kg[:, None], vg[:, None], mask, scale, may_have_empty_rows=key_mask is not None)
+            o_i.index_copy_(0, rows, o[:, 0])
+        outs.append(o_i.view(b, h, -1, d))
+    out = assemble(q, outs, video_inverse, video_start)
+    text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
+    return out
