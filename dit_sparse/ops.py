@@ -181,9 +181,9 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         ragged = not bool(valid[:-1].all())
         needs_valid = ragged or bool(padded.any())
         text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
-        kernel = cpu.ragged_block_sparse_attention if ragged else cpu.block_sparse_attention
-        return kernel(q, k, v, tokens, valid if needs_valid else None, selection, text_index,
-                      _text_range(layout), key_mask, scale, inverse, layout.video_start)
+        return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
+                                          text_index, _text_range(layout), key_mask, scale, inverse,
+                                          layout.video_start, pack=ragged)
     tiling = tiling_for(pattern, layout)
     return cpu.grouped_attention(q, k, v, tiling.kernel_groups(q.dtype), _text_range(layout), key_mask, scale,
                                  tiling.video_inverse, layout.video_start)

@@ -149,18 +149,27 @@ def block_sparse_attention(
     scale: float,
     video_inverse: torch.Tensor,
     video_start: int,
+    pack: bool = False,
 ) -> torch.Tensor:
     """Block-sparse attention with a different key-block set per batch and head.
 
-    Keys and values are first laid out block-major (``[B, H, nb + 1, P, D]``, one pass), so
-    that a query block's keys are gathered as whole contiguous blocks.
+    Two ways to gather a query block's keys:
+
+    * whole blocks (default): keys and values are first laid out block-major
+      (``[B, H, nb + 1, P, D]``, one pass), so that the chosen blocks are gathered as
+      contiguous rows of ``P`` slots; padded slots are masked.
+    * ``pack=True``, for grids the blocks do not tile evenly: padding every chosen block to
+      ``P`` slots wastes up to half of the work there (13x30x52 in 4x8x8 blocks: 71% of the
+      slots are tokens, and the small edge blocks are chosen more often), so each (batch,
+      head) row gathers only the valid tokens of its blocks, packed; rows of similar length
+      share one call (padded to the group's longest and masked), at most four per block.
 
     Args:
         q, k, v: ``[B, S, H, D]``, contiguous.
         block_tokens: ``[nb + 1, P]`` token indices of every video block (padded slots and
             the last, all-padding "null" block point anywhere valid).
         block_valid: ``[nb + 1, P]`` bool, or None when no slot is padding (then the null
-            block is never selected).
+            block is never selected); required with ``pack``.
         selection: ``[B, H, nb, n_sel]`` int64 chosen key blocks per query block; ``nb``
             (the null block) pads rows that keep fewer blocks.
         text_index: ``[n_text]`` int64 text token indices (global keys).
@@ -169,12 +178,20 @@ def block_sparse_attention(
     Returns:
         ``[B, S, H, D]``.
     """
-    b, s, h, d = q.shape
+    qh, kh, vh = heads_major(q), heads_major(k), heads_major(v)
+    per_block = _packed_block_outputs if pack else _whole_block_outputs
+    outs = per_block(qh, kh, vh, block_tokens, block_valid, selection, text_index, key_mask, scale)
+    out = assemble(q, outs, video_inverse, video_start)
+    text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
+    return out
+
+
+def _whole_block_outputs(qh, kh, vh, block_tokens, block_valid, selection, text_index, key_mask, scale):
+    """Per query block ``[B, H, n, D]`` outputs, keys gathered as whole padded blocks."""
+    b, h, s, d = qh.shape
     nb1, p = block_tokens.shape
     n_sel = selection.shape[-1]
     flat = block_tokens.reshape(-1)
-
-    qh, kh, vh = heads_major(q), heads_major(k), heads_major(v)
 
     def block_major(t):  # [B, H, S, D] -> rows of whole blocks [B * H * nb1, P * D]
         return t.index_select(2, flat).view(b * h * nb1, p * d)
@@ -196,8 +213,7 @@ def block_sparse_attention(
         text_valid = (key_mask.index_select(1, text_index)[:, None, :].expand(b, h, n_text)
                       if key_mask is not None else torch.ones(b, h, n_text, dtype=torch.bool))
     outs = []
-    nb = nb1 - 1
-    for i in range(nb):
+    for i in range(nb1 - 1):
         q_tok = block_tokens[i] if block_valid is None else block_tokens[i][block_valid[i]]
         ids = (base + selection[:, :, i]).reshape(-1)
         kg = k_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
@@ -213,9 +229,7 @@ def block_sparse_attention(
             mask = mask[:, :, None, :]
         o = _sdpa_heads(qh.index_select(2, q_tok), kg, vg, mask, scale, may_have_empty_rows=key_mask is not None)
         outs.append(o)
-    out = assemble(q, outs, video_inverse, video_start)
-    text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
-    return out
+    return outs
 
 
 def _length_groups(lengths: torch.Tensor, ratio: float = 0.8, max_groups: int = 4) -> list:
@@ -232,33 +246,11 @@ def _length_groups(lengths: torch.Tensor, ratio: float = 0.8, max_groups: int = 
     return groups
 
 
-def ragged_block_sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_tokens: torch.Tensor,
-    block_valid: torch.Tensor,
-    selection: torch.Tensor,
-    text_index: torch.Tensor,
-    text_range: Tuple[int, int],
-    key_mask: Optional[torch.Tensor],
-    scale: float,
-    video_inverse: torch.Tensor,
-    video_start: int,
-) -> torch.Tensor:
-    """:func:`block_sparse_attention` for grids the blocks do not tile evenly.
-
-    Padding every selected block to its full ``P`` slots wastes up to half of the work on a
-    ragged grid (13x30x52 in 4x8x8 blocks: 71% of the slots are tokens, and the small edge
-    blocks are chosen more often), so here each (batch, head) row gathers only the valid
-    tokens of its blocks, packed; rows of similar length share one call (padded to the
-    group's longest and masked), at most four calls per query block.
-    Same arguments as :func:`block_sparse_attention`; ``block_valid`` is required.
-    """
-    b, s, h, d = q.shape
+def _packed_block_outputs(qh, kh, vh, block_tokens, block_valid, selection, text_index, key_mask, scale):
+    """Per query block ``[B, H, n, D]`` outputs, each row's keys packed to its valid tokens."""
+    b, h, s, d = qh.shape
     bh = b * h
     nb = block_tokens.shape[0] - 1
-    qh, kh, vh = heads_major(q), heads_major(k), heads_major(v)
     q_rows, k_rows, v_rows = qh.view(bh * s, d), kh.view(bh * s, d), vh.view(bh * s, d)
     row_base = torch.arange(bh) * s  # first row of every (batch, head) in the flat views
     batch_of = torch.arange(bh) // h
@@ -274,31 +266,30 @@ def ragged_block_sparse_attention(
         # pack each row's valid tokens to its front (a scatter by running count, O(n))
         pos = (val.cumsum(-1) - 1).masked_fill_(~val, width)
         packed = torch.zeros(bh, width + 1, dtype=torch.int64).scatter_(1, pos, tok)[:, :width]
-        o_i = q.new_empty(bh, q_tok.numel(), d)
+        o_i = qh.new_empty(bh, q_tok.numel(), d)
         for rows, n in _length_groups(lengths):
             g = rows.numel()
             base = row_base.index_select(0, rows)[:, None]
-            keys = (base + packed.index_select(0, rows)[:, :n]).reshape(-1)
+            tokens = packed.index_select(0, rows)[:, :n]
+            keys = (base + tokens).reshape(-1)
             kg, vg = k_rows.index_select(0, keys).view(g, n, d), v_rows.index_select(0, keys).view(g, n, d)
+            row_mask = None if key_mask is None else key_mask.index_select(0, batch_of.index_select(0, rows))
             keep = None
             if bool((lengths.index_select(0, rows) < n).any()) or key_mask is not None:
                 keep = torch.arange(n)[None, :] < lengths.index_select(0, rows)[:, None]
-                if key_mask is not None:
-                    keep = keep & key_mask.index_select(0, batch_of.index_select(0, rows)).gather(
-                        1, packed.index_select(0, rows)[:, :n])
+                if row_mask is not None:
+                    keep = keep & row_mask.gather(1, tokens)
             if n_text:
                 t_rows = (base + text_index[None, :]).reshape(-1)
                 kg = torch.cat([kg, k_rows.index_select(0, t_rows).view(g, n_text, d)], dim=1)
                 vg = torch.cat([vg, v_rows.index_select(0, t_rows).view(g, n_text, d)], dim=1)
                 if keep is not None:
-                    t_keep = (key_mask.index_select(0, batch_of.index_select(0, rows)).index_select(1, text_index)
-                              if key_mask is not None else torch.ones(g, n_text, dtype=torch.bool))
+                    t_keep = (row_mask.index_select(1, text_index) if row_mask is not None
+                              else torch.ones(g, n_text, dtype=torch.bool))
                     keep = torch.cat([keep, t_keep], dim=1)
             qg = q_rows.index_select(0, (base + q_tok[None, :]).reshape(-1)).view(g, 1, -1, d)
             mask = None if keep is None else keep[:, None, None, :]
             o = _sdpa_heads(qg, kg[:, None], vg[:, None], mask, scale, may_have_empty_rows=key_mask is not None)
             o_i.index_copy_(0, rows, o[:, 0])
         outs.append(o_i.view(b, h, -1, d))
-    out = assemble(q, outs, video_inverse, video_start)
-    text_query_attention(qh, kh, vh, out, text_range, key_mask, scale)
-    return out
+    return outs
