@@ -71,3 +71,15 @@ def test_all_words_reachable():
     for i in range(400):
         words.update(tiny_clips.sample_spec(0, i).caption.split())
     assert words == set(tiny_clips.vocabulary())
+
+
+def test_caption_fixes_the_path_up_to_the_jitter():
+    # the path is centred on the frame: two clips with the same caption differ only by the
+    # jitter and the shape size, so the caption tells where the shape is in every frame
+    for i in range(60):
+        spec = tiny_clips.sample_spec(0, i)
+        mid = np.asarray(spec.center(0.5))
+        assert np.all(np.abs(mid - 0.5) <= tiny_clips.JITTER + 1e-9), (i, mid)
+        dx, dy = tiny_clips.DIRECTIONS[spec.direction]
+        start = np.asarray(spec.center(0.0))
+        assert np.allclose(start - mid, [-dx * tiny_clips.TRAVEL / 2, -dy * tiny_clips.TRAVEL / 2])

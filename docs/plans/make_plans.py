@@ -9,7 +9,7 @@ from dit_sparse.pipelines.tiny import load_embedded_pipeline
 pipe = load_embedded_pipeline()
 prompts = open('docs/plans/calib.txt').read().split('\n')[:2]
 cands = ["neighborhood:kernel=3x9x9", "neighborhood:kernel=5x11x11", "neighborhood:kernel=5x15x15", "neighborhood:kernel=3x15x15",
-         "sliding-tile:tile=1x8x8,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3", "block-sparse:block=1x8x8,topk=0.25"]
+         "sliding-tile:tile=1x8x8,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3"]
 m = measure(pipe, prompts, candidates=cands, num_inference_steps=20, sample_steps=[0,2,4,6,8,10,12,14,16,18],
               height=128, width=128, num_frames=9, progress=False, call_kwargs=dict(guidance_scale=4.0))
 for name, kw in [("b35", dict(budget=0.35, max_dense_fraction=0.2)), ("b25", dict(budget=0.25, max_dense_fraction=0.2)),
