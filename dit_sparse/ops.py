@@ -170,7 +170,8 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         mask = None if key_mask is None else key_mask[:, None, None, :]
         return cpu._sdpa(q, k, v, mask, scale, may_have_empty_rows=True)
     if isinstance(pattern, BlockSparse):
-        grid, tokens, valid, inverse = _block_sparse_tables(layout, pattern.block)
+        with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
+            grid, tokens, valid, inverse = _block_sparse_tables(layout, pattern.block)
         sel = block_sparse_select(pattern, layout, grid, q, k, scale)  # [B, H, nb, nb]
         counts = sel.sum(-1)
         width = int(counts.max())
@@ -184,9 +185,10 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
                                           text_index, _text_range(layout), key_mask, scale, inverse,
                                           layout.video_start, pack=ragged)
-    tiling = tiling_for(pattern, layout)
-    return cpu.grouped_attention(q, k, v, tiling.kernel_groups(q.dtype), _text_range(layout), key_mask, scale,
-                                 tiling.video_inverse, layout.video_start)
+    with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
+        tiling = tiling_for(pattern, layout)
+        groups, inverse = tiling.kernel_groups(q.dtype), tiling.video_inverse
+    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, inverse, layout.video_start)
 
 
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):

@@ -1,0 +1,93 @@
+"""Run many small attention calls side by side, one thread each.
+
+PyTorch's CPU flash-attention kernel splits a call over (batch, head, query chunk), and its
+query chunks are short when a call has few query rows (32 rows below 192, 64 below 768):
+each chunk then re-reads all of its head's keys, and two threads on one such call are
+memory-bound. Measured on the 2-core machine, 12 heads x 64, fp32: calls of 128 query rows
+x 676 keys ran at 87 GFLOP/s one after another on 2 threads, and at 128 GFLOP/s as two
+streams of single-threaded calls (dense SDPA at S = 8192: 154 GFLOP/s); 256 x 1024 went
+from 120 to 150. So the CPU kernels hand their groups to a small pool of workers, one per
+intra-op thread, each running PyTorch single-threaded (``torch.set_num_threads(1)`` on a
+worker sets only that thread's OpenMP team size), pulling groups in order.
+
+This is inter-op parallelism of the kind ``torch.jit.fork`` offers, done with a thread
+pool because the groups are plain Python closures; torch releases the GIL inside its ops.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import torch
+
+from ... import env
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _openmp() -> bool:
+    return "OpenMP" in torch.__config__.parallel_info()
+
+
+_OPENMP = None
+
+
+def _init_worker() -> None:
+    torch.get_num_threads()  # settle this thread's lazy thread-count init first ...
+    torch.set_num_threads(1)  # ... then make its own OpenMP team one thread
+
+
+def workers() -> int:
+    """How many groups run at once: the intra-op thread count, where it is safe to split."""
+    global _OPENMP
+    if _OPENMP is None:
+        _OPENMP = _openmp()
+    n = torch.get_num_threads()
+    return n if n > 1 and _OPENMP and env.cpu_group_threads() else 1
+
+
+def run(tasks: Sequence[Callable[[], None]], *inputs: torch.Tensor) -> None:
+    """Run ``tasks`` (closures that write disjoint parts of one output) to completion, side
+    by side on :func:`workers` single-threaded workers, or in order on the calling thread:
+    always so when autograd records ``inputs`` (in-place writes into one buffer from several
+    threads would race in its graph bookkeeping)."""
+    n = workers()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        n = 1
+    if n <= 1 or len(tasks) < 2:
+        for t in tasks:
+            t()
+        return
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(n, thread_name_prefix="dit-sparse-cpu", initializer=_init_worker)
+            _pool_size = n
+        pool = _pool
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    it = iter(tasks)
+    it_lock = threading.Lock()
+
+    def drain() -> None:
+        # grad and inference mode are thread-local: run under the caller's
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            while True:
+                with it_lock:
+                    t = next(it, None)
+                if t is None:
+                    return
+                t()
+
+    try:
+        for f in [pool.submit(drain) for _ in range(n)]:
+            f.result()
+    finally:
+        # a worker's set_num_threads(1) also rewrote the process-wide default that new
+        # threads start from: put it back
+        torch.set_num_threads(n)
