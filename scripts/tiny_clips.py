@@ -114,15 +114,20 @@ def _coverage(spec: ClipSpec, cx: float, cy: float, height: int, width: int) -> 
 
 def render(spec: ClipSpec, frames: int = 9, height: int = 64, width: int = 64) -> np.ndarray:
     """Render ``spec`` as float32 ``[3, frames, height, width]`` in [-1, 1]."""
-    fg = np.asarray(COLORS[spec.color], np.float32)[:, None, None]
-    bg = np.asarray(COLORS[spec.background], np.float32)[:, None, None]
-    out = np.empty((3, frames, height, width), np.float32)
+    fg = np.asarray(COLORS[spec.color], np.float32)[:, None, None, None]
+    bg = np.asarray(COLORS[spec.background], np.float32)[:, None, None, None]
+    a = coverage(spec, frames, height, width)[None]
+    return (a * fg + (1.0 - a) * bg) * 2.0 - 1.0
+
+
+def coverage(spec: ClipSpec, frames: int = 9, height: int = 64, width: int = 64) -> np.ndarray:
+    """Where the shape is: float32 ``[frames, height, width]`` coverage in [0, 1] (the alpha
+    that :func:`render` blends the shape colour with)."""
+    out = np.empty((frames, height, width), np.float32)
     for f in range(frames):
-        t = f / max(frames - 1, 1)
-        x, y = spec.center(t)
-        a = _coverage(spec, x * width, y * height, height, width)[None]
-        out[:, f] = a * fg + (1.0 - a) * bg
-    return out * 2.0 - 1.0
+        x, y = spec.center(f / max(frames - 1, 1))
+        out[f] = _coverage(spec, x * width, y * height, height, width)
+    return out
 
 
 def make_clip(seed: int, index: int, frames: int = 9, height: int = 64, width: int = 64) -> tuple[np.ndarray, str]:

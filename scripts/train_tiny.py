@@ -40,22 +40,30 @@ How the shipped weights were made (the record; wall minutes on the 2-core machin
 
     --stage vae --minutes 20                                   # 20.0 min, 865 steps
     --stage vae-decoder --minutes 27                           # 27.6 min
-    --stage latents --num-clips 1200 --num-big-clips 160 --threads 2   #  4.3 min
-    --stage dit --minutes 42 --threads 2                       # 42.0 min, 1164 steps, from scratch
+    --stage latents --num-clips 1200 --num-big-clips 160 --threads 2   #  2.4 min
+    --stage dit --minutes 42 --threads 2                       # 42.0 min, 1994 steps, from scratch
     --stage export                                             # EMA weights
-                                                               # 93.9 min in all
+                                                               # 92.0 min in all
 
-The two VAE stages ran before the clips' paths were centred (``tiny_clips.JITTER``; before,
-start points were uniform over the frame); the autoencoder sees the same shapes, colours and
-sizes either way, and its reconstructions of the centred clips are sharp. The DiT used the
-defaults: frozen seeded text encoder, text unpadded in half the steps (``--pad-prob``).
+The autoencoder was trained in an earlier session and carried over to the machine of the
+DiT run with ``--stage import-vae`` (which seeds ``<ckpt>/vae`` and ``<ckpt>/vae_dec`` from
+the shipped folder). The two VAE stages ran before the clips' paths were centred
+(``tiny_clips.JITTER``; before, start points were uniform over the frame); the autoencoder
+sees the same shapes, colours and sizes either way, and its reconstructions of the centred
+clips are sharp. The DiT used the defaults: frozen seeded text encoder, text unpadded in
+half the steps (``--pad-prob``), the shape's latents weighted 5x in the loss
+(``--fg-weight 4``).
 
-An earlier model (shipped until the centred paths) had 143.5 min of DiT training in six
-resumed stages with text-path restarts (``--reinit-text``, ``--text-only-until``,
-``--train-text-encoder``: those flags remain for such repairs); it was no better: both learn
-the background colour from the caption and mostly leave the shape out. What is missing is
-the high-noise end: at sigma 0.6 the x0 prediction already draws the captioned shape in
-place, at sigma 0.9 it does not (``scripts/denoise_check.py``).
+The loss weight is what made shapes appear. Two earlier DiTs trained with plain MSE (42
+minutes from scratch; and 143.5 minutes in six resumed stages with text-path restarts,
+``--reinit-text``, ``--text-only-until``, ``--train-text-encoder``: those flags remain for
+such repairs) learned the background colour from the caption and left the shape out: the
+shape covers about an eighth of the latent, and Wan's transformer has no absolute position
+signal (3D RoPE is relative and the patch embedding has no padding), so from pure noise the
+shape's place is uncertain and the MSE-optimal prediction is the plain background
+(``scripts/denoise_check.py``: at sigma 0.6 the x0 prediction drew the shape in place, at
+0.9 it did not). Weighted, the same budget gives blobs of the captioned colour on the
+captioned background (README strip); the outlines are not yet circles, squares or triangles.
 """
 
 from __future__ import annotations
@@ -369,6 +377,20 @@ def train_vae(args, decoder_only: bool = False) -> None:
     log(f"{stage}: done, step {state['step']}, {state['elapsed'] / 60:.1f} min")
 
 
+def import_vae(args) -> None:
+    """Seed ``<ckpt>/vae`` and ``<ckpt>/vae_dec`` from the autoencoder of an existing
+    WanPipeline folder (``--from``, default the shipped one), so that the DiT can be trained
+    again on a new machine without training the autoencoder again (its encoder fixes the
+    latent space; the shipped decoder is the fine-tuned one)."""
+    from diffusers import AutoencoderKLWan
+
+    src = args.from_path / "vae"
+    vae = AutoencoderKLWan.from_pretrained(str(src))
+    for stage in ("vae", "vae_dec"):
+        Checkpoint(args.ckpt, stage).save({"vae": vae}, None, {"step": 0, "elapsed": 0.0, "budget": 0.0, "imported_from": str(src)})
+    log(f"import-vae: {src} -> {args.ckpt}/vae, {args.ckpt}/vae_dec")
+
+
 def load_trained_vae(args):
     vae = build_vae()
     Checkpoint(args.ckpt, "vae").load_weights({"vae": vae})
@@ -415,6 +437,18 @@ def cache_latents(args) -> None:
 # ----------------------------------------------------------------------------- dit stage
 
 
+def latent_shape_masks(seed: int, offset: int, count: int, size: int) -> torch.Tensor:
+    """Where the shape is, at latent resolution: ``[count, 1, 5, size/2, size/2]`` in [0, 1]
+    for cached clips ``offset .. offset+count-1`` (regenerated from their specs). The Wan VAE
+    is causal with temporal factor 2: latent frame 0 is pixel frame 0, latent frame j >= 1
+    covers pixel frames 2j-1 and 2j; the mask is the max over a latent cell's pixels."""
+    m = np.stack([tiny_clips.coverage(tiny_clips.sample_spec(seed, offset + i), FRAMES, size, size)
+                  for i in range(count)])
+    t = torch.from_numpy(m)[:, None]  # [N, 1, F, H, W]
+    rest = t[:, :, 1:].unflatten(2, ((FRAMES - 1) // 2, 2)).amax(3)
+    return F.max_pool3d(torch.cat([t[:, :, :1], rest], dim=2), (1, 2, 2))
+
+
 def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int | None = MAX_TEXT_LEN) -> torch.Tensor:
     """Exactly WanPipeline's prompt embedding: encode with the padding masked, keep each
     caption's own tokens, zero-pad to ``max_len`` (None: to the longest caption)."""
@@ -438,7 +472,9 @@ def train_dit(args) -> None:
         path = lat_dir / f"{size}.safetensors"
         if path.exists():
             z = load_file(str(path))["latents"]
-            data[size] = (z, json.loads((lat_dir / f"{size}.json").read_text()))
+            offset = 0 if size == SIZE else 10_000_000  # as in cache_latents
+            fg = latent_shape_masks(args.seed, offset, len(z), size) if args.fg_weight > 0 else None
+            data[size] = (z, json.loads((lat_dir / f"{size}.json").read_text()), fg)
             log(f"dit: {len(z)} cached clips at {size}px, latent {tuple(z.shape[1:])}")
 
     tokenizer = build_tokenizer()
@@ -519,7 +555,7 @@ def train_dit(args) -> None:
         big = args.big_size in data and step % args.big_every == args.big_every - 1
         size = args.big_size if big else SIZE
         bs = args.big_batch if big else args.dit_batch
-        z_all, caps_all = data[size]
+        z_all, caps_all, fg_all = data[size]
         idx = torch.randint(len(z_all), (bs,), generator=g)
         x0 = (z_all[idx].float() - mean) / std
         caps = [caps_all[i] if torch.rand((), generator=g) >= args.drop_caption else "" for i in idx.tolist()]
@@ -537,7 +573,11 @@ def train_dit(args) -> None:
         text_len = MAX_TEXT_LEN if torch.rand((), generator=g) < args.pad_prob else None
         emb = encode_text(tokenizer, text_encoder, caps, text_len)
         pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise - x0)
+        if fg_all is None:
+            loss = F.mse_loss(pred, noise - x0)
+        else:  # the shape's latents weigh (1 + fg_weight): see --fg-weight
+            w = 1.0 + args.fg_weight * fg_all[idx]
+            loss = ((pred - (noise - x0)).square() * w).mean() / w.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -557,7 +597,7 @@ def train_dit(args) -> None:
                     hidden_states=xt, timestep=sigma * 1000,
                     encoder_hidden_states=encode_text(tokenizer, text_encoder, [""] * bs, text_len), return_dict=False,
                 )[0]
-                gap = F.mse_loss(pred0, noise - x0).item() - loss.item()
+                gap = F.mse_loss(pred0, noise - x0).item() - F.mse_loss(pred.detach(), noise - x0).item()
             log(f"dit step {state['step']} loss {np.mean(run):.4f} text gap {gap:+.4f} lr {lr:.2e} t {elapsed / 60:.1f}m")
             run = []
         if time.time() - last_save > 180:
@@ -605,7 +645,7 @@ def export(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=["vae", "vae-decoder", "latents", "dit", "export", "all"])
+    p.add_argument("--stage", required=True, choices=["vae", "vae-decoder", "import-vae", "latents", "dit", "export", "all"])
     p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt"))
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan")
     p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget of the stage")
@@ -636,6 +676,12 @@ def main(argv=None) -> None:
                    help="train the text encoder too (default: it stays at its seeded random initialisation)")
     p.add_argument("--drop-caption", type=float, default=0.1, help="empty-caption rate (for CFG)")
     p.add_argument("--shift", type=float, default=3.0, help="timestep shift, as the scheduler's")
+    p.add_argument("--fg-weight", type=float, default=4.0,
+                   help="extra loss weight of the latents the shape covers (0: plain MSE); the shape is "
+                        "a fifth of the frame, and with plain MSE the model learned backgrounds only")
+    p.add_argument("--from", dest="from_path", type=Path,
+                   default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan",
+                   help="import-vae: the WanPipeline folder whose autoencoder to import")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--no-ema", action="store_true", help="export the raw instead of the EMA weights")
     args = p.parse_args(argv)
@@ -645,6 +691,8 @@ def main(argv=None) -> None:
         train_vae(args)
     elif args.stage == "vae-decoder":
         train_vae(args, decoder_only=True)
+    elif args.stage == "import-vae":
+        import_vae(args)
     elif args.stage == "latents":
         cache_latents(args)
     elif args.stage == "dit":

@@ -83,3 +83,20 @@ def test_caption_fixes_the_path_up_to_the_jitter():
         dx, dy = tiny_clips.DIRECTIONS[spec.direction]
         start = np.asarray(spec.center(0.0))
         assert np.allclose(start - mid, [-dx * tiny_clips.TRAVEL / 2, -dy * tiny_clips.TRAVEL / 2])
+
+
+@pytest.mark.parametrize("index", [0, 5, 11])
+def test_coverage_marks_the_shape_pixels(index):
+    """The loss weight's mask: coverage is 1 where the clip shows the shape colour, 0 where it
+    shows the background, and it is the shape of the clip, frame by frame."""
+    spec = tiny_clips.sample_spec(0, index)
+    clip = tiny_clips.render(spec, 9, 48, 40)
+    cov = tiny_clips.coverage(spec, 9, 48, 40)
+    assert cov.shape == (9, 48, 40) and cov.min() >= 0 and cov.max() <= 1
+    fg = np.asarray(tiny_clips.COLORS[spec.color])[:, None, None, None] * 2 - 1
+    bg = np.asarray(tiny_clips.COLORS[spec.background])[:, None, None, None] * 2 - 1
+    assert np.allclose(clip[:, cov == 1], np.broadcast_to(fg[..., 0, 0], (3, int((cov == 1).sum()))), atol=1e-6)
+    assert np.allclose(clip[:, cov == 0], np.broadcast_to(bg[..., 0, 0], (3, int((cov == 0).sum()))), atol=1e-6)
+    assert 0.02 < (cov > 0.5).mean() < 0.5
+    # the shape moves: its frames differ
+    assert not np.array_equal(cov[0], cov[-1])
