@@ -94,6 +94,7 @@ import tiny_clips  # noqa: E402
 FRAMES, SIZE = 9, 64
 Z_DIM = 8
 TEXT_DIM = 64
+BIG_CLIPS_OFFSET = 10_000_000  # clip indices of the larger training size start here
 MAX_TEXT_LEN = 512  # WanPipeline's default max_sequence_length: train with the same padding
 
 
@@ -412,7 +413,7 @@ def cache_latents(args) -> None:
     vae = load_trained_vae(args)
     out = args.ckpt / "latents"
     out.mkdir(parents=True, exist_ok=True)
-    sets = [(SIZE, args.num_clips, 0), (args.big_size, args.num_big_clips, 10_000_000)]
+    sets = [(SIZE, args.num_clips, 0), (args.big_size, args.num_big_clips, BIG_CLIPS_OFFSET)]
     for size, count, offset in sets:
         path = out / f"{size}.safetensors"
         if path.exists() or count == 0:
@@ -476,7 +477,7 @@ def train_dit(args) -> None:
         path = lat_dir / f"{size}.safetensors"
         if path.exists():
             z = load_file(str(path))["latents"]
-            offset = 0 if size == SIZE else 10_000_000  # as in cache_latents
+            offset = 0 if size == SIZE else BIG_CLIPS_OFFSET
             fg = latent_shape_masks(args.seed, offset, len(z), size) if args.fg_weight > 0 else None
             data[size] = (z, json.loads((lat_dir / f"{size}.json").read_text()), fg)
             log(f"dit: {len(z)} cached clips at {size}px, latent {tuple(z.shape[1:])}")

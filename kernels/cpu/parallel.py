@@ -16,6 +16,7 @@ pool because the groups are plain Python closures; torch releases the GIL inside
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
@@ -29,11 +30,9 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _openmp() -> bool:
     return "OpenMP" in torch.__config__.parallel_info()
-
-
-_OPENMP = None
 
 
 def _init_worker() -> None:
@@ -43,11 +42,8 @@ def _init_worker() -> None:
 
 def workers() -> int:
     """How many groups run at once: the intra-op thread count, where it is safe to split."""
-    global _OPENMP
-    if _OPENMP is None:
-        _OPENMP = _openmp()
     n = torch.get_num_threads()
-    return n if n > 1 and _OPENMP and env.cpu_group_threads() else 1
+    return n if n > 1 and _openmp() and env.cpu_group_threads() else 1
 
 
 def run(tasks: Sequence[Callable[[], None]], *inputs: torch.Tensor) -> None:
