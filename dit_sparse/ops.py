@@ -155,12 +155,11 @@ def _text_range(layout: TokenLayout) -> Tuple[int, int]:
 def _block_sparse_tables(layout: TokenLayout, block: Tuple[int, int, int]):
     grid = BlockGrid(layout.grid, block)
     tokens, valid = grid.block_token_table()
-    inverse = torch.argsort(tokens[valid])
     tokens = tokens + layout.video_start
     # Append the "null" block that pads variable-length selections.
     tokens = torch.cat([tokens, torch.zeros(1, tokens.shape[1], dtype=torch.int64)])
     valid = torch.cat([valid, torch.zeros(1, valid.shape[1], dtype=torch.bool)])
-    return grid, tokens, valid, inverse
+    return grid, tokens, valid
 
 
 def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
@@ -171,7 +170,7 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         return cpu._sdpa(q, k, v, mask, scale, may_have_empty_rows=True)
     if isinstance(pattern, BlockSparse):
         with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
-            grid, tokens, valid, inverse = _block_sparse_tables(layout, pattern.block)
+            grid, tokens, valid = _block_sparse_tables(layout, pattern.block)
         sel = block_sparse_select(pattern, layout, grid, q, k, scale)  # [B, H, nb, nb]
         counts = sel.sum(-1)
         width = int(counts.max())
@@ -183,12 +182,11 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         needs_valid = ragged or bool(padded.any())
         text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
-                                          text_index, _text_range(layout), key_mask, scale, inverse,
-                                          layout.video_start, pack=ragged)
+                                          text_index, _text_range(layout), key_mask, scale, pack=ragged)
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         tiling = tiling_for(pattern, layout)
-        groups, inverse = tiling.kernel_groups(q.dtype), tiling.video_inverse
-    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, inverse, layout.video_start)
+        groups = tiling.kernel_groups(q.dtype)
+    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale)
 
 
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):

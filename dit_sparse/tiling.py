@@ -164,12 +164,6 @@ class Tiling:
         return out
 
 
-    @functools.cached_property
-    def video_inverse(self) -> torch.Tensor:
-        """Position of every video token in the concatenation of the groups' queries."""
-        order = torch.cat([g.q_index for g in self.groups]) - self.layout.video_start
-        return torch.argsort(order)
-
     def kernel_groups(self, dtype: torch.dtype):
         """``(q_index, kv_index, mask, text_keys)`` per group for the CPU kernel, with the
         masks pre-built as additive tensors in ``dtype`` when they fit the cache budget."""
