@@ -155,6 +155,7 @@ def grouped_attention(
     """
     b, s, h, d = q.shape
     q2, k2, v2 = (t.view(b * s, h * d) for t in (q, k, v))
+    k1, v1 = k.view(-1, d), v.view(-1, d)
     out = Output(q)
 
     def group(q_index, kv_index, masks, text_keys):
@@ -168,7 +169,15 @@ def grouped_attention(
         def gather(t2, rows, n):
             return heads_view(t2.index_select(0, rows).view(b, n, h, d))
 
-        o = _sdpa_heads(gather(q2, qi, nq), gather(k2, ki, nk), gather(v2, ki, nk), mask, scale,
+        if mask is not None:
+            # masked (neighbourhood) groups attend faster to contiguous per-head keys: gather
+            # them heads-major, D-element rows (8x32x32 .. 13x30x52, 12 heads, 64 and 128:
+            # 2-10% faster than the transposed views, which win where nothing is masked)
+            kr = head_rows(b, s, h, kv_index)
+            kg, vg = k1.index_select(0, kr).view(b, h, nk, d), v1.index_select(0, kr).view(b, h, nk, d)
+        else:
+            kg, vg = gather(k2, ki, nk), gather(v2, ki, nk)
+        o = _sdpa_heads(gather(q2, qi, nq), kg, vg, mask, scale,
                         may_have_empty_rows=key_mask is not None)
         out.put_tokens(q_index, o)
 
