@@ -544,6 +544,11 @@ def train_dit(args) -> None:
     log(f"dit: transformer {n_params:.2f} M params, budget {state['budget'] / 60:.1f} min")
     transformer.train()
     text_encoder.train()
+    # bf16 autocast: the matmuls run on the CPU's bf16 units (AVX512-BF16); weights, optimizer
+    # and loss stay fp32. Measured on the 2-core AMD EPYC, 90 s from scratch: 96 steps vs 77
+    # in fp32 (1.25x), the same loss curve. Not used for the shipped weights.
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
+                else contextlib.nullcontext())
     t0, last_save, run = time.time() - state["elapsed"], time.time(), []
     while True:
         elapsed = time.time() - t0
@@ -576,8 +581,10 @@ def train_dit(args) -> None:
         # cross-attention cannot learn to shut itself (see reinit_text_path); with them the
         # caption logits must grow until ~500 pads at logit 0 no longer matter
         text_len = MAX_TEXT_LEN if torch.rand((), generator=g) < args.pad_prob else None
-        emb = encode_text(tokenizer, text_encoder, caps, text_len)
-        pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
+        with autocast:
+            emb = encode_text(tokenizer, text_encoder, caps, text_len)
+            pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb,
+                               return_dict=False)[0].float()
         if fg_all is None:
             loss = F.mse_loss(pred, noise - x0)
         else:  # the shape's latents weigh (1 + fg_weight): see --fg-weight
@@ -687,6 +694,8 @@ def main(argv=None) -> None:
     p.add_argument("--from", dest="from_path", type=Path,
                    default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan",
                    help="import-vae: the WanPipeline folder whose autoencoder to import")
+    p.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                   help="dit: forward pass under CPU bf16 autocast (1.25x the steps on a CPU with AVX512-BF16)")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--no-ema", action="store_true", help="export the raw instead of the EMA weights")
     args = p.parse_args(argv)
