@@ -74,16 +74,21 @@ def token_rows(b: int, s: int, index: torch.Tensor) -> torch.Tensor:
     return index if b == 1 else (torch.arange(b)[:, None] * s + index[None, :]).reshape(-1)
 
 
+def head_base(b: int, s: int, h: int) -> torch.Tensor:
+    """Row of token 0 of every (batch, head) in a ``[B * S * H, D]`` view of a
+    ``[B, S, H, D]`` tensor, ``(batch, head)``-major: ``[B * H]``; token ``t`` is ``h * t``
+    rows further on."""
+    return (torch.arange(b)[:, None] * (s * h) + torch.arange(h)[None, :]).reshape(-1)
+
+
 def head_rows(b: int, s: int, h: int, index: torch.Tensor) -> torch.Tensor:
-    """Row numbers of the tokens ``index`` (``[n]``, or ``[B * H, n]`` per (batch, head)) of
-    every (batch, head) in a ``[B * S * H, D]`` view of a ``[B, S, H, D]`` tensor,
-    ``(batch, head)``-major: ``[B * H * n]``.
+    """Row numbers of the tokens ``index`` (``[n]``) of every (batch, head) in a
+    ``[B * S * H, D]`` view of a ``[B, S, H, D]`` tensor, ``(batch, head)``-major: ``[B * H * n]``.
 
     Gathering ``D``-element rows straight from diffusers' tokens-major layout costs no more
     than gathering them from a heads-major copy, and saves the copy (a full pass over q, k
     and v: ~13 ms each at S = 8192, 12 heads x 128, fp32)."""
-    base = (torch.arange(b)[:, None] * (s * h) + torch.arange(h)[None, :]).reshape(-1, 1)  # [B * H, 1]
-    return (base + index * h).reshape(-1)
+    return (head_base(b, s, h)[:, None] + index[None, :] * h).reshape(-1)
 
 
 def heads_view(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +103,7 @@ class Output:
     def __init__(self, q: torch.Tensor):
         self.out = torch.empty_like(q)
         b, s, h, d = q.shape
-        self.b, self.s = b, s
+        self.s = s
         self.tokens = self.out.view(b * s, h * d)
         self.rows = self.out.view(b * s * h, d)
 
@@ -136,8 +141,8 @@ def grouped_attention(
     """Static sparse attention (neighborhood, sliding tile, dense).
 
     A group's query and key tokens are gathered as whole ``H * D`` rows of diffusers'
-    tokens-major layout and attended as ``[B, H, n, D]`` views of the gathered rows; the
-    output rows are copied back the same way. (Measured at 8x32x32, 12 heads x 128, fp32:
+    tokens-major layout and attended as ``[B, H, n, D]`` views of the gathered rows (masked
+    groups gather their keys per head instead); the output rows are copied back the same way. (Measured at 8x32x32, 12 heads x 128, fp32:
     sliding tile 1x1x3 363 -> 258 ms, neighborhood 3x11x11 439 -> 338 ms against a
     heads-major copy of q, k, v, per-head row gathers and one final reordering gather.)
 
@@ -163,7 +168,6 @@ def grouped_attention(
         if key_mask is not None:
             km = key_mask.index_select(1, kv_index)[:, None, None, :]
             mask = km if mask is None else km & (mask > float("-inf"))
-        qi, ki = token_rows(b, s, q_index), token_rows(b, s, kv_index)
         nq, nk = q_index.numel(), kv_index.numel()
 
         def gather(t2, rows, n):
@@ -176,8 +180,9 @@ def grouped_attention(
             kr = head_rows(b, s, h, kv_index)
             kg, vg = k1.index_select(0, kr).view(b, h, nk, d), v1.index_select(0, kr).view(b, h, nk, d)
         else:
+            ki = token_rows(b, s, kv_index)
             kg, vg = gather(k2, ki, nk), gather(v2, ki, nk)
-        o = _sdpa_heads(gather(q2, qi, nq), kg, vg, mask, scale,
+        o = _sdpa_heads(gather(q2, token_rows(b, s, q_index), nq), kg, vg, mask, scale,
                         may_have_empty_rows=key_mask is not None)
         out.put_tokens(q_index, o)
 
@@ -306,8 +311,7 @@ def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, te
     bh = b * h
     nb = block_tokens.shape[0] - 1
     q_rows, k_rows, v_rows = q.view(-1, d), k.view(-1, d), v.view(-1, d)
-    # first row of every (batch, head) in the [B * S * H, D] views; a token adds h rows
-    row_base = (torch.arange(b)[:, None] * (s * h) + torch.arange(h)[None, :]).reshape(-1)
+    row_base = head_base(b, s, h)  # a token adds h rows
     batch_of = torch.arange(bh) // h
     n_text = text_index.numel()
     sel = selection.reshape(bh, nb, -1)
