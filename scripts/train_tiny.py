@@ -96,6 +96,12 @@ Z_DIM = 8
 TEXT_DIM = 64
 BIG_CLIPS_OFFSET = 10_000_000  # clip indices of the larger training size start here
 MAX_TEXT_LEN = 512  # WanPipeline's default max_sequence_length: train with the same padding
+# local patterns drawn per layer in the --sparse-prob steps (windows in tokens: at 64 px the grid
+# is 5x16x16, at 128 px 5x32x32)
+SPARSE_PATTERNS = (
+    "neighborhood:kernel=5x5x5", "neighborhood:kernel=5x7x7", "neighborhood:kernel=5x9x9",
+    "sliding-tile:tile=1x4x4,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3", "full",
+)
 
 
 def log(msg: str) -> None:
@@ -467,6 +473,20 @@ def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int | Non
     return out
 
 
+def sparse_table(patterns: list[str], num_layers: int, g: torch.Generator) -> dict[str, str]:
+    """One random pattern per self-attention layer, as a ``{layer-regex: spec}`` for ``ds.apply``.
+
+    Training a share of the steps this way (``--sparse-prob``) is a dropout of the far keys:
+    weights that must also work when each layer sees only a local window cannot lean on far
+    tokens in the dense steps either, so dense and sparse inference draw the same picture.
+    (The idea of fitting the model to the sparse pattern is the sparse fine-tuning of sliding
+    tile attention, FastVideo; here dense and sparse steps are mixed so that the dense model
+    stays the reference.)
+    """
+    pick = torch.randint(len(patterns), (num_layers,), generator=g).tolist()
+    return {rf"blocks\.{i}\.attn1$": patterns[j] for i, j in enumerate(pick)}
+
+
 def train_dit(args) -> None:
     lat_dir = args.ckpt / "latents"
     stats = json.loads((lat_dir / "stats.json").read_text())
@@ -581,6 +601,11 @@ def train_dit(args) -> None:
         # cross-attention cannot learn to shut itself (see reinit_text_path); with them the
         # caption logits must grow until ~500 pads at logit 0 no longer matter
         text_len = MAX_TEXT_LEN if torch.rand((), generator=g) < args.pad_prob else None
+        sparse = None
+        if args.sparse_prob > 0 and torch.rand((), generator=g) < args.sparse_prob:
+            import dit_sparse as ds
+
+            sparse = ds.apply(transformer, sparse_table(args.sparse_patterns, len(transformer.blocks), g))
         with autocast:
             emb = encode_text(tokenizer, text_encoder, caps, text_len)
             pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb,
@@ -592,6 +617,8 @@ def train_dit(args) -> None:
             loss = ((pred - (noise - x0)).square() * w).mean() / w.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if sparse is not None:
+            sparse.remove()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
@@ -696,6 +723,10 @@ def main(argv=None) -> None:
                    help="import-vae: the WanPipeline folder whose autoencoder to import")
     p.add_argument("--autocast", choices=["none", "bf16"], default="none",
                    help="dit: forward pass under CPU bf16 autocast (1.25x the steps on a CPU with AVX512-BF16)")
+    p.add_argument("--sparse-prob", type=float, default=0.0,
+                   help="share of DiT steps run with sparse self-attention (see sparse_table)")
+    p.add_argument("--sparse-patterns", nargs="+", default=list(SPARSE_PATTERNS), metavar="SPEC",
+                   help="patterns drawn per layer in the sparse steps ('full' keeps a layer dense)")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--no-ema", action="store_true", help="export the raw instead of the EMA weights")
     args = p.parse_args(argv)

@@ -1,0 +1,57 @@
+"""The sparse steps of scripts/train_tiny.py: random local patterns per layer, trained under autograd."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dit_sparse as ds
+from pipelines_fixtures import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import train_tiny  # noqa: E402
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_default_sparse_patterns_parse_and_fit_the_training_grid():
+    for spec in train_tiny.SPARSE_PATTERNS:
+        pattern = ds.parse_pattern(spec)
+        if type(pattern) is ds.Neighborhood:  # 9 x 64 x 64 pixels -> 5 x 16 x 16 tokens
+            assert all(k <= n for k, n in zip(pattern.kernel, (5, 16, 16))), spec
+    assert any(isinstance(ds.parse_pattern(s), ds.Full) for s in train_tiny.SPARSE_PATTERNS)
+
+
+def test_sparse_table_one_pattern_per_self_attention_layer():
+    patterns = ["neighborhood:kernel=3x3x3", "sliding-tile:tile=1x2x2,window=3x1x3", "full"]
+    table = train_tiny.sparse_table(patterns, 12, _gen(0))
+    assert len(table) == 12 and set(table.values()) <= set(patterns)
+    assert table == train_tiny.sparse_table(patterns, 12, _gen(0))  # deterministic from the generator
+    names = [f"blocks.{i}.attn1" for i in range(12)] + ["blocks.1.attn2", "blocks.10.attn1.to_q"]
+    for i, regex in enumerate(table):
+        # each key picks out its own layer only (blocks.1 must not also catch blocks.10)
+        assert [n for n in names if re.search(regex, n)] == [f"blocks.{i}.attn1"]
+    tables = [train_tiny.sparse_table(patterns, 12, _gen(s)) for s in range(5)]
+    assert len({tuple(t.values()) for t in tables}) > 1
+
+
+def test_sparse_training_step_has_gradients_and_remove_restores_dense():
+    model, inputs, grid = build("wan")
+    model.train()
+    table = train_tiny.sparse_table(["neighborhood:kernel=3x3x3"], len(model.blocks), _gen(0))
+    with torch.no_grad():
+        dense = model(**inputs, return_dict=False)[0]
+    handle = ds.apply(model, table)
+    out = model(**inputs, return_dict=False)[0]
+    assert (out - dense).abs().max() > 1e-4  # the local window is in effect
+    out.square().mean().backward()
+    handle.remove()
+    for block in model.blocks:
+        grad = block.attn1.to_q.weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0
+    with torch.no_grad():
+        assert torch.equal(model(**inputs, return_dict=False)[0], dense)
