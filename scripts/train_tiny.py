@@ -68,6 +68,21 @@ A second run with the same recipe but 128 px clips as the larger size (``--big-s
 --big-batch 2``, 42 min, 1,933 steps), meant to make the model at home on the 5x32x32 token
 grid of the 2x benchmark, drew worse strips at 64 px (shape and background colours swapped in
 two rows) and was not shipped.
+
+Two further DiTs trained locality in (``--sparse-prob``: in that share of the steps every
+self-attention layer runs a pattern drawn from ``--sparse-patterns``, see ``sparse_table``),
+both 42 minutes from scratch with ``--autocast bf16 --threads 2`` on the shipped autoencoder:
+
+    --sparse-prob 0.5 --big-size 128 --big-batch 2     # 1,954 steps (~10 min shared with evals)
+    --sparse-prob 0.65                                 # 2,778 steps (96 px; text encoder in fp32)
+
+Both made the attention at 128 px far more local (the second: the budget-0.25 plan's relative
+errors per layer 0.13 / 0.16 / 0.24 against 0.27 / 0.43 / 0.41 for the shipped DiT; the
+README's bench with sliding tile 5x1x3 at 1.78x: 17.2 dB against 13.0 dB), but at 64 px both
+paint the captioned shape and background colours in patches of similar size instead of one
+blob on one background (with local attention each region decides for itself which colour it
+carries), so neither was shipped. A next attempt: sparse steps only at low noise
+(sigma < ~0.6, after the layout is set), or fine-tuning the shipped DiT briefly this way.
 """
 
 from __future__ import annotations
@@ -606,8 +621,10 @@ def train_dit(args) -> None:
             import dit_sparse as ds
 
             sparse = ds.apply(transformer, sparse_table(args.sparse_patterns, len(transformer.blocks), g))
+        # the text encoder runs in fp32 as in the pipeline (it is tiny; its bf16 features
+        # would differ from the ones the exported model sees at inference)
+        emb = encode_text(tokenizer, text_encoder, caps, text_len)
         with autocast:
-            emb = encode_text(tokenizer, text_encoder, caps, text_len)
             pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb,
                                return_dict=False)[0].float()
         if fg_all is None:
