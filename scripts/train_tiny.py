@@ -81,8 +81,13 @@ errors per layer 0.13 / 0.16 / 0.24 against 0.27 / 0.43 / 0.41 for the shipped D
 README's bench with sliding tile 5x1x3 at 1.78x: 17.2 dB against 13.0 dB), but at 64 px both
 paint the captioned shape and background colours in patches of similar size instead of one
 blob on one background (with local attention each region decides for itself which colour it
-carries), so neither was shipped. A next attempt: sparse steps only at low noise
-(sigma < ~0.6, after the layout is set), or fine-tuning the shipped DiT briefly this way.
+carries), so neither was shipped. A 12-minute fine-tune of the shipped DiT the same way
+(``--extend --minutes 12 --dit-lr 3e-4 --sparse-prob 0.5 --autocast bf16``, 790 more steps)
+kept one blob on one background and drew cleaner blobs at 64 px than the shipped strip (the
+extra steps, more likely than the sparsity), but was no more local at 128 px (sliding tile
+5x1x3 12.8 dB at 1.81x; per-head budget-0.25 plan 16.6 dB at 1.59x) and puts the recipe at
+104 minutes. Leads: sparse steps only at low noise (sigma < ~0.6, after the layout is set);
+a cheaper autoencoder recipe to give the DiT more of the 90 minutes.
 """
 
 from __future__ import annotations
