@@ -108,6 +108,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+import dit_sparse as ds
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_clips  # noqa: E402
 
@@ -623,8 +625,6 @@ def train_dit(args) -> None:
         text_len = MAX_TEXT_LEN if torch.rand((), generator=g) < args.pad_prob else None
         sparse = None
         if args.sparse_prob > 0 and torch.rand((), generator=g) < args.sparse_prob:
-            import dit_sparse as ds
-
             sparse = ds.apply(transformer, sparse_table(args.sparse_patterns, len(transformer.blocks), g))
         # the text encoder runs in fp32 as in the pipeline (it is tiny; its bf16 features
         # would differ from the ones the exported model sees at inference)
@@ -632,6 +632,17 @@ def train_dit(args) -> None:
         with autocast:
             pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb,
                                return_dict=False)[0].float()
+            gap = None
+            if (step + 1) % 20 == 0:
+                # how much the caption helps: the same noisy batch, weights, precision and
+                # attention patterns with every caption dropped (near 0: the text is unused)
+                with torch.no_grad():
+                    pred0 = transformer(
+                        hidden_states=xt, timestep=sigma * 1000,
+                        encoder_hidden_states=encode_text(tokenizer, text_encoder, [""] * bs, text_len),
+                        return_dict=False,
+                    )[0].float()
+                gap = F.mse_loss(pred0, noise - x0).item() - F.mse_loss(pred.detach(), noise - x0).item()
         if fg_all is None:
             loss = F.mse_loss(pred, noise - x0)
         else:  # the shape's latents weigh (1 + fg_weight): see --fg-weight
@@ -650,15 +661,7 @@ def train_dit(args) -> None:
                     a.lerp_(b, 1 - decay)
         state["step"] = step + 1
         run.append(loss.item())
-        if state["step"] % 20 == 0:
-            # how much the caption helps: the same noisy batch with every caption dropped
-            # (a gap near 0 means the text conditioning is not being used)
-            with torch.no_grad():
-                pred0 = transformer(
-                    hidden_states=xt, timestep=sigma * 1000,
-                    encoder_hidden_states=encode_text(tokenizer, text_encoder, [""] * bs, text_len), return_dict=False,
-                )[0]
-                gap = F.mse_loss(pred0, noise - x0).item() - F.mse_loss(pred.detach(), noise - x0).item()
+        if gap is not None:
             log(f"dit step {state['step']} loss {np.mean(run):.4f} text gap {gap:+.4f} lr {lr:.2e} t {elapsed / 60:.1f}m")
             run = []
         if time.time() - last_save > 180:

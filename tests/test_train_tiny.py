@@ -4,7 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import dit_sparse as ds
@@ -40,7 +39,7 @@ def test_sparse_table_one_pattern_per_self_attention_layer():
 
 
 def test_sparse_training_step_has_gradients_and_remove_restores_dense():
-    model, inputs, grid = build("wan")
+    model, inputs, _ = build("wan")
     model.train()
     table = train_tiny.sparse_table(["neighborhood:kernel=3x3x3"], len(model.blocks), _gen(0))
     with torch.no_grad():

@@ -142,9 +142,10 @@ def grouped_attention(
 
     A group's query and key tokens are gathered as whole ``H * D`` rows of diffusers'
     tokens-major layout and attended as ``[B, H, n, D]`` views of the gathered rows (masked
-    groups gather their keys per head instead); the output rows are copied back the same way. (Measured at 8x32x32, 12 heads x 128, fp32:
-    sliding tile 1x1x3 363 -> 258 ms, neighborhood 3x11x11 439 -> 338 ms against a
-    heads-major copy of q, k, v, per-head row gathers and one final reordering gather.)
+    groups gather their keys per head instead); the output rows are copied back the same
+    way. (Measured at 8x32x32, 12 heads x 128, fp32: sliding tile 1x1x3 363 -> 258 ms,
+    neighborhood 3x11x11 439 -> 338 ms against a heads-major copy of q, k, v, per-head row
+    gathers and one final reordering gather.)
 
     Args:
         q, k, v: ``[B, S, H, D]``, contiguous.
