@@ -34,7 +34,7 @@ import dit_sparse as ds
 from dit_sparse.pipelines import hooks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_plan import generate, load, quality  # noqa: E402
+from eval_plan import generate, load, quality, video_size  # noqa: E402
 
 PROMPTS = ["a red circle moving left on a blue background", "a yellow triangle moving up on a black background"]
 
@@ -102,9 +102,7 @@ def main(argv=None) -> int:
     pipe, defaults, name = load(args.model)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    size = {key: value for key, value in (("num_frames", args.frames or defaults.get("num_frames")),
-                                          ("height", args.height or defaults.get("height")),
-                                          ("width", args.width or defaults.get("width"))) if value is not None}
+    size = video_size(args, defaults)
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **size)
     spec = ds.Plan.load(args.plan) if args.plan else ds.parse_pattern(args.pattern)
 

@@ -67,6 +67,14 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], kwargs: Dict) -
     return out, time.perf_counter() - start
 
 
+def video_size(args, defaults: Dict) -> Dict[str, int]:
+    """``num_frames`` / ``height`` / ``width`` from ``args`` (``frames``, ``height``, ``width``),
+    else the model's defaults; unset ones left to the pipeline."""
+    given = (("num_frames", args.frames), ("height", args.height), ("width", args.width))
+    size = {key: value or defaults.get(key) for key, value in given}
+    return {key: value for key, value in size.items() if value is not None}
+
+
 def quality(frames: List[torch.Tensor], reference: List[torch.Tensor]):
     p = [psnr(x, r) for x, r in zip(frames, reference)]
     s = [ssim(x, r) for x, r in zip(frames, reference)]
@@ -102,9 +110,7 @@ def main(argv=None) -> int:
     pipe, defaults, name = load(args.model)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    size = {k: v for k, v in (("num_frames", args.frames or defaults.get("num_frames")),
-                              ("height", args.height or defaults.get("height")),
-                              ("width", args.width or defaults.get("width"))) if v is not None}
+    size = video_size(args, defaults)
     steps = args.steps or defaults.get("num_inference_steps", 20)
     guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 4.0)
     extra = {}
