@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_clips  # noqa: E402
+from eval_plan import load  # noqa: E402
 
 NAMES = list(tiny_clips.COLORS)
 PALETTE = np.asarray([tiny_clips.COLORS[n] for n in NAMES], np.float32)  # [6, 3] in [0, 1]
@@ -149,8 +150,6 @@ def main(argv=None) -> int:
 
     specs = [tiny_clips.sample_spec(DATASET_SEED, i) for i in range(args.count)]
     results = {"true clips": summarise([score_clip(true_frames(s, args.frames, args.size), s) for s in specs])}
-    from eval_plan import load
-
     for model in args.model or [None]:
         pipe, _, name = load(model)
         pipe.set_progress_bar_config(disable=True)
