@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
+from .report import format_table
 
 FORMAT = "dit-sparse-plan"
 VERSION = 1
@@ -488,11 +489,7 @@ class Plan:
             for g, (h0, h1, pattern, dens, err) in enumerate(groups):
                 heads = str(h0) if h1 == h0 + 1 else f"{h0}-{h1 - 1}"
                 rows.append((layer.name if g == 0 else "", heads, pattern_spec(pattern), f"{dens:.3f}", f"{err:.4f}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        for i, r in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))).rstrip())
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths))
+        lines.append(format_table(rows, left=3))
         return "\n".join(lines)
 
     def __repr__(self):

@@ -36,9 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from dit_sparse.report import format_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_clips  # noqa: E402
-from eval_plan import load  # noqa: E402
+from eval_plan import generate, load  # noqa: E402
 
 NAMES = list(tiny_clips.COLORS)
 PALETTE = np.asarray([tiny_clips.COLORS[n] for n in NAMES], np.float32)  # [6, 3] in [0, 1]
@@ -124,11 +126,8 @@ def true_frames(spec: tiny_clips.ClipSpec, frames: int, size: int) -> np.ndarray
 
 def print_table(results: Dict[str, Dict[str, float]]) -> None:
     keys = list(CHECKS) + ["stray"]
-    width = max(len(name) for name in results)
-    print(f"{'clips':{width}s}  " + "  ".join(f"{k:>12s}" for k in keys))
-    print("-" * width + "  " + "  ".join("-" * 12 for _ in keys))
-    for name, s in results.items():
-        print(f"{name:{width}s}  " + "  ".join(f"{s[k]:12.3f}" for k in keys))
+    rows = [["clips", *keys]] + [[name, *(f"{s[k]:.3f}" for k in keys)] for name, s in results.items()]
+    print(format_table(rows))
 
 
 def main(argv=None) -> int:
@@ -150,17 +149,16 @@ def main(argv=None) -> int:
 
     specs = [tiny_clips.sample_spec(DATASET_SEED, i) for i in range(args.count)]
     results = {"true clips": summarise([score_clip(true_frames(s, args.frames, args.size), s) for s in specs])}
+    call = dict(num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
+                guidance_scale=args.guidance)
     for model in args.model or [None]:
         pipe, _, name = load(model)
         pipe.set_progress_bar_config(disable=True)
         rows = []
         for i, spec in enumerate(specs):
-            generator = torch.Generator().manual_seed(args.seed + i)
             with torch.no_grad():
-                frames = pipe(spec.caption, num_frames=args.frames, height=args.size, width=args.size,
-                              num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generator,
-                              output_type="np").frames[0]
-            rows.append(score_clip(np.asarray(frames, np.float32), spec))
+                (frames,), _ = generate(pipe, [spec.caption], [args.seed + i], call)  # [F, C, H, W]
+            rows.append(score_clip(frames.permute(0, 2, 3, 1).float().numpy(), spec))
         results[name] = summarise(rows)
     print(f"{args.count} captions (dataset seed {DATASET_SEED}), {args.frames}x{args.size}x{args.size}, "
           f"{args.steps} steps, guidance {args.guidance:g}; share of clips passing each check, mean stray share")

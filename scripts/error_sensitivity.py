@@ -10,7 +10,7 @@ points, with the mean layer error that the line gives for ``--target`` dB.
 
 The line tells whether a quality target is a matter of a better pattern (and how much better)
 or out of reach: on the embedded tiny Wan at 9x128x128 the budget-0.25 plan's layers err by
-0.3-0.5 and PSNR falls about 20 dB per decade of error, so 28 dB needs about a fifth of it.
+0.17-0.37 and PSNR falls about 17 dB per decade of error, so 28 dB needs about a fifth of it.
 
     python scripts/error_sensitivity.py --plan docs/plans/plan128_b25.json --height 128 --width 128
     python scripts/error_sensitivity.py --pattern sliding-tile:tile=1x8x8,window=5x1x3 --alphas 1 0.3 0.1
@@ -32,6 +32,7 @@ import torch
 
 import dit_sparse as ds
 from dit_sparse.pipelines import hooks
+from dit_sparse.report import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_plan import generate, load, quality, video_size  # noqa: E402
@@ -126,11 +127,7 @@ def main(argv=None) -> int:
                      + [f"{mean:.4f}", "inf" if math.isinf(p) else f"{p:.2f}", f"{s:.4f}"])
         if mean > 0 and math.isfinite(p):
             points.append((mean, p))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table(table, left=0))
     if len({round(e, 12) for e, _ in points}) >= 2:
         a, b = fit_line(points)
         need = 10 ** ((a - args.target) / b) if b > 0 else float("nan")

@@ -32,6 +32,7 @@ import torch
 import dit_sparse as ds
 from dit_sparse.metrics import psnr, ssim, to_images
 from dit_sparse.plan import pattern_spec
+from dit_sparse.report import format_table
 from dit_sparse.patterns import Pattern
 
 CALIBRATION = [
@@ -155,11 +156,7 @@ def main(argv=None) -> int:
     header = ("run", "attention", "density", "PSNR dB", "SSIM", "time s", "profiled err")
     table = [header] + [(r[0], r[1], f"{r[2]:.3f}", "inf" if r[3] == float("inf") else f"{r[3]:.2f}",
                          f"{r[4]:.4f}", f"{r[5]:.1f}", "" if r[6] is None else f"{r[6]:.4f}") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        print("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table(table, left=2))
     better = rows[1][3] > rows[2][3] and rows[1][4] > rows[2][4]
     print(f"\nplan {'beats' if better else 'does NOT beat'} the uniform pattern "
           f"(PSNR {rows[1][3]:.2f} vs {rows[2][3]:.2f} dB, SSIM {rows[1][4]:.4f} vs {rows[2][4]:.4f}) "

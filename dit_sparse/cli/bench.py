@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
+from .. import report
 from . import generate as gen
 from .generate import CLIError, fail
 
@@ -135,13 +136,7 @@ def format_table(rows: List[Row]) -> str:
     header = ("config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "ssim")
     body = [(r.config, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.attention_seconds:.2f}", f"{r.speedup:.2f}x",
              f"{r.attention_speedup:.2f}x", _fmt(r.psnr, 2), f"{r.ssim:.4f}") for r in rows]
-    widths = [max(len(str(line[i])) for line in [header] + body) for i in range(len(header))]
-    lines = []
-    for k, line in enumerate([header] + body):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return report.format_table([header, *body])
 
 
 def _side_by_side(path: str, videos: List[List], fps: float) -> None:
