@@ -54,3 +54,16 @@ def test_sparse_training_step_has_gradients_and_remove_restores_dense():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0
     with torch.no_grad():
         assert torch.equal(model(**inputs, return_dict=False)[0], dense)
+
+
+def test_sample_sigmas_high_band_share():
+    g = torch.Generator().manual_seed(0)
+    base = train_tiny.sample_sigmas(20000, g, shift=3.0)
+    g = torch.Generator().manual_seed(0)
+    mixed = train_tiny.sample_sigmas(20000, g, shift=3.0, high_frac=0.3, high_min=0.9)
+    for s in (base, mixed):
+        assert float(s.min()) > 0.0 and float(s.max()) <= 1.0
+    above = lambda s: float((s > 0.97).float().mean())  # noqa: E731
+    assert above(base) < 0.02  # the shifted logit-normal alone barely visits the caption band
+    # 30% uniform on [0.9, 1] puts 0.3 * 0.3 = 9% of the samples above 0.97, plus the rest's share
+    assert 0.08 < above(mixed) < 0.12
