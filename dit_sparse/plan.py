@@ -224,7 +224,7 @@ class ModelInfo:
 
 _PROFILE_REQUIRED = ("grid", "text_len", "num_inference_steps", "sampled_steps", "seeds", "num_prompts",
                      "prompts_sha256", "mode", "versions")
-_PROFILE_OPTIONAL = ("height", "width", "num_frames", "max_error", "budget", "dense_bound", "candidates")
+_PROFILE_OPTIONAL = ("height", "width", "num_frames", "max_error", "budget", "dense_bound", "candidates", "cost")
 
 
 class Plan:
@@ -417,6 +417,8 @@ class Plan:
         _opt_num(p.get("max_error"), f"{w}['max_error']")
         _opt_num(p.get("budget"), f"{w}['budget']", 0.0, 1.0)
         _opt_num(p.get("dense_bound"), f"{w}['dense_bound']")
+        if p.get("cost", "density") not in ("density", "time"):
+            _fail(f"{w}['cost']", f"must be 'density' or 'time', got {p['cost']!r}")
         if p.get(p["mode"]) is None:
             _fail(f"{w}['{p['mode']}']", f"must be set when mode is {p['mode']!r}")
         for key in ("height", "width", "num_frames"):
@@ -426,10 +428,11 @@ class Plan:
             _str(v, f"{w}['versions']['{key}']")
         for i, c in enumerate(_list(p.get("candidates", []), f"{w}['candidates']")):
             cw = f"{w}['candidates'][{i}]"
-            c = _dict(c, cw, ("pattern", "error", "density"))
+            c = _dict(c, cw, ("pattern", "error", "density"), ("time",))
             _pattern(c["pattern"], f"{cw}['pattern']")
             _num(c["error"], f"{cw}['error']")
             _num(c["density"], f"{cw}['density']", 0.0, 1.0)
+            _opt_num(c.get("time"), f"{cw}['time']")
         return p
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
@@ -474,6 +477,8 @@ class Plan:
         """A table: layer, pattern per head (runs of equal heads), density, error."""
         p = self.profile
         mode = f"max_error={p['max_error']}" if p["mode"] == "max_error" else f"budget={p['budget']}"
+        if p.get("cost", "density") != "density":
+            mode += f", cost={p['cost']}"
         lines = [
             f"dit-sparse plan for {self.model.cls} ({self.model.name_or_path or 'unnamed'}): "
             f"{len(self.layers)} layers x {self.model.heads} heads, head_dim {self.model.head_dim}",

@@ -147,6 +147,9 @@ class ErrorTable:
         density: ``[L, H, C]`` density of each candidate (mean over the sampled calls).
         weights: ``[N, L, H]`` squared dense norm of each step's calls (how much each step
             counts when steps are combined); ``None`` counts steps equally.
+        time: ``[C]`` each candidate's measured kernel time relative to dense attention on
+            the profiled shape and device (``Full`` is 1), or ``None`` when not measured;
+            ``select(..., cost="time")`` uses it in place of the density.
     """
 
     layers: Tuple[str, ...]
@@ -156,6 +159,7 @@ class ErrorTable:
     errors: torch.Tensor
     density: torch.Tensor
     weights: Optional[torch.Tensor] = None
+    time: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         self.layers = tuple(self.layers)
@@ -178,6 +182,11 @@ class ErrorTable:
             self.weights = torch.as_tensor(self.weights, dtype=torch.float64)
             if tuple(self.weights.shape) != (n, l, h):
                 raise ValueError(f"weights shape {tuple(self.weights.shape)} must be {(n, l, h)}")
+        if self.time is not None:
+            self.time = torch.as_tensor(self.time, dtype=torch.float64)
+            if tuple(self.time.shape) != (c,) or not torch.isfinite(self.time).all() or (self.time <= 0).any():
+                raise ValueError(f"time must be [candidates] = ({c},) positive finite relative times, "
+                                 f"got {self.time.tolist()}")
         if not torch.isfinite(self.errors).all() or (self.errors < 0).any():
             raise ValueError("errors must be finite and >= 0")
         if not torch.isfinite(self.density).all() or (self.density < 0).any() or (self.density > 1 + 1e-9).any():
@@ -265,13 +274,14 @@ def _hull(errors, density, i, j, start: int) -> List[int]:
         cur = best
 
 
-def select_budget(errors, density, budget: float) -> torch.Tensor:
+def select_budget(errors, density, budget: float, what: str = "density") -> torch.Tensor:
     """Minimise the summed error with mean density (over all cells) ``<= budget``.
 
     Greedy over each cell's lower convex hull (module docstring), then a fill pass.
 
     Args:
-        errors, density: ``[L, H, C]``.
+        errors, density: ``[L, H, C]`` (``density`` may be any cost, e.g. relative kernel time).
+        what: the cost's name in the error message.
     Returns:
         ``[L, H]`` int64 candidate indices.
     Raises:
@@ -286,7 +296,7 @@ def select_budget(errors, density, budget: float) -> torch.Tensor:
     spent = sum(float(density[i, j, choice[(i, j)]]) for i, j in cells)
     if spent > capacity:
         floor = spent / len(cells)
-        raise ValueError(f"budget={budget} is impossible: the cheapest candidates already have a mean density of "
+        raise ValueError(f"budget={budget} is impossible: the cheapest candidates already have a mean {what} of "
                          f"{floor:.4f}; give a budget >= {floor:.4f} or cheaper candidates")
 
     moves = []
@@ -390,7 +400,7 @@ class Selection:
 
 def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Optional[float] = None,
            num_steps: Optional[int] = None, dense_bound: Optional[float] = None,
-           max_dense_fraction: float = 0.5, per_head: bool = True) -> Selection:
+           max_dense_fraction: float = 0.5, per_head: bool = True, cost: str = "density") -> Selection:
     """Choose per layer and head patterns and the dense warm-up from an :class:`ErrorTable`.
 
     1. Select on the later half of the sampled steps (:func:`select_max_error` or
@@ -404,20 +414,31 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
     With ``per_head=False`` every layer gets one pattern for all its heads, chosen on the
     heads' root-mean-square error (and mean density): on CPU a layer whose heads share a
     pattern is one kernel call, a mixed layer one call per run of equal heads.
+
+    ``cost="time"`` ranks candidates by their measured kernel time (``table.time``, relative
+    to dense) instead of their density, and ``budget`` is then a mean relative time: kernels
+    differ in how close they come to 1 / density (on the 2-core CPU a sliding tile of 8 x 8
+    tiles runs at ~100% of it, a neighbourhood or a 4 x 4 tiling at ~80%), so the cheapest
+    pattern by density need not be the fastest.
     """
     mode, value = check_mode(max_error, budget)
+    if cost not in ("density", "time"):
+        raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
+    if cost == "time" and table.time is None:
+        raise ValueError("cost='time' needs measured kernel times (profile with time_candidates=True)")
     if not 0.0 <= max_dense_fraction <= 1.0:
         raise ValueError(f"max_dense_fraction={max_dense_fraction!r} must be in [0, 1]")
     num_steps = table.steps[-1] + 1 if num_steps is None else int(num_steps)
 
     def run(first_step):
-        errors, density = table.combined(first_step), table.density
+        errors = table.combined(first_step)
+        density = table.density if cost == "density" else table.time.expand_as(table.density)
         if not per_head:
             errors, density = errors.pow(2).mean(1, keepdim=True).sqrt(), density.mean(1, keepdim=True)
         if mode == "max_error":
             choice = select_max_error(errors, density, value)
         else:
-            choice = select_budget(errors, density, value)
+            choice = select_budget(errors, density, value, "density" if cost == "density" else "relative time")
         return choice.expand(-1, table.heads).contiguous()
 
     # The reference: patterns chosen for the later half of the sampled steps, which run sparse

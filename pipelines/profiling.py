@@ -125,6 +125,7 @@ class _Recorder:
             return dense
         if self.grid is None:
             self.grid, self.text_len = layout.grid, layout.text_len
+            self.layout, self.head_dim, self.device, self.dtype = layout, q.shape[-1], q.device, q.dtype
         elif layout.grid != self.grid:
             raise ValueError(f"token grid changed during profiling: {layout.grid} after {self.grid}; profile one "
                              "resolution at a time")
@@ -158,6 +159,38 @@ class _Recorder:
                              torch.zeros_like(err))
         density = (self.dens_sum / self.dens_calls[:, None, None]).clamp(0.0, 1.0)
         return ErrorTable(tuple(layers), self.heads, tuple(self.candidates), tuple(steps), errors, density, norm)
+
+
+def time_candidates(candidates: Sequence[Pattern], layout, heads: int, head_dim: int, *, device="cpu",
+                    dtype=torch.float32, reps: int = 3, seed: int = 0) -> torch.Tensor:
+    """``[C]`` kernel time of each candidate relative to dense attention, on one random
+    ``[1, S, heads, head_dim]`` q, k, v of the profiled layout, device and dtype (best of
+    ``reps`` calls after a warm-up; ``Full`` is 1 by definition).
+
+    Density is only a proxy for cost: each kernel reaches its own share of 1 / density, so
+    :func:`dit_sparse.selection.select` can rank candidates by these times (``cost="time"``).
+    """
+    import time as _time
+
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, layout.seq_len, heads, head_dim, generator=g).to(device=device, dtype=dtype)
+               for _ in range(3))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def best(pattern) -> float:
+        with torch.no_grad():
+            sparse_attention(q, k, v, pattern, layout)
+            sync()
+            times = []
+            for _ in range(max(1, int(reps))):
+                start = _time.perf_counter()
+                sparse_attention(q, k, v, pattern, layout)
+                sync()
+                times.append(_time.perf_counter() - start)
+        return min(times)
+
+    dense = best(Full())
+    return torch.tensor([1.0 if isinstance(p, Full) else best(p) / dense for p in candidates], dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------
@@ -237,10 +270,11 @@ class Measurement:
         self.context = context
 
     def plan(self, *, max_error: Optional[float] = None, budget: Optional[float] = None,
-             dense_bound: Optional[float] = None, max_dense_fraction: float = 0.5, per_head: bool = True) -> Plan:
+             dense_bound: Optional[float] = None, max_dense_fraction: float = 0.5, per_head: bool = True,
+             cost: str = "density") -> Plan:
         sel = select(self.table, max_error=max_error, budget=budget, num_steps=self.context["num_inference_steps"],
-                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction, per_head=per_head)
-        return build_plan(self.table, sel, self.desc, **self.context)
+                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost)
+        return build_plan(self.table, sel, self.desc, cost=cost, **self.context)
 
 
 def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None, budget: Optional[float] = None,
@@ -248,7 +282,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
             seeds: Sequence[int] = (0,), height: Optional[int] = None, width: Optional[int] = None,
             num_frames: Optional[int] = None, progress: bool = True, dense_bound: Optional[float] = None,
             max_dense_fraction: float = 0.5, model_name: Optional[str] = None,
-            call_kwargs: Optional[Dict[str, Any]] = None, per_head: bool = True) -> Plan:
+            call_kwargs: Optional[Dict[str, Any]] = None, per_head: bool = True, cost: str = "density") -> Plan:
     """Profile ``pipe`` with dense attention on calibration prompts and choose a plan.
 
     Args:
@@ -271,22 +305,31 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
         call_kwargs: further pipeline arguments (guidance_scale, negative_prompt, ...).
         per_head: choose per layer and head (default); False: one pattern per layer, on the
             heads' RMS error (faster on CPU, where a mixed layer costs one call per run of heads).
+        cost: ``"density"`` (default) ranks candidates by density; ``"time"`` times every
+            candidate's kernel on the profiled shape and device (:func:`time_candidates`) and
+            ranks by that, ``budget`` then being a mean kernel time relative to dense.
     Returns:
         a :class:`dit_sparse.Plan`.
     """
     check_mode(max_error, budget)
+    if cost not in ("density", "time"):
+        raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
     measured = measure(pipe, prompts, candidates=candidates, num_inference_steps=num_inference_steps,
                        sample_steps=sample_steps, seeds=seeds, height=height, width=width, num_frames=num_frames,
-                       progress=progress, model_name=model_name, call_kwargs=call_kwargs)
+                       progress=progress, model_name=model_name, call_kwargs=call_kwargs,
+                       time_kernels=cost == "time")
     return measured.plan(max_error=max_error, budget=budget, dense_bound=dense_bound,
-                         max_dense_fraction=max_dense_fraction, per_head=per_head)
+                         max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost)
 
 
 def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int] = None,
             sample_steps: Optional[Sequence[int]] = None, seeds: Sequence[int] = (0,), height: Optional[int] = None,
             width: Optional[int] = None, num_frames: Optional[int] = None, progress: bool = True,
-            model_name: Optional[str] = None, call_kwargs: Optional[Dict[str, Any]] = None) -> Measurement:
-    """The measuring half of :func:`profile` (same arguments): a :class:`Measurement`."""
+            model_name: Optional[str] = None, call_kwargs: Optional[Dict[str, Any]] = None,
+            time_kernels: bool = False) -> Measurement:
+    """The measuring half of :func:`profile` (same arguments): a :class:`Measurement`.
+    ``time_kernels`` also times every candidate (:func:`time_candidates`; needed for
+    ``Measurement.plan(cost="time")``)."""
     from .api import apply
 
     prompts = _check_prompts(prompts)
@@ -366,6 +409,9 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
     if recorder is None:
         raise RuntimeError("the pipeline ran no self-attention layer while profiling")
     table = recorder.table(desc["layers"])
+    if time_kernels:
+        table.time = time_candidates(table.candidates, recorder.layout, desc["heads"], recorder.head_dim,
+                                     device=recorder.device, dtype=recorder.dtype)
     context = dict(prompts=prompts, seeds=seeds, num_inference_steps=num_inference_steps, height=height, width=width,
                    num_frames=num_frames, text_len=recorder.text_len or 0, grid=recorder.grid, model_name=model_name)
     return Measurement(table, desc, context)
@@ -373,7 +419,7 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
 
 def build_plan(table: ErrorTable, sel, desc: Dict[str, Any], *, prompts: Sequence[str], seeds: Sequence[int],
                num_inference_steps: int, grid, text_len: int = 0, height=None, width=None, num_frames=None,
-               model_name: Optional[str] = None) -> Plan:
+               model_name: Optional[str] = None, cost: str = "density") -> Plan:
     """A :class:`Plan` from an error table, a :class:`~dit_sparse.selection.Selection` and a model description."""
     layers = []
     for i, name in enumerate(table.layers):
@@ -383,12 +429,15 @@ def build_plan(table: ErrorTable, sel, desc: Dict[str, Any], *, prompts: Sequenc
     combined = table.combined(sel.dense_steps)
     cand_summary = [{"pattern": p.to_dict(), "error": _clean(combined[..., c].mean()),
                      "density": _clean(table.density[..., c].mean())} for c, p in enumerate(table.candidates)]
+    if table.time is not None:
+        for c, entry in enumerate(cand_summary):
+            entry["time"] = _clean(table.time[c])
     profile_info = {
         "grid": list(grid), "text_len": int(text_len), "num_inference_steps": int(num_inference_steps),
         "sampled_steps": list(table.steps), "height": height, "width": width, "num_frames": num_frames,
         "seeds": [int(s) for s in seeds], "num_prompts": len(prompts), "prompts_sha256": prompts_digest(prompts),
         "mode": sel.mode, "max_error": sel.value if sel.mode == "max_error" else None,
-        "budget": sel.value if sel.mode == "budget" else None, "dense_bound": _clean(sel.dense_bound),
+        "budget": sel.value if sel.mode == "budget" else None, "dense_bound": _clean(sel.dense_bound), "cost": cost,
         "versions": _versions(), "candidates": cand_summary,
     }
     model = ModelInfo(desc["class"], model_name if model_name is not None else desc.get("name_or_path"),

@@ -89,6 +89,7 @@ def test_debug_shows_the_traceback(tmp_path):
     ([], "one of the arguments --max-error --budget is required"),
     (["--budget", "0.3", "--candidate", "spiral:size=2"], "--candidate 'spiral:size=2': unknown pattern spec"),
     (["--budget", "abc"], "invalid float value"),
+    (["--budget", "0.3", "--cost", "flops"], "argument --cost: invalid choice: 'flops'"),
 ])
 def test_profile_bad_arguments(capsys, tmp_path, prompts_file, args, fragment):
     out = tmp_path / "plan.json"

@@ -184,3 +184,29 @@ def test_impossible_budget_after_profiling(pipe):
     with pytest.raises(ValueError, match="budget=0.01 is impossible"):
         ds.profile(pipe, PROMPTS[:1], candidates=["neighborhood:kernel=1x3x3"], budget=0.01, num_inference_steps=1,
                    progress=False, call_kwargs=dict(EXTRA, guidance_scale=1.0), **CALL)
+
+
+def test_time_cost_profiles_kernel_times_and_records_them(pipe, tmp_path):
+    cands = ["neighborhood:kernel=1x3x3", "neighborhood:kernel=3x7x7"]
+    plan = ds.profile(pipe, PROMPTS[:1], candidates=cands, max_error=0.5, num_inference_steps=2, progress=False,
+                      cost="time", call_kwargs=dict(EXTRA, guidance_scale=1.0), **CALL)
+    assert plan.profile["cost"] == "time"
+    times = {c["pattern"]["kind"] + str(c["pattern"].get("kernel")): c["time"] for c in plan.profile["candidates"]}
+    assert times["full" + "None"] == 1.0
+    assert all(t > 0 for t in times.values())
+    assert "cost=time" in plan.summary()
+    path = tmp_path / "p.json"
+    plan.save(path)
+    assert ds.Plan.load(path).profile["cost"] == "time"
+    with pytest.raises(ValueError, match="cost='speed' must be 'density' or 'time'"):
+        ds.profile(pipe, PROMPTS, budget=0.5, num_inference_steps=3, progress=False, cost="speed")
+
+
+def test_time_candidates_is_relative_to_dense():
+    from dit_sparse.pipelines.profiling import time_candidates
+
+    layout = ds.TokenLayout(grid=(2, 16, 16), text_len=0)
+    rel = time_candidates([ds.Full(), ds.Neighborhood(kernel=(1, 3, 3)), ds.Full()], layout, 2, 16)
+    assert rel[0] == 1.0 and rel[2] == 1.0
+    # a 3x3 window keeps 9 of 512 keys: far cheaper than dense on any backend
+    assert 0 < float(rel[1]) < 0.9

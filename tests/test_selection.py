@@ -222,3 +222,24 @@ def test_per_layer_selection_shares_one_pattern_and_uses_the_heads_rms_error():
     sel = select(table, budget=0.3, per_head=False)
     assert all(len(set(row)) == 1 for row in sel.choice.tolist())
     assert sel.density.mean().item() <= 0.3 + 1e-9
+
+
+def test_time_cost_ranks_candidates_by_measured_kernel_time():
+    # candidate 1 is sparser than 2 but its kernel is slower: by time, 2 is the cheaper one
+    time = _t([0.15, 0.60, 0.55, 1.0])
+    table = ErrorTable(("a", "b"), 2, (ds.Full(),) * 4, (0,), ERRORS[None], DENSITY, time=time)
+    by_density = select(table, max_error=0.05)
+    by_time = select(table, max_error=0.05, cost="time")
+    assert by_density.choice.tolist() == [[2, 0], [3, 1]]
+    assert by_time.choice.tolist() == [[2, 0], [3, 2]]  # layer 1 head 1: 0.02 ok at 1 and 2; 2 is faster
+    # the reported density stays the chosen candidates' density
+    assert by_time.density.tolist() == [[0.5, 0.1], [1.0, 0.5]]
+    # budget mode: the budget is a mean relative time
+    sel = select(table, budget=0.5, cost="time")
+    assert float(time[sel.choice].mean()) <= 0.5 + 1e-9
+    with pytest.raises(ValueError, match="cost='time' needs measured kernel times"):
+        select(ErrorTable(("a", "b"), 2, (ds.Full(),) * 4, (0,), ERRORS[None], DENSITY), max_error=0.05, cost="time")
+    with pytest.raises(ValueError, match="cost='flops' must be 'density' or 'time'"):
+        select(table, max_error=0.05, cost="flops")
+    with pytest.raises(ValueError, match="time must be"):
+        ErrorTable(("a", "b"), 2, (ds.Full(),) * 4, (0,), ERRORS[None], DENSITY, time=_t([0.1, 0.0, 0.5, 1.0]))

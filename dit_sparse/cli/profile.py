@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PLAN_JSON", help="where to write the plan")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--max-error", type=float, metavar="E", help="per layer/head: cheapest pattern with error <= E")
-    mode.add_argument("--budget", type=float, metavar="D", help="mean density in (0, 1]; minimise the error")
+    mode.add_argument("--budget", type=float, metavar="D",
+                      help="mean density in (0, 1] (with --cost time: mean kernel time relative to dense); "
+                           "minimise the error")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -46,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-step error above which early steps stay dense")
     p.add_argument("--per-layer", action="store_true",
                    help="one pattern per layer for all its heads (faster on CPU) instead of per head")
+    p.add_argument("--cost", choices=["density", "time"], default="density",
+                   help="rank candidates by density, or by their kernel time measured on this device (time)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -134,7 +138,7 @@ def run(args) -> int:
         width=args.width if args.width is not None else defaults.get("width"),
         num_frames=args.frames if args.frames is not None else defaults.get("num_frames"),
         progress=not args.quiet, dense_bound=args.dense_bound, model_name=name, call_kwargs=call_kwargs,
-        per_head=not args.per_layer)
+        per_head=not args.per_layer, cost=args.cost)
     plan.save(out)
     print(plan.summary())
     print(f"\nwrote {out}")

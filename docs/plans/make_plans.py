@@ -2,6 +2,7 @@
 9 x 128 x 128 on docs/plans/calib.txt, then selections from the same measurement.
 
     python docs/plans/make_plans.py      # ~3 min on 2 cores
+    python docs/plans/make_plans.py --model /tmp/tw --out-dir /tmp/plans   # another WanPipeline folder
 
 Candidates: neighbourhoods and sliding tiles local in space and spanning the clip's 5 latent
 frames, one whole-frame tile (``tile=1x32x32``: every token of the query's frame, as the
@@ -9,12 +10,22 @@ spatial heads of Sparse VideoGen), and a temporal-only neighbourhood (``5x1x1``)
 plans (one pattern for a layer's heads) and per-head ones; the per-layer error table is
 printed so the choice can be checked.
 """
-from dit_sparse.pipelines.profiling import measure
-from dit_sparse.pipelines.tiny import load_embedded_pipeline
+import argparse
+from pathlib import Path
 
-pipe = load_embedded_pipeline()
+from dit_sparse.pipelines.profiling import measure
+from dit_sparse.pipelines.tiny import embedded_model_path
+
+ap = argparse.ArgumentParser(description="profile the README's plans")
+ap.add_argument("--model", default=str(embedded_model_path()), help="WanPipeline folder (default: the embedded model)")
+ap.add_argument("--out-dir", type=Path, default=Path("docs/plans"))
+args = ap.parse_args()
+from diffusers import WanPipeline  # noqa: E402
+
+pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
 prompts = open('docs/plans/calib.txt').read().split('\n')[:2]
 cands = ["neighborhood:kernel=5x9x9", "neighborhood:kernel=5x15x15", "neighborhood:kernel=3x15x15",
+         "neighborhood:kernel=5x21x21", "sliding-tile:tile=1x4x4,window=5x5x5",
          "sliding-tile:tile=1x8x8,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3",
          "sliding-tile:tile=1x4x4,window=5x3x3", "sliding-tile:tile=1x32x32,window=1x1x1",
          "neighborhood:kernel=5x3x3", "neighborhood:kernel=5x1x1"]
@@ -29,7 +40,9 @@ for c, cand in enumerate(t.candidates):
 for name, kw in [("b25", dict(budget=0.25, max_dense_fraction=0.2, per_head=False)),
                  ("b25h", dict(budget=0.25, max_dense_fraction=0.2, per_head=True)),
                  ("b35h", dict(budget=0.35, max_dense_fraction=0.2, per_head=True)),
-                 ("e10", dict(max_error=0.1, max_dense_fraction=0.25, per_head=False))]:
+                 ("e10", dict(max_error=0.1, max_dense_fraction=0.25, per_head=False)),
+                 ("e10h", dict(max_error=0.1, max_dense_fraction=0.25, per_head=True)),
+                 ("e12", dict(max_error=0.12, max_dense_fraction=0.25, per_head=False))]:
     p = m.plan(**kw)
-    p.save(f'docs/plans/plan128_{name}.json')
+    p.save(args.out_dir / f'plan128_{name}.json')
     print(name, p.summary())
