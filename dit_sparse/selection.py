@@ -425,7 +425,8 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
     if cost not in ("density", "time"):
         raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
     if cost == "time" and table.time is None:
-        raise ValueError("cost='time' needs measured kernel times (profile with time_candidates=True)")
+        raise ValueError("cost='time' needs measured kernel times (profile(..., cost='time') or "
+                         "measure(..., time_kernels=True))")
     if not 0.0 <= max_dense_fraction <= 1.0:
         raise ValueError(f"max_dense_fraction={max_dense_fraction!r} must be in [0, 1]")
     num_steps = table.steps[-1] + 1 if num_steps is None else int(num_steps)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -170,8 +171,6 @@ def time_candidates(candidates: Sequence[Pattern], layout, heads: int, head_dim:
     Density is only a proxy for cost: each kernel reaches its own share of 1 / density, so
     :func:`dit_sparse.selection.select` can rank candidates by these times (``cost="time"``).
     """
-    import time as _time
-
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, layout.seq_len, heads, head_dim, generator=g).to(device=device, dtype=dtype)
                for _ in range(3))
@@ -183,10 +182,10 @@ def time_candidates(candidates: Sequence[Pattern], layout, heads: int, head_dim:
             sync()
             times = []
             for _ in range(max(1, int(reps))):
-                start = _time.perf_counter()
+                start = time.perf_counter()
                 sparse_attention(q, k, v, pattern, layout)
                 sync()
-                times.append(_time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
         return min(times)
 
     dense = best(Full())
