@@ -75,8 +75,9 @@ sees the same shapes, colours and sizes either way, and its reconstructions of t
 clips are sharp. Otherwise the DiT used the defaults: frozen seeded text encoder, text
 unpadded in half the steps (``--pad-prob``).
 
-The history below is of the DiTs before ``--high-sigma-frac``; what they lacked explains much
-of it. The loss weight is what made shapes appear. Two earlier DiTs trained with plain MSE (42
+The history below is of the DiTs before ``--high-sigma-frac`` (they ran with what is now
+``--high-sigma-frac 0``; the default became 0.3 with the shipped run); what they lacked
+explains much of it. The loss weight is what made shapes appear. Two earlier DiTs trained with plain MSE (42
 minutes from scratch; and 143.5 minutes in six resumed stages with text-path restarts,
 ``--reinit-text``, ``--text-only-until``, ``--train-text-encoder``: those flags remain for
 such repairs) learned the background colour from the caption and left the shape out: the
@@ -803,7 +804,7 @@ def main(argv=None) -> None:
                    help="train the text encoder too (default: it stays at its seeded random initialisation)")
     p.add_argument("--drop-caption", type=float, default=0.1, help="empty-caption rate (for CFG)")
     p.add_argument("--shift", type=float, default=3.0, help="timestep shift, as the scheduler's")
-    p.add_argument("--high-sigma-frac", type=float, default=0.0,
+    p.add_argument("--high-sigma-frac", type=float, default=0.3,
                    help="share of DiT samples whose sigma is drawn uniformly from [--high-sigma-min, 1]")
     p.add_argument("--high-sigma-min", type=float, default=0.9)
     p.add_argument("--fg-weight-final", type=float, default=None,
