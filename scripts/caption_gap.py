@@ -35,12 +35,15 @@ DATASET_SEED = 778  # not a training seed (training: 0; caption_score: 777)
 VARIANTS = ("true", "wrong", "empty")
 
 
+def latent_stats(vae) -> tuple:
+    """``(mean, std)`` of an ``AutoencoderKLWan``'s config, shaped ``[1, C, 1, 1, 1]``:
+    WanPipeline decodes ``z * std + mean``, so the transformer's units are ``(z - mean) / std``."""
+    return tuple(torch.tensor(v).view(1, -1, 1, 1, 1) for v in (vae.config.latents_mean, vae.config.latents_std))
+
+
 def normalised_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """The VAE posterior mode of ``[N, 3, F, H, W]`` pixels in [-1, 1], in the transformer's
-    units (WanPipeline decodes ``z * std + mean``, so this is ``(z - mean) / std``)."""
-    cfg = pipe.vae.config
-    mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+    """The VAE posterior mode of ``[N, 3, F, H, W]`` pixels in [-1, 1], in the transformer's units."""
+    mean, std = latent_stats(pipe.vae)
     return (pipe.vae.encode(pixels).latent_dist.mode() - mean) / std
 
 

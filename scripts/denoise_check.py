@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_clips  # noqa: E402
+from caption_gap import latent_stats  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -38,8 +39,7 @@ def main(argv=None) -> None:
 
     pipe = WanPipeline.from_pretrained(args.model or str(embedded_model_path()))
     vae, transformer = pipe.vae, pipe.transformer
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    mean, std = latent_stats(vae)
     x, captions = tiny_clips.make_batch(args.seed, 0, args.clips)
     x = torch.from_numpy(x)
     n = len(captions)

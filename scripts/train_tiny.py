@@ -100,13 +100,13 @@ both 42 minutes from scratch with ``--autocast bf16 --threads 2`` on the shipped
     --sparse-prob 0.65                                 # 2,778 steps (96 px; text encoder in fp32)
 
 Both made the attention at 128 px far more local (the second: the budget-0.25 plan's relative
-errors per layer 0.13 / 0.16 / 0.24 against 0.27 / 0.43 / 0.41 for the shipped DiT; the
+errors per layer 0.13 / 0.16 / 0.24 against 0.27 / 0.43 / 0.41 for the then shipped DiT; the
 README's bench with sliding tile 5x1x3 at 1.78x: 17.2 dB against 13.0 dB), but at 64 px both
 paint the captioned shape and background colours in patches of similar size instead of one
 blob on one background (with local attention each region decides for itself which colour it
-carries), so neither was shipped. A 12-minute fine-tune of the shipped DiT the same way
+carries), so neither was shipped. A 12-minute fine-tune of the then shipped DiT the same way
 (``--extend --minutes 12 --dit-lr 3e-4 --sparse-prob 0.5 --autocast bf16``, 790 more steps)
-kept one blob on one background and drew cleaner blobs at 64 px than the shipped strip (the
+kept one blob on one background and drew cleaner blobs at 64 px than its strip (the
 extra steps, more likely than the sparsity), but was no more local at 128 px (sliding tile
 5x1x3 12.8 dB at 1.81x; per-head budget-0.25 plan 16.6 dB at 1.59x) and puts the recipe at
 104 minutes. Leads: sparse steps only at low noise (sigma < ~0.6, after the layout is set);
@@ -115,13 +115,13 @@ a cheaper autoencoder recipe to give the DiT more of the 90 minutes.
 ``scripts/caption_score.py`` puts numbers on "recognisable" (24 unseen captions; share of
 clips whose most common colour is the captioned background / whose shape colour is second /
 whose shape moves the captioned way / whose outline matches; true clips: 1 / 1 / 1 / 1).
-The shipped DiT: 0.17 / 0.17 / 0.21 / 0.33 (chance), the shape's colour spreading over most
-of the frame. Two more 42-minute DiTs from scratch on the shipped autoencoder, not shipped:
+The DiT shipped until 2026-11-30: 0.17 / 0.17 / 0.21 / 0.33 (chance), the shape's colour
+spreading over most of the frame. Two more 42-minute DiTs from scratch on the shipped autoencoder, not shipped:
 
     --autocast bf16                      # 2,580 steps: 0.21 / 0.21 / 0.04 / 0.33
     --autocast bf16 --fg-weight 1        # 2,650 steps: 0.21 / 0.25 / 0.00 / 0.33, stray 0.62
 
-The first draws much like the shipped one (cleaner in two rows of the strip, worse in one);
+The first draws much like that one (cleaner in two rows of the strip, worse in one);
 in the second the caption never took hold (yellow and white fields for every caption, text
 gap ~0 throughout). The spreading colour is what the loss weight asks for: where the shape
 is with probability p, the weighted MSE is minimised by a prediction (1 + w) p / ((1 + w) p
@@ -650,7 +650,7 @@ def train_dit(args) -> None:
     text_encoder.train()
     # bf16 autocast: the matmuls run on the CPU's bf16 units (AVX512-BF16); weights, optimizer
     # and loss stay fp32. Measured on the 2-core AMD EPYC, 90 s from scratch: 96 steps vs 77
-    # in fp32 (1.25x), the same loss curve. Not used for the shipped weights.
+    # in fp32 (1.25x), the same loss curve. Used for the shipped weights.
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
                 else contextlib.nullcontext())
     t0, last_save, run = time.time() - state["elapsed"], time.time(), []

@@ -34,7 +34,7 @@ cands = ["neighborhood:kernel=5x9x9", "neighborhood:kernel=5x15x15", "neighborho
          "neighborhood:kernel=5x3x3", "neighborhood:kernel=5x1x1"]
 m = measure(pipe, prompts, candidates=cands, num_inference_steps=20, sample_steps=[0, 2, 4, 6, 8, 10, 12, 14, 16, 18],
             height=128, width=128, num_frames=9, progress=False, call_kwargs=dict(guidance_scale=4.0),
-            time_kernels=True, model_name=None if args.model != str(embedded_model_path()) else "embedded:tiny-wan")
+            time_kernels=True, model_name="embedded:tiny-wan" if args.model == str(embedded_model_path()) else None)
 t = m.table
 err = t.errors.mean(0)  # [layers, heads, candidates], mean over the sampled steps
 print("mean relative error per layer (heads averaged):", ", ".join(t.layers))
