@@ -2,8 +2,9 @@
 
 A plan says, for every self-attention layer of one model (and optionally for every head),
 which pattern to run, with the error and density measured when it was chosen, plus how many
-early denoising steps stay dense. It is plain JSON (format ``"dit-sparse-plan"``, version
-1), written atomically, validated field by field on load, never pickled::
+early denoising steps stay dense, and optionally later phases of the schedule with patterns
+of their own. It is plain JSON (format ``"dit-sparse-plan"``, version 1, or 2 when it has
+phases), written atomically, validated field by field on load, never pickled::
 
     {
       "format": "dit-sparse-plan", "version": 1,
@@ -25,7 +26,15 @@ early denoising steps stay dense. It is plain JSON (format ``"dit-sparse-plan"``
     }
 
 A layer entry holds either one ``pattern`` for all heads or a ``heads`` list (one entry per
-head); its ``error``/``density`` are the means over heads. ``profile.candidates`` lists
+head); its ``error``/``density`` are the means over heads.
+
+Phases (version 2): ``"phases": [{"start_step": 10, "layers": [...]}, ...]`` with
+strictly increasing start steps; from its start step on (until the next phase's), a phase's
+layer entries (same form as ``layers``, every layer listed, ``{"kind": "full"}`` keeps one
+dense) replace the top-level ones, which run from the end of the dense warm-up. Steps are
+absolute indices of the denoising loop, like ``dense_steps``. Late denoising steps, which
+refine details the early ones laid out, tolerate sparser patterns (the step-wise split of
+DiTFastAttn and of Sparse VideoGen's dense warm-up, carried one phase further). ``profile.candidates`` lists
 every candidate with its mean error and density over all layers and heads (what each would
 give if applied uniformly).
 
@@ -34,7 +43,7 @@ receptive field, and a window larger than an axis covers the axis (the patterns'
 clamping). Applying at a grid other than the profiled one warns (:class:`PlanGridWarning`).
 
 ``Plan`` implements the protocol of :func:`dit_sparse.apply` (``patterns_for``,
-``dense_steps``), plus ``check_used`` (the layer set must match), ``validate_for`` (called by
+``dense_steps``, ``phase_starts``), plus ``check_used`` (the layer set must match), ``validate_for`` (called by
 ``apply`` on the target) and ``check_grid`` (called with each forward's grid).
 """
 
@@ -55,7 +64,7 @@ from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
 from .report import format_table
 
 FORMAT = "dit-sparse-plan"
-VERSION = 1
+VERSION = 2  # the newest version read; a plan without phases is written as version 1
 
 
 class PlanGridWarning(UserWarning):
@@ -224,7 +233,8 @@ class ModelInfo:
 
 _PROFILE_REQUIRED = ("grid", "text_len", "num_inference_steps", "sampled_steps", "seeds", "num_prompts",
                      "prompts_sha256", "mode", "versions")
-_PROFILE_OPTIONAL = ("height", "width", "num_frames", "max_error", "budget", "dense_bound", "candidates", "cost")
+_PROFILE_OPTIONAL = ("height", "width", "num_frames", "max_error", "budget", "dense_bound", "candidates", "cost",
+                     "phase_values")
 
 
 class Plan:
@@ -237,30 +247,44 @@ class Plan:
         model: :class:`ModelInfo`.
         profile: what it was profiled on (dict; see the module docstring).
         dense_steps: early steps that run dense.
-        layers: ``{layer name: LayerPlan}`` in the model's order.
+        layers: ``{layer name: LayerPlan}`` in the model's order, run from the end of the
+            warm-up until the first phase.
+        phases: ``((start_step, {layer name: LayerPlan}), ...)``: later phases of the
+            schedule, each from its start step until the next one's (module docstring).
     """
 
-    def __init__(self, model: ModelInfo, profile: Dict[str, Any], dense_steps: int, layers: Sequence[LayerPlan]):
+    def __init__(self, model: ModelInfo, profile: Dict[str, Any], dense_steps: int, layers: Sequence[LayerPlan],
+                 phases: Sequence[Tuple[int, Sequence[LayerPlan]]] = ()):
         self.model = model
         self.profile = dict(profile)
         self.dense_steps = int(dense_steps)
         self.layers: Dict[str, LayerPlan] = {layer.name: layer for layer in layers}
+        self.phases: Tuple[Tuple[int, Dict[str, LayerPlan]], ...] = tuple(
+            (int(start), {layer.name: layer for layer in entries}) for start, entries in phases)
         self._warned_grids = set()
         self._check()
 
     # --- consistency -----------------------------------------------------------------
     def _check(self):
-        if list(self.layers) != list(self.model.layers):
-            missing = [n for n in self.model.layers if n not in self.layers]
-            extra = [n for n in self.layers if n not in self.model.layers]
+        self._check_layers(self.layers, "['layers']")
+        starts = [start for start, _ in self.phases]
+        if any(s < 1 for s in starts) or starts != sorted(set(starts)):
+            _fail("['phases']", f"start steps must be strictly increasing ints >= 1, got {starts}")
+        for i, (_, layers) in enumerate(self.phases):
+            self._check_layers(layers, f"['phases'][{i}]['layers']")
+
+    def _check_layers(self, layers: Dict[str, LayerPlan], where: str):
+        if list(layers) != list(self.model.layers):
+            missing = [n for n in self.model.layers if n not in layers]
+            extra = [n for n in layers if n not in self.model.layers]
             if missing or extra:
-                _fail("['layers']", f"layer entries must match ['model']['layers']: missing {_short(missing)}, "
-                                    f"unexpected {_short(extra)}")
-            _fail("['layers']", "layer entries must be in the order of ['model']['layers']")
-        for i, layer in enumerate(self.layers.values()):
+                _fail(where, f"layer entries must match ['model']['layers']: missing {_short(missing)}, "
+                             f"unexpected {_short(extra)}")
+            _fail(where, "layer entries must be in the order of ['model']['layers']")
+        for i, layer in enumerate(layers.values()):
             if len(layer.heads) != self.model.heads:
-                _fail(f"['layers'][{i}]", f"layer {layer.name!r} has {len(layer.heads)} head entries but the model "
-                                          f"has heads={self.model.heads}")
+                _fail(f"{where}[{i}]", f"layer {layer.name!r} has {len(layer.heads)} head entries but the model "
+                                       f"has heads={self.model.heads}")
 
     # --- the apply protocol ----------------------------------------------------------
     @property
@@ -269,11 +293,24 @@ class Plan:
 
     @property
     def all_full(self) -> bool:
-        return all(isinstance(p, Full) for layer in self.layers.values() for p in layer.patterns)
+        return all(isinstance(p, Full) for layers in self._tables() for layer in layers.values()
+                   for p in layer.patterns)
 
-    def patterns_for(self, layer_name: str, num_heads: int):
-        """Per-head patterns of ``layer_name``, or None for a layer that stays dense."""
-        layer = self.layers.get(layer_name)
+    @property
+    def phase_starts(self) -> Tuple[int, ...]:
+        """Start steps of the phases after the first (empty for a plan without phases)."""
+        return tuple(start for start, _ in self.phases)
+
+    def _tables(self) -> List[Dict[str, LayerPlan]]:
+        return [self.layers] + [layers for _, layers in self.phases]
+
+    def patterns_for(self, layer_name: str, num_heads: int, phase: int = 0):
+        """Per-head patterns of ``layer_name`` in ``phase`` (0: the top-level layers, ``i``:
+        ``phases[i - 1]``), or None for a layer that stays dense there."""
+        tables = self._tables()
+        if not 0 <= phase < len(tables):
+            raise ValueError(f"phase={phase} must be in [0, {len(tables)}) for a plan with {len(self.phases)} phases")
+        layer = tables[phase].get(layer_name)
         if layer is None:
             raise ValueError(f"plan for {self.model.cls} has no layer {layer_name!r}; its layers: "
                              f"{_short(list(self.layers))}")
@@ -327,25 +364,46 @@ class Plan:
             raise ValueError("plan does not fit this model: " + "; ".join(diffs))
 
     # --- numbers ---------------------------------------------------------------------
+    def phase_steps(self, num_steps: Optional[int] = None) -> List[int]:
+        """How many of ``num_steps`` (default: the profiled count) steps each phase runs
+        (the top-level layers first), after the dense warm-up."""
+        n = int(self.profile["num_inference_steps"]) if num_steps is None else int(num_steps)
+        bounds = [self.dense_steps] + [max(s, self.dense_steps) for s in self.phase_starts] + [max(n, self.dense_steps)]
+        return [max(0, min(b, n) - min(a, n)) for a, b in zip(bounds, bounds[1:])]
+
+    def _mean(self, what: str) -> float:
+        counts = self.phase_steps()
+        if sum(counts) == 0:
+            counts = [1] + [0] * len(self.phases)
+        total = 0.0
+        for count, layers in zip(counts, self._tables()):
+            heads = [h for layer in layers.values() for h in layer.heads]
+            total += count * sum(getattr(h, what) for h in heads) / len(heads)
+        return total / sum(counts)
+
     @property
     def mean_density(self) -> float:
-        """Mean density over all layers and heads on the sparse steps."""
-        heads = [h for layer in self.layers.values() for h in layer.heads]
-        return sum(h.density for h in heads) / len(heads)
+        """Mean density over all layers and heads on the sparse steps (phases weighted by
+        their number of steps at the profiled step count)."""
+        return self._mean("density")
 
     @property
     def mean_error(self) -> float:
-        heads = [h for layer in self.layers.values() for h in layer.heads]
-        return sum(h.error for h in heads) / len(heads)
+        return self._mean("error")
 
     def density_matrix(self) -> List[List[float]]:
-        """``[layers][heads]`` chosen densities (for pictures)."""
+        """``[layers][heads]`` chosen densities of the first sparse phase (for pictures)."""
         return [[h.density for h in layer.heads] for layer in self.layers.values()]
 
     # --- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "profile": self.profile,
-                "dense_steps": self.dense_steps, "layers": [layer.to_dict() for layer in self.layers.values()]}
+        out = {"format": FORMAT, "version": 2 if self.phases else 1, "model": self.model.to_dict(),
+               "profile": self.profile, "dense_steps": self.dense_steps,
+               "layers": [layer.to_dict() for layer in self.layers.values()]}
+        if self.phases:
+            out["phases"] = [{"start_step": start, "layers": [layer.to_dict() for layer in layers.values()]}
+                             for start, layers in self.phases]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
@@ -353,11 +411,13 @@ class Plan:
     @classmethod
     def from_dict(cls, data) -> "Plan":
         """Validate every field of a plan document; errors name the field's JSON path."""
-        data = _dict(data, "", ("format", "version", "model", "profile", "dense_steps", "layers"))
+        data = _dict(data, "", ("format", "version", "model", "profile", "dense_steps", "layers"), ("phases",))
         if data["format"] != FORMAT:
             _fail("['format']", f"is {data['format']!r}, expected {FORMAT!r} (not a dit-sparse plan)")
-        if isinstance(data["version"], bool) or data["version"] != VERSION:
-            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads version {VERSION}")
+        if isinstance(data["version"], bool) or data["version"] not in (1, 2):
+            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads versions 1 and 2")
+        if "phases" in data and data["version"] < 2:
+            _fail("['phases']", "needs ['version'] 2 (version 1 plans have no phases)")
         m = _dict(data["model"], "['model']", ("class", "name_or_path", "heads", "head_dim", "layers"))
         layer_names = tuple(_str(n, f"['model']['layers'][{i}]") for i, n in enumerate(_list(m["layers"],
                                                                                              "['model']['layers']")))
@@ -371,29 +431,14 @@ class Plan:
                           _int(m["heads"], "['model']['heads']", 1), _int(m["head_dim"], "['model']['head_dim']", 1))
         profile = cls._check_profile(data["profile"])
         dense_steps = _int(data["dense_steps"], "['dense_steps']", 0)
-        layers = []
-        for i, entry in enumerate(_list(data["layers"], "['layers']")):
-            where = f"['layers'][{i}]"
-            entry = _dict(entry, where, ("name", "error", "density"), ("pattern", "heads"))
-            name = _str(entry["name"], f"{where}['name']")
-            _num(entry["error"], f"{where}['error']")
-            _num(entry["density"], f"{where}['density']", 0.0, 1.0)
-            if ("pattern" in entry) == ("heads" in entry):
-                _fail(where, "needs exactly one of 'pattern' (all heads) and 'heads' (one entry per head)")
-            if "pattern" in entry:
-                choice = HeadChoice(_pattern(entry["pattern"], f"{where}['pattern']"), float(entry["error"]),
-                                    float(entry["density"]))
-                heads = (choice,) * model.heads
-            else:
-                heads = []
-                for j, h in enumerate(_list(entry["heads"], f"{where}['heads']")):
-                    hw = f"{where}['heads'][{j}]"
-                    h = _dict(h, hw, ("pattern", "error", "density"))
-                    heads.append(HeadChoice(_pattern(h["pattern"], f"{hw}['pattern']"), _num(h["error"], f"{hw}['error']"),
-                                            _num(h["density"], f"{hw}['density']", 0.0, 1.0)))
-                heads = tuple(heads)
-            layers.append(LayerPlan(name, heads))
-        return cls(model, profile, dense_steps, layers)
+        layers = _layer_entries(data["layers"], "['layers']", model)
+        phases = []
+        for i, phase in enumerate(_list(data.get("phases", []), "['phases']")):
+            where = f"['phases'][{i}]"
+            phase = _dict(phase, where, ("start_step", "layers"))
+            phases.append((_int(phase["start_step"], f"{where}['start_step']", 1),
+                           _layer_entries(phase["layers"], f"{where}['layers']", model)))
+        return cls(model, profile, dense_steps, layers, phases)
 
     @staticmethod
     def _check_profile(value) -> dict:
@@ -421,6 +466,8 @@ class Plan:
             _fail(f"{w}['cost']", f"must be 'density' or 'time', got {p['cost']!r}")
         if p.get(p["mode"]) is None:
             _fail(f"{w}['{p['mode']}']", f"must be set when mode is {p['mode']!r}")
+        for i, v in enumerate(_list(p.get("phase_values", []), f"{w}['phase_values']")):
+            _num(v, f"{w}['phase_values'][{i}]")
         for key in ("height", "width", "num_frames"):
             _opt_int(p.get(key), f"{w}['{key}']")
         versions = _dict(p["versions"], f"{w}['versions']", ("dit_sparse",), ("torch", "diffusers", "transformers"))
@@ -479,6 +526,11 @@ class Plan:
         mode = f"max_error={p['max_error']}" if p["mode"] == "max_error" else f"budget={p['budget']}"
         if p.get("cost", "density") != "density":
             mode += f", cost={p['cost']}"
+        if self.phases:
+            values = p.get("phase_values")
+            mode += ", phases from steps " + ", ".join(
+                str(start) + (f" ({p['mode']}={values[i]})" if values and i < len(values) else "")
+                for i, start in enumerate(self.phase_starts))
         lines = [
             f"dit-sparse plan for {self.model.cls} ({self.model.name_or_path or 'unnamed'}): "
             f"{len(self.layers)} layers x {self.model.heads} heads, head_dim {self.model.head_dim}",
@@ -488,18 +540,52 @@ class Plan:
             f"mean error {self.mean_error:.4f}",
             "",
         ]
-        rows = [("layer", "heads", "pattern", "density", "error")]
-        for layer in self.layers.values():
-            groups = _runs(layer.heads)
-            for g, (h0, h1, pattern, dens, err) in enumerate(groups):
-                heads = str(h0) if h1 == h0 + 1 else f"{h0}-{h1 - 1}"
-                rows.append((layer.name if g == 0 else "", heads, pattern_spec(pattern), f"{dens:.3f}", f"{err:.4f}"))
-        lines.append(format_table(rows, left=3))
+        starts = [self.dense_steps] + list(self.phase_starts)
+        ends = list(self.phase_starts) + [int(p["num_inference_steps"])]
+        rows = [("steps", "layer", "heads", "pattern", "density", "error") if self.phases else
+                ("layer", "heads", "pattern", "density", "error")]
+        for a, b, layers in zip(starts, ends, self._tables()):
+            first = True
+            for layer in layers.values():
+                for g, (h0, h1, pattern, dens, err) in enumerate(_runs(layer.heads)):
+                    heads = str(h0) if h1 == h0 + 1 else f"{h0}-{h1 - 1}"
+                    row = (layer.name if g == 0 else "", heads, pattern_spec(pattern), f"{dens:.3f}", f"{err:.4f}")
+                    rows.append(((f"{a}-{b - 1}" if first else "",) + row) if self.phases else row)
+                    first = False
+        lines.append(format_table(rows, left=4 if self.phases else 3))
         return "\n".join(lines)
 
     def __repr__(self):
-        return (f"Plan({self.model.cls}, {len(self.layers)} layers, dense_steps={self.dense_steps}, "
+        phases = f", phase_starts={list(self.phase_starts)}" if self.phases else ""
+        return (f"Plan({self.model.cls}, {len(self.layers)} layers, dense_steps={self.dense_steps}{phases}, "
                 f"mean_density={self.mean_density:.3f})")
+
+
+def _layer_entries(value, where_list: str, model: ModelInfo) -> List[LayerPlan]:
+    """The layer entries of ``['layers']`` or of a phase, validated."""
+    layers = []
+    for i, entry in enumerate(_list(value, where_list)):
+        where = f"{where_list}[{i}]"
+        entry = _dict(entry, where, ("name", "error", "density"), ("pattern", "heads"))
+        name = _str(entry["name"], f"{where}['name']")
+        _num(entry["error"], f"{where}['error']")
+        _num(entry["density"], f"{where}['density']", 0.0, 1.0)
+        if ("pattern" in entry) == ("heads" in entry):
+            _fail(where, "needs exactly one of 'pattern' (all heads) and 'heads' (one entry per head)")
+        if "pattern" in entry:
+            choice = HeadChoice(_pattern(entry["pattern"], f"{where}['pattern']"), float(entry["error"]),
+                                float(entry["density"]))
+            heads = (choice,) * model.heads
+        else:
+            heads = []
+            for j, h in enumerate(_list(entry["heads"], f"{where}['heads']")):
+                hw = f"{where}['heads'][{j}]"
+                h = _dict(h, hw, ("pattern", "error", "density"))
+                heads.append(HeadChoice(_pattern(h["pattern"], f"{hw}['pattern']"), _num(h["error"], f"{hw}['error']"),
+                                        _num(h["density"], f"{hw}['density']", 0.0, 1.0)))
+            heads = tuple(heads)
+        layers.append(LayerPlan(name, heads))
+    return layers
 
 
 def _runs(heads: Sequence[HeadChoice]):

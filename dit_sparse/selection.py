@@ -192,9 +192,12 @@ class ErrorTable:
         if not torch.isfinite(self.density).all() or (self.density < 0).any() or (self.density > 1 + 1e-9).any():
             raise ValueError("densities must be in [0, 1]")
 
-    def combined(self, first_step: int = 0) -> torch.Tensor:
-        """``[L, H, C]`` error over the sampled steps ``>= first_step`` (weighted RMS)."""
-        keep = torch.tensor([s >= first_step for s in self.steps])
+    def combined(self, first_step: int = 0, end_step: Optional[int] = None) -> torch.Tensor:
+        """``[L, H, C]`` error over the sampled steps in ``[first_step, end_step)`` (weighted
+        RMS); with none there, the last sampled step ``>= first_step`` (or the last one)."""
+        keep = torch.tensor([s >= first_step and (end_step is None or s < end_step) for s in self.steps])
+        if not keep.any() and end_step is not None:
+            keep = torch.tensor([s >= first_step for s in self.steps])
         if not keep.any():
             keep = torch.zeros(len(self.steps), dtype=torch.bool)
             keep[-1] = True
@@ -385,7 +388,9 @@ class Selection:
         step_errors: ``[N]`` error of the chosen patterns at each sampled step.
         mode, value: ``"max_error"`` or ``"budget"`` and its value.
         dense_bound: the per-step error above which a leading step stays dense.
-        step_errors is of the final choice; the warm-up was decided on the reference choice.
+        phases: one :class:`PhaseSelection` per later phase (``select(..., phases=)``).
+        step_errors is of the final choice (the first phase's patterns at every sampled
+        step); the warm-up was decided on the reference choice.
     """
 
     choice: torch.Tensor
@@ -396,11 +401,43 @@ class Selection:
     mode: str
     value: float
     dense_bound: float
+    phases: Tuple["PhaseSelection", ...] = ()
+
+
+@dataclass
+class PhaseSelection:
+    """A later phase of a :class:`Selection`: from ``start`` (a step) on, ``choice`` (with
+    its ``errors`` and ``density``, ``[L, H]``, over the phase's sampled steps) chosen
+    under ``value`` (a ``max_error`` or ``budget`` like the selection's mode)."""
+
+    start: int
+    value: float
+    choice: torch.Tensor
+    errors: torch.Tensor
+    density: torch.Tensor
+
+
+def check_phases(phases, mode: str) -> List[Tuple[int, float]]:
+    """``[(start_step, value), ...]`` validated: ints >= 1 strictly increasing, values valid
+    for ``mode`` (an error bound >= 0, or a budget in (0, 1])."""
+    out = []
+    for i, item in enumerate(phases or ()):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"phases[{i}]={item!r} must be a (start_step, {mode}) pair")
+        start, value = item
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            raise ValueError(f"phases[{i}] start step {start!r} must be an int >= 1")
+        if out and start <= out[-1][0]:
+            raise ValueError(f"phases[{i}] start step {start} must be larger than the previous one ({out[-1][0]})")
+        check_mode(value if mode == "max_error" else None, value if mode == "budget" else None)
+        out.append((start, float(value)))
+    return out
 
 
 def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Optional[float] = None,
            num_steps: Optional[int] = None, dense_bound: Optional[float] = None,
-           max_dense_fraction: float = 0.5, per_head: bool = True, cost: str = "density") -> Selection:
+           max_dense_fraction: float = 0.5, per_head: bool = True, cost: str = "density",
+           phases: Optional[Sequence[Tuple[int, float]]] = None) -> Selection:
     """Choose per layer and head patterns and the dense warm-up from an :class:`ErrorTable`.
 
     1. Select on the later half of the sampled steps (:func:`select_max_error` or
@@ -420,8 +457,15 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
     differ in how close they come to 1 / density (on the 2-core CPU a sliding tile of 8 x 8
     tiles runs at ~100% of it, a neighbourhood or a 4 x 4 tiling at ~80%), so the cheapest
     pattern by density need not be the fastest.
+
+    ``phases``: ``[(start_step, value), ...]`` splits the sparse steps at those steps; the
+    first phase (from the warm-up on) is chosen under ``max_error``/``budget`` on its own
+    sampled steps, each later phase under its ``value`` (same mode) on its own. Late steps
+    refine what the early ones laid out and tolerate more error (measured end to end on the
+    embedded model: see the README), so a larger bound there buys speed cheaply.
     """
     mode, value = check_mode(max_error, budget)
+    phases = check_phases(phases, mode)
     if cost not in ("density", "time"):
         raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
     if cost == "time" and table.time is None:
@@ -431,32 +475,49 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
         raise ValueError(f"max_dense_fraction={max_dense_fraction!r} must be in [0, 1]")
     num_steps = table.steps[-1] + 1 if num_steps is None else int(num_steps)
 
-    def run(first_step):
-        errors = table.combined(first_step)
+    def run(first_step, end_step=None, bound=value):
+        errors = table.combined(first_step, end_step)
         density = table.density if cost == "density" else table.time.expand_as(table.density)
         if not per_head:
             errors, density = errors.pow(2).mean(1, keepdim=True).sqrt(), density.mean(1, keepdim=True)
         if mode == "max_error":
-            choice = select_max_error(errors, density, value)
+            choice = select_max_error(errors, density, bound)
         else:
-            choice = select_budget(errors, density, value, "density" if cost == "density" else "relative time")
+            choice = select_budget(errors, density, bound, "density" if cost == "density" else "relative time")
         return choice.expand(-1, table.heads).contiguous()
 
-    # The reference: patterns chosen for the later half of the sampled steps, which run sparse
-    # whatever the warm-up; early steps they do not fit stay dense.
-    half = table.steps[len(table.steps) // 2]
-    per_step = step_errors(table, run(half))
+    def chosen(choice, first_step, end_step=None):
+        combined = table.combined(first_step, end_step)
+        return (combined.gather(-1, choice[..., None])[..., 0],
+                table.density.gather(-1, choice[..., None])[..., 0])
+
+    for start, _ in phases:
+        if start > table.steps[-1]:
+            raise ValueError(f"phase start step {start} is after the last sampled step ({table.steps[-1]}): "
+                             "sample the steps of every phase")
+
+    # The reference: patterns chosen for the later half of the first phase's sampled steps,
+    # which run sparse whatever the warm-up; early steps they do not fit stay dense.
+    first_start = phases[0][0] if phases else None
+    n_first = sum(1 for s in table.steps if first_start is None or s < first_start) or len(table.steps)
+    half = table.steps[n_first // 2]
+    per_step = step_errors(table, run(half, first_start))
     if dense_bound is None:
-        late = per_step[len(table.steps) // 2:]
+        late = per_step[n_first // 2:n_first]
         dense_bound = value if mode == "max_error" else 2.0 * float(late.median())
     max_dense = math.floor(max_dense_fraction * num_steps)
     dense = choose_dense_steps(per_step.tolist(), table.steps, dense_bound, max_dense)
-    choice = run(dense)
+    ends = [start for start, _ in phases] + [None]
+    first_end = ends[0] if ends[0] is not None and ends[0] > dense else None
+    choice = run(dense, first_end)
     per_step = step_errors(table, choice)
-    combined = table.combined(dense)
-    chosen_err = combined.gather(-1, choice[..., None])[..., 0]
-    chosen_den = table.density.gather(-1, choice[..., None])[..., 0]
-    return Selection(choice, chosen_err, chosen_den, dense, per_step, mode, value, float(dense_bound))
+    chosen_err, chosen_den = chosen(choice, dense, first_end)
+    later = []
+    for (start, bound), end in zip(phases, ends[1:]):
+        first = max(start, dense)
+        c = run(first, end, bound)
+        later.append(PhaseSelection(start, bound, c, *chosen(c, first, end)))
+    return Selection(choice, chosen_err, chosen_den, dense, per_step, mode, value, float(dense_bound), tuple(later))
 
 
 # --------------------------------------------------------------------------------------
@@ -523,5 +584,5 @@ def default_candidates(grid) -> List[Pattern]:
     return out
 
 
-__all__ = ["ErrorTable", "Selection", "candidate_errors", "check_mode", "choose_dense_steps", "default_candidates",
+__all__ = ["ErrorTable", "PhaseSelection", "Selection", "candidate_errors", "check_mode", "check_phases", "choose_dense_steps", "default_candidates",
            "head_density", "select", "select_budget", "select_max_error", "step_errors"]

@@ -10,7 +10,10 @@
   is an error;
 * a plan: any object with ``patterns_for(layer_name, num_heads)`` returning a pattern, a
   list of per-head patterns, or ``None`` (leave the layer dense), and ``dense_steps``
-  (:class:`PatternSource`). Plain patterns and dicts are normalised into this form.
+  (:class:`PatternSource`). Plain patterns and dicts are normalised into this form. A
+  source with a ``phase_starts`` tuple of increasing steps (a :class:`~dit_sparse.Plan`
+  with phases) is also asked ``patterns_for(layer_name, num_heads, phase)`` for each
+  ``phase`` from 1 on, which run from those steps.
 
 Layer names are the transformer's own ``named_modules()`` names (``blocks.3.attn1``); in a
 pipeline with a second expert (Wan 2.2) the second transformer's names are prefixed with
@@ -165,7 +168,11 @@ class SparseHandle:
     """What :func:`apply` did; ``remove()`` undoes it exactly.
 
     Attributes:
-        layers: ``{layer name: tuple of per-head patterns}`` of the sparsified layers.
+        layers: ``{layer name: tuple of per-head patterns}`` of the sparsified layers (the
+            first sparse phase of a plan with phases; ``Full`` heads where a layer is dense
+            in it).
+        phases: ``[(start_step, {layer name: patterns}), ...]``: the later phases of a plan
+            with phases (empty otherwise).
         steps: the step tracker; ``steps.log`` lists ``(step, timestep, ran_sparse)`` for
             the steps of the latest pipeline call.
         dense_steps: as given (int or fraction).
@@ -173,6 +180,7 @@ class SparseHandle:
 
     def __init__(self, steps: hooks.StepTracker, dense_steps):
         self.layers: Dict[str, Tuple[Pattern, ...]] = {}
+        self.phases: List[Tuple[int, Dict[str, Tuple[Pattern, ...]]]] = []
         self.steps = steps
         self.dense_steps = dense_steps
         self._undo: List[Any] = []
@@ -206,8 +214,8 @@ class SparseHandle:
         return f"SparseHandle({state}, dense_steps={self.dense_steps})"
 
 
-def _layer_patterns(source, name: str, heads: int):
-    value = source.patterns_for(name, heads)
+def _layer_patterns(source, name: str, heads: int, phase: int = 0):
+    value = source.patterns_for(name, heads, phase) if phase else source.patterns_for(name, heads)
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
@@ -249,8 +257,10 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
             previous.remove()
 
     attention_fn = _attention_fn or sparse_attention
-    steps = hooks.StepTracker(dense_steps, pipeline)
+    phase_starts = tuple(getattr(source, "phase_starts", ()))
+    steps = hooks.StepTracker(dense_steps, pipeline, phase_starts)
     handle = SparseHandle(steps, dense_steps)
+    handle.phases = [(start, {}) for start in phase_starts]
     all_names: List[str] = []
     plan: List[Tuple[Adapter, torch.nn.Module, hooks.ForwardState, List[Tuple[str, torch.nn.Module, tuple]]]] = []
     for (prefix, model), adapter in zip(models, adapters):
@@ -262,9 +272,10 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
                 continue
             full_name = prefix + name
             all_names.append(full_name)
-            patterns = _layer_patterns(source, full_name, int(module.heads))
-            if patterns is not None:
-                chosen.append((full_name, module, patterns))
+            phases = [_layer_patterns(source, full_name, int(module.heads), phase)
+                      for phase in range(len(phase_starts) + 1)]
+            if any(p is not None for p in phases):
+                chosen.append((full_name, module, phases))
         plan.append((adapter, model, state, chosen))
     if hasattr(source, "check_used"):
         source.check_used(all_names)
@@ -279,15 +290,18 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
         for adapter, model, state, chosen in plan:
             if not chosen:
                 continue
-            for name, module, patterns in chosen:
+            for name, module, phases in chosen:
                 original = module.processor
                 if isinstance(original, torch.nn.Module):
                     raise TypeError(f"layer {name!r} uses {type(original).__name__}, a processor with weights "
                                     "(e.g. IP-Adapter); dit_sparse does not wrap those")
-                layer = hooks.SparseLayer(name, int(module.heads), patterns, state, attention_fn, backend)
+                layer = hooks.SparseLayer(name, int(module.heads), phases, state, attention_fn, backend)
                 module.processor = hooks.wrap_processor(original, layer)
                 handle._undo.append(lambda module=module, original=original: setattr(module, "processor", original))
-                handle.layers[name] = patterns
+                dense = (Full(),) * int(module.heads)
+                handle.layers[name] = dense if phases[0] is None else phases[0]
+                for i, p in enumerate(phases[1:]):
+                    handle.phases[i][1][name] = dense if p is None else p
             key = hooks.install_shim(adapter)
             handle._undo.append(lambda key=key: hooks.uninstall_shim(key))
             handle._undo.append(hooks.register_hook(model, hooks.SparseAttentionHook(state)))

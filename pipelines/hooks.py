@@ -87,12 +87,18 @@ class StepTracker:
     fraction in (0, 1) of the run's steps, resolved at the start of each run from the
     pipeline's scheduler (``ceil(fraction * steps)`` steps run dense).
 
+    ``phase_starts`` (increasing steps) split the sparse steps into phases: ``phase`` is how
+    many of them the current step has reached (0 before the first), and picks the patterns
+    of a plan with phases.
+
     ``log`` holds one ``(step, timestep, sparse)`` entry per step of the latest run.
     """
 
-    def __init__(self, dense_steps, pipeline=None):
+    def __init__(self, dense_steps, pipeline=None, phase_starts: Sequence[int] = ()):
         self.dense_steps = dense_steps
         self.pipeline = pipeline
+        self.phase_starts = tuple(int(s) for s in phase_starts)
+        self.phase = 0
         self.step = 0
         self.last: Optional[float] = None
         self.dense_resolved = 0
@@ -120,6 +126,7 @@ class StepTracker:
         if value is not None:
             self.last = value
         self.sparse_now = self.step >= self.dense_resolved
+        self.phase = sum(1 for start in self.phase_starts if self.step >= start)
         if not self.log or self.log[-1][0] != self.step:
             self.log.append((self.step, value, self.sparse_now))
 
@@ -218,23 +225,45 @@ def key_mask_from(attn_mask: Optional[torch.Tensor], batch: int, seq: int) -> Op
 
 
 class SparseLayer:
-    """A sparsified self-attention module: its patterns and how to run its core call."""
+    """A sparsified self-attention module: its patterns and how to run its core call.
 
-    def __init__(self, name: str, heads: int, patterns: Sequence[Pattern], state: ForwardState,
+    ``phases`` holds one per-head pattern tuple per phase of the step tracker (one entry
+    for a schedule without phases), None where the layer stays dense in that phase.
+    """
+
+    def __init__(self, name: str, heads: int, phases: Sequence[Optional[Sequence[Pattern]]], state: ForwardState,
                  attention_fn: Callable, backend: Optional[str]):
-        if len(patterns) != heads:
-            raise ValueError(f"layer {name!r} has {heads} heads but got {len(patterns)} patterns")
+        for p in phases:
+            if p is not None and len(p) != heads:
+                raise ValueError(f"layer {name!r} has {heads} heads but got {len(p)} patterns")
+        if len(phases) not in (1, len(state.steps.phase_starts) + 1):
+            raise ValueError(f"layer {name!r}: {len(phases)} pattern phases for a schedule of "
+                             f"{len(state.steps.phase_starts) + 1}")
         self.name = name
         self.heads = heads
-        self.patterns = tuple(patterns)
-        self.runs = head_runs(self.patterns)
+        self.phase_patterns = tuple(None if p is None else tuple(p) for p in phases)
+        self.phase_runs = tuple(None if p is None else head_runs(p) for p in self.phase_patterns)
         self.state = state
         self.attention_fn = attention_fn
         self.backend = backend
 
+    def _phase(self) -> int:
+        return self.state.steps.phase if len(self.phase_runs) > 1 else 0
+
+    @property
+    def patterns(self) -> Optional[Tuple[Pattern, ...]]:
+        """Per-head patterns of the current phase (None: dense in this phase)."""
+        return self.phase_patterns[self._phase()]
+
+    @property
+    def runs(self) -> Optional[Tuple[Tuple[int, int, Pattern], ...]]:
+        return self.phase_runs[self._phase()]
+
     def claims(self, query: torch.Tensor, key: torch.Tensor, seq_dim: int) -> bool:
-        """True when this core call is this layer's self-attention on a sparse step."""
-        return self.state.steps.sparse_now and query.shape[seq_dim] == key.shape[seq_dim]
+        """True when this core call is this layer's self-attention on a sparse step (and the
+        layer is sparse in the current phase)."""
+        return (self.state.steps.sparse_now and self.runs is not None
+                and query.shape[seq_dim] == key.shape[seq_dim])
 
     def layout(self, seq: int) -> TokenLayout:
         state, adapter = self.state, self.state.adapter

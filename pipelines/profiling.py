@@ -26,7 +26,7 @@ import dit_sparse
 from dit_sparse.ops import sparse_attention
 from dit_sparse.patterns import Full, Pattern, parse_pattern
 from dit_sparse.plan import HeadChoice, LayerPlan, ModelInfo, Plan, prompts_digest
-from dit_sparse.selection import ErrorTable, candidate_errors, check_mode, default_candidates, select
+from dit_sparse.selection import ErrorTable, candidate_errors, check_mode, check_phases, default_candidates, select
 
 from . import hooks
 from .adapters import adapter_for
@@ -270,9 +270,11 @@ class Measurement:
 
     def plan(self, *, max_error: Optional[float] = None, budget: Optional[float] = None,
              dense_bound: Optional[float] = None, max_dense_fraction: float = 0.5, per_head: bool = True,
-             cost: str = "density") -> Plan:
+             cost: str = "density", phases: Optional[Sequence[Tuple[int, float]]] = None) -> Plan:
+        """A plan selected from this measurement (arguments as :func:`profile`)."""
         sel = select(self.table, max_error=max_error, budget=budget, num_steps=self.context["num_inference_steps"],
-                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost)
+                     dense_bound=dense_bound, max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost,
+                     phases=phases)
         return build_plan(self.table, sel, self.desc, cost=cost, **self.context)
 
 
@@ -281,7 +283,8 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
             seeds: Sequence[int] = (0,), height: Optional[int] = None, width: Optional[int] = None,
             num_frames: Optional[int] = None, progress: bool = True, dense_bound: Optional[float] = None,
             max_dense_fraction: float = 0.5, model_name: Optional[str] = None,
-            call_kwargs: Optional[Dict[str, Any]] = None, per_head: bool = True, cost: str = "density") -> Plan:
+            call_kwargs: Optional[Dict[str, Any]] = None, per_head: bool = True, cost: str = "density",
+            phases: Optional[Sequence[Tuple[int, float]]] = None) -> Plan:
     """Profile ``pipe`` with dense attention on calibration prompts and choose a plan.
 
     Args:
@@ -307,10 +310,15 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
         cost: ``"density"`` (default) ranks candidates by density; ``"time"`` times every
             candidate's kernel on the profiled shape and device (:func:`time_candidates`) and
             ranks by that, ``budget`` then being a mean kernel time relative to dense.
+        phases: ``[(start_step, value), ...]``: later phases of the schedule, from those
+            steps on, each chosen on its own sampled steps under its own ``value`` (a
+            ``max_error`` or ``budget``, as the plan's mode), e.g. ``max_error=0.1,
+            phases=[(10, 0.25)]`` (:func:`dit_sparse.selection.select`).
     Returns:
         a :class:`dit_sparse.Plan`.
     """
-    check_mode(max_error, budget)
+    mode, _ = check_mode(max_error, budget)
+    check_phases(phases, mode)
     if cost not in ("density", "time"):
         raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
     measured = measure(pipe, prompts, candidates=candidates, num_inference_steps=num_inference_steps,
@@ -318,7 +326,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
                        progress=progress, model_name=model_name, call_kwargs=call_kwargs,
                        time_kernels=cost == "time")
     return measured.plan(max_error=max_error, budget=budget, dense_bound=dense_bound,
-                         max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost)
+                         max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost, phases=phases)
 
 
 def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int] = None,
@@ -420,11 +428,12 @@ def build_plan(table: ErrorTable, sel, desc: Dict[str, Any], *, prompts: Sequenc
                num_inference_steps: int, grid, text_len: int = 0, height=None, width=None, num_frames=None,
                model_name: Optional[str] = None, cost: str = "density") -> Plan:
     """A :class:`Plan` from an error table, a :class:`~dit_sparse.selection.Selection` and a model description."""
-    layers = []
-    for i, name in enumerate(table.layers):
-        heads = tuple(HeadChoice(table.candidates[int(sel.choice[i, j])], _clean(sel.errors[i, j]),
-                                 _clean(sel.density[i, j])) for j in range(table.heads))
-        layers.append(LayerPlan(name, heads))
+    def layers(choice, errors, density):
+        return [LayerPlan(name, tuple(HeadChoice(table.candidates[int(choice[i, j])], _clean(errors[i, j]),
+                                                 _clean(density[i, j])) for j in range(table.heads)))
+                for i, name in enumerate(table.layers)]
+
+    phases = [(ph.start, layers(ph.choice, ph.errors, ph.density)) for ph in getattr(sel, "phases", ())]
     combined = table.combined(sel.dense_steps)
     cand_summary = [{"pattern": p.to_dict(), "error": _clean(combined[..., c].mean()),
                      "density": _clean(table.density[..., c].mean())} for c, p in enumerate(table.candidates)]
@@ -439,9 +448,11 @@ def build_plan(table: ErrorTable, sel, desc: Dict[str, Any], *, prompts: Sequenc
         "budget": sel.value if sel.mode == "budget" else None, "dense_bound": _clean(sel.dense_bound), "cost": cost,
         "versions": _versions(), "candidates": cand_summary,
     }
+    if phases:
+        profile_info["phase_values"] = [ph.value for ph in sel.phases]
     model = ModelInfo(desc["class"], model_name if model_name is not None else desc.get("name_or_path"),
                       tuple(desc["layers"]), int(desc["heads"]), int(desc["head_dim"] or 0) or 1)
-    return Plan(model, profile_info, sel.dense_steps, layers)
+    return Plan(model, profile_info, sel.dense_steps, layers(sel.choice, sel.errors, sel.density), phases)
 
 
 def _clean(x) -> float:

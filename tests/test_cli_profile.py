@@ -90,6 +90,10 @@ def test_debug_shows_the_traceback(tmp_path):
     (["--budget", "0.3", "--candidate", "spiral:size=2"], "--candidate 'spiral:size=2': unknown pattern spec"),
     (["--budget", "abc"], "invalid float value"),
     (["--budget", "0.3", "--cost", "flops"], "argument --cost: invalid choice: 'flops'"),
+    (["--budget", "0.3", "--phase", "10"], "--phase '10' must be STEP=VALUE"),
+    (["--budget", "0.3", "--phase", "x=0.5"], "--phase 'x=0.5' must be STEP=VALUE"),
+    (["--budget", "0.3", "--phase", "10=1.5"], "must be a mean density in (0, 1]"),
+    (["--max-error", "0.1", "--phase", "10=0.2", "--phase", "5=0.3"], "must be larger than the previous one (10)"),
 ])
 def test_profile_bad_arguments(capsys, tmp_path, prompts_file, args, fragment):
     out = tmp_path / "plan.json"
@@ -134,6 +138,21 @@ def test_profile_end_to_end_from_a_saved_pipeline(capsys, tmp_path, prompts_file
     assert "blocks.0.attn1" in out and f"wrote {plan_file}" in out
     code, out, _ = _run(capsys, "inspect", str(plan_file))
     assert code == 0 and "WanTransformer3DModel" in out
+
+
+def test_profile_with_a_later_phase(capsys, tmp_path, prompts_file, saved_pipeline, plan_file):
+    code, out, err = _run(capsys, "profile", "--model", str(saved_pipeline), "--prompts", str(prompts_file),
+                          "--out", str(plan_file), "--max-error", "0.0", "--phase", "2=10", "--steps", "3",
+                          "--height", "32", "--width", "32", "--frames", "5", "--quiet", "--guidance-scale", "1.0",
+                          "--dense-bound", "100", "--candidate", "neighborhood:kernel=1x3x3")
+    assert code == 0, err
+    plan = ds.Plan.load(plan_file)
+    assert plan.phase_starts == (2,) and plan.profile["phase_values"] == [10.0]
+    # error bound 0 keeps steps 0-1 dense; any error is within 10 from step 2 on: the cheapest
+    assert {p for layer in plan.layers.values() for p in layer.patterns} == {ds.Full()}
+    later = plan.phases[0][1]
+    assert {p for layer in later.values() for p in layer.patterns} == {ds.Neighborhood(kernel=(1, 3, 3))}
+    assert "phases from steps 2 (max_error=10.0)" in out and "2-2" in out
 
 
 def test_default_model_is_the_embedded_one(capsys, tmp_path, prompts_file):

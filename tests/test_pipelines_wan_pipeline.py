@@ -92,3 +92,64 @@ def test_second_expert_is_sparsified_with_a_prefixed_name():
         assert isinstance(pipe.transformer_2.blocks[1].attn1.processor, SparseProcessor)
         assert type(pipe.transformer.blocks[1].attn1.processor).__name__ == "WanAttnProcessor"
     assert type(pipe.transformer_2.blocks[1].attn1.processor).__name__ == "WanAttnProcessor"
+
+
+def _phased_plan(pipe):
+    """A plan written by hand: 1 dense step, NA 1x3x3 in both layers, and from step 2 on a
+    1x1x1 window in layer 0 while layer 1 runs dense."""
+    from dit_sparse.plan import HeadChoice, LayerPlan, ModelInfo, Plan
+    from dit_sparse.pipelines.profiling import describe_model
+
+    desc = describe_model(pipe)
+    heads = desc["heads"]
+
+    def layer(name, pattern):
+        return LayerPlan(name, (HeadChoice(pattern, 0.1, 0.5),) * heads)
+
+    names = list(desc["layers"])
+    profile = {"grid": [3, 4, 8], "text_len": 0, "num_inference_steps": STEPS, "sampled_steps": [0],
+               "seeds": [0], "num_prompts": 1, "prompts_sha256": "0" * 64, "mode": "max_error", "max_error": 0.1,
+               "versions": {"dit_sparse": ds.__version__}}
+    model = ModelInfo(desc["class"], None, tuple(names), heads, desc["head_dim"])
+    first = [layer(n, ds.Neighborhood(kernel=(1, 3, 3))) for n in names]
+    later = [layer(names[0], ds.Neighborhood(kernel=(1, 1, 1))), layer(names[1], ds.Full())]
+    return Plan(model, profile, 1, first, [(2, later)])
+
+
+def test_plan_phases_switch_patterns_at_their_start_step(pipe_and_dense):
+    pipe, dense = pipe_and_dense
+    plan = _round_trip(_phased_plan(pipe))
+    calls = []
+
+    def recorder(q, k, v, pattern, layout, **kw):
+        calls.append((handle.steps.step, pattern))
+        return ds.reference_attention(q, k, v, pattern, layout, key_mask=kw.get("key_mask"), scale=kw.get("scale"))
+
+    handle = apply(pipe, plan, _attention_fn=recorder)
+    try:
+        phased = _run(pipe)
+        layer_patterns = dict(handle.layers)
+        later_patterns = dict(handle.phases[0][1])
+    finally:
+        remove(pipe)
+    with applied(pipe, ds.Neighborhood(kernel=(1, 3, 3)), dense_steps=1, _attention_fn=ds.reference_attention):
+        first_only = _run(pipe)
+    # CFG as two forwards per step: each layer is called twice per sparse step
+    steps = {}
+    for step, pattern in calls:
+        steps.setdefault(step, []).append(pattern)
+    assert sorted(steps) == [1, 2, 3]
+    assert steps[1] == [ds.Neighborhood(kernel=(1, 3, 3))] * len(steps[1]) and len(steps[1]) in (2, 4)
+    for step in (2, 3):  # layer 1 is dense in the later phase: only layer 0 reaches the sparse core
+        assert steps[step] == [ds.Neighborhood(kernel=(1, 1, 1))] * (len(steps[1]) // 2)
+    assert torch.equal(phased[0], dense[0])
+    assert torch.equal(phased[1], first_only[1])  # steps before the phase: the first phase's patterns
+    assert not torch.equal(phased[2], first_only[2]) and not torch.equal(phased[2], dense[2])
+    assert layer_patterns["blocks.1.attn1"] == (ds.Neighborhood(kernel=(1, 3, 3)),) * 2
+    assert later_patterns["blocks.1.attn1"] == (ds.Full(),) * 2
+    assert handle.phases[0][0] == 2
+
+
+def _round_trip(plan):
+    """Through JSON, as a user's plan file would come."""
+    return type(plan).from_dict(plan.to_dict())

@@ -61,7 +61,7 @@ def test_round_trip_through_a_file(tmp_path):
     assert again.to_dict() == plan.to_dict() == plan_dict()
     assert again.dense_steps == 1 and again.grid == (3, 8, 8)
     assert again.layers[LAYERS[1]].patterns == (ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25))
-    assert FORMAT == "dit-sparse-plan" and VERSION == 1
+    assert FORMAT == "dit-sparse-plan" and VERSION == 2
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
@@ -93,7 +93,14 @@ def test_grid_warning_once_per_grid():
 
 @pytest.mark.parametrize("changes, match", [
     ({"format": "other-plan"}, r"\['format'\].*'other-plan'"),
-    ({"version": 2}, r"\['version'\]: is 2, this dit-sparse reads version 1"),
+    ({"version": 3}, r"\['version'\]: is 3, this dit-sparse reads versions 1 and 2"),
+    ({"phases": []}, r"\['phases'\]: needs \['version'\] 2"),
+    ({"version": 2, "phases": [{"start_step": 0, "layers": []}]},
+     r"\['phases'\]\[0\]\['start_step'\]: must be an int >= 1"),
+    ({"version": 2, "phases": [{"start_step": 2}]}, r"\['phases'\]\[0\]: missing field\(s\) \['layers'\]"),
+    ({"version": 2, "phases": [{"start_step": 2, "layers": []}]},
+     r"\['phases'\]\[0\]\['layers'\]: layer entries must match"),
+    ({"profile/phase_values": [-1]}, r"\['profile'\]\['phase_values'\]\[0\]"),
     ({"model/class": 3}, r"\['model'\]\['class'\]: must be a string"),
     ({"model/heads": 0}, r"\['model'\]\['heads'\]: must be an int >= 1"),
     ({"model/layers": []}, r"\['model'\]\['layers'\]: is empty"),
@@ -194,3 +201,43 @@ def test_prompts_digest_is_sha256_of_the_json_list():
 
     assert prompts_digest(["a", "b"]) == hashlib.sha256(b'["a", "b"]').hexdigest()
     assert prompts_digest(["a", "b"]) != prompts_digest(["b", "a"])
+
+
+def _phase_layers(kernel):
+    """Layer entries that give every layer one neighbourhood of ``kernel`` (by hand)."""
+    return [{"name": name, "pattern": {"kind": "neighborhood", "kernel": kernel, "dilation": [1, 1, 1],
+                                       "stride": [1, 1, 1]}, "error": 0.2, "density": 0.1} for name in LAYERS]
+
+
+def test_phases_round_trip_and_protocol(tmp_path):
+    doc = plan_dict(version=2)
+    doc["phases"] = [{"start_step": 2, "layers": _phase_layers([1, 1, 3])},
+                     {"start_step": 3, "layers": _phase_layers([1, 1, 1])}]
+    doc["phases"][1]["layers"][2] = {"name": LAYERS[2], "pattern": {"kind": "full"}, "error": 0.0, "density": 1.0}
+    plan = Plan.from_dict(doc)
+    again = Plan.load(plan.save(tmp_path / "p.json"))
+    assert again.to_dict() == doc and json.loads((tmp_path / "p.json").read_text())["version"] == 2
+    assert again.phase_starts == (2, 3)
+    assert again.patterns_for(LAYERS[0], 2) == [ds.Neighborhood((1, 3, 3))] * 2
+    assert again.patterns_for(LAYERS[0], 2, 1) == [ds.Neighborhood((1, 1, 3))] * 2
+    assert again.patterns_for(LAYERS[0], 2, 2) == [ds.Neighborhood((1, 1, 1))] * 2
+    assert again.patterns_for(LAYERS[2], 2, 1) == [ds.Neighborhood((1, 1, 3))] * 2
+    assert again.patterns_for(LAYERS[2], 2, 2) is None
+    with pytest.raises(ValueError, match=r"phase=3 must be in \[0, 3\)"):
+        again.patterns_for(LAYERS[0], 2, 3)
+    # 4 steps, 1 dense: step 1 runs the top-level layers, step 2 phase 1, step 3 phase 2
+    assert again.phase_steps() == [1, 1, 1] and again.phase_steps(10) == [1, 1, 7]
+    first = (0.2 * 2 + 1.0 + 0.2 + 1.0 * 2) / 6
+    assert again.mean_density == pytest.approx((first + 0.1 + (0.1 * 4 + 1.0 * 2) / 6) / 3)
+    text = again.summary()
+    assert "phases from steps 2, 3" in text and "1-1" in text and "2-2" in text and "3-3" in text
+    # a plan without phases is still written as version 1 and reads as before
+    assert Plan.from_dict(plan_dict()).to_dict()["version"] == 1 and Plan.from_dict(plan_dict()).phase_starts == ()
+
+
+def test_phase_start_steps_must_increase():
+    doc = plan_dict(version=2)
+    doc["phases"] = [{"start_step": 3, "layers": _phase_layers([1, 1, 3])},
+                     {"start_step": 3, "layers": _phase_layers([1, 1, 1])}]
+    with pytest.raises(ValueError, match=r"\['phases'\]: start steps must be strictly increasing.*\[3, 3\]"):
+        Plan.from_dict(doc)

@@ -148,6 +148,40 @@ def test_dense_warmup_from_per_step_errors():
     assert select(_table([late] * 4), budget=0.1).dense_steps == 0
 
 
+def test_phases_select_on_their_own_steps_under_their_own_bound():
+    early = [[[0.9, 0.5, 0.0]], [[0.9, 0.5, 0.0]]]
+    mid = [[[0.2, 0.04, 0.0]], [[0.2, 0.04, 0.0]]]
+    late = [[[0.2, 0.1, 0.0]], [[0.3, 0.1, 0.0]]]
+    table = _table([early, mid, mid, late, late, late])
+    sel = select(table, max_error=0.05, num_steps=6, phases=[(3, 0.25)])
+    assert sel.dense_steps == 1
+    assert sel.choice.tolist() == [[1], [1]]  # steps 1-2 only: 0.04 <= 0.05 (steps 3-5 would need Full)
+    assert sel.errors.flatten().tolist() == pytest.approx([0.04, 0.04])
+    (phase,) = sel.phases
+    assert phase.start == 3 and phase.value == 0.25
+    assert phase.choice.tolist() == [[0], [1]]  # layer a: 0.2 <= 0.25; layer b: 0.3 > 0.25 -> 0.1
+    assert phase.errors.flatten().tolist() == pytest.approx([0.2, 0.1])
+    assert phase.density.flatten().tolist() == pytest.approx([0.1, 0.3])
+    # without phases the same bound over steps 1-5 needs Full
+    assert select(table, max_error=0.05, num_steps=6).choice.tolist() == [[2], [2]]
+    # budget mode: a phase value is a budget
+    sel = select(table, budget=0.3, num_steps=6, phases=[(3, 0.1)])
+    assert sel.phases[0].choice.tolist() == [[0], [0]]
+
+
+@pytest.mark.parametrize("phases, match", [
+    ([(0, 0.1)], r"start step 0 must be an int >= 1"),
+    ([(3, 0.1), (3, 0.2)], r"phases\[1\] start step 3 must be larger than the previous one \(3\)"),
+    ([(3, -0.1)], r"max_error"),
+    ([3], r"must be a \(start_step, max_error\) pair"),
+    ([(9, 0.1)], r"phase start step 9 is after the last sampled step \(5\)"),
+])
+def test_bad_phases(phases, match):
+    early = [[[0.9, 0.5, 0.0]], [[0.9, 0.5, 0.0]]]
+    with pytest.raises(ValueError, match=match):
+        select(_table([early] * 6), max_error=0.05, phases=phases)
+
+
 def test_choose_dense_steps_counts_unsampled_steps_with_the_next_sample():
     assert choose_dense_steps([0.5, 0.5, 0.01], [0, 4, 9], 0.1, max_dense=20) == 9
     assert choose_dense_steps([0.01, 0.5], [0, 4], 0.1, max_dense=20) == 0

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one pattern per layer for all its heads (faster on CPU) instead of per head")
     p.add_argument("--cost", choices=["density", "time"], default="density",
                    help="rank candidates by density, or by their kernel time measured on this device (time)")
+    p.add_argument("--phase", action="append", default=None, metavar="STEP=VALUE",
+                   help="from denoising step STEP on, select again with error bound (or budget, as the mode) "
+                        "VALUE on those steps' measurements; repeatable, e.g. --max-error 0.1 --phase 10=0.25")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -97,6 +100,27 @@ def load_pipeline(model):
     return pipe, model, {}
 
 
+def parse_phases(items, mode: str):
+    """``--phase STEP=VALUE`` options as ``[(step, value), ...]``, validated."""
+    from dit_sparse.selection import check_phases
+
+    from . import CLIError
+
+    phases = []
+    for item in items or ():
+        step, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            phases.append((int(step), float(value)))
+        except ValueError:
+            raise CLIError(f"--phase {item!r} must be STEP=VALUE (an int step and a number), e.g. 10=0.25") from None
+    try:
+        return check_phases(phases, mode)
+    except ValueError as exc:
+        raise CLIError(f"--phase {' '.join(items)}: {exc}") from None
+
+
 def run(args) -> int:
     from dit_sparse.selection import check_mode
 
@@ -104,7 +128,8 @@ def run(args) -> int:
 
     from dit_sparse.patterns import parse_pattern
 
-    check_mode(args.max_error, args.budget)  # everything the user typed is checked before loading
+    mode, _ = check_mode(args.max_error, args.budget)  # everything the user typed is checked before loading
+    phases = parse_phases(args.phase, mode)
     prompts = read_prompts(args.prompts)
     for spec in args.candidate or ():
         try:
@@ -138,7 +163,7 @@ def run(args) -> int:
         width=args.width if args.width is not None else defaults.get("width"),
         num_frames=args.frames if args.frames is not None else defaults.get("num_frames"),
         progress=not args.quiet, dense_bound=args.dense_bound, model_name=name, call_kwargs=call_kwargs,
-        per_head=not args.per_layer, cost=args.cost)
+        per_head=not args.per_layer, cost=args.cost, phases=phases)
     plan.save(out)
     print(plan.summary())
     print(f"\nwrote {out}")
