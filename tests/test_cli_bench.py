@@ -76,6 +76,30 @@ def test_bench_table_json_and_side_by_side(tmp_path, capsys, model_args, plan_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, js.name])
 
 
+def test_bench_repeat_keeps_the_fastest_call(tmp_path, capsys, model_args, monkeypatch):
+    from dit_sparse.cli import bench
+
+    real, calls = bench._run_config, []
+
+    def slow_first(pipe, config, prompt, seed, kwargs):
+        frames, seconds, attention, density = real(pipe, config, prompt, seed, kwargs)
+        calls.append(config.label)
+        extra = 100.0 if len(calls) <= 2 else 0.0  # the first round is slowed down by 100 s
+        return frames, seconds + extra, attention + extra, density
+
+    monkeypatch.setattr(bench, "_run_config", slow_first)
+    out = tmp_path / "r.json"
+    code = main(["bench", *model_args, *size_args(frames=3, height=16, width=16), "--pattern", PATTERN,
+                 "--prompts", PROMPT, "--repeat", "2", "--no-warmup", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert calls == ["dense", PATTERN, "dense", PATTERN]  # round-robin
+    doc = json.loads(out.read_text())
+    assert doc["repeat"] == 2
+    for row in doc["rows"]:
+        assert row["runs"] == 1 and row["seconds"] < 100 and row["attention_seconds"] < 100
+    assert "fastest of 2 calls" in capsys.readouterr().out
+
+
 def test_bench_warmup_runs_default(tmp_path, capsys, model_args):
     code = main(["bench", *model_args, *size_args(frames=3, height=16, width=16), "--pattern", PATTERN,
                  "--prompts", PROMPT])
@@ -90,6 +114,7 @@ def test_bench_warmup_runs_default(tmp_path, capsys, model_args):
     ("plan for another model", "plan does not fit this model"),
     ("size", "--width 24 is not a multiple of 16"),
     ("out folder missing", "does not exist"),
+    ("repeat", "--repeat 0 must be >= 1"),
 ])
 def test_bench_errors(tmp_path, capsys, model_args, plan_path, case, expected):
     out_dir = tmp_path / "out"
@@ -107,6 +132,8 @@ def test_bench_errors(tmp_path, capsys, model_args, plan_path, case, expected):
         argv += ["--plan", str(other)]
     elif case == "size":
         argv += ["--pattern", PATTERN, "--width", "24"]
+    elif case == "repeat":
+        argv += ["--pattern", PATTERN, "--repeat", "0"]
     elif case == "out folder missing":
         argv += ["--pattern", PATTERN, "--out", str(out_dir / "sub" / "side.gif")]
     code = main(argv)
