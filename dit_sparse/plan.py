@@ -304,6 +304,13 @@ class Plan:
     def _tables(self) -> List[Dict[str, LayerPlan]]:
         return [self.layers] + [layers for _, layers in self.phases]
 
+    def schedule(self) -> List[Tuple[int, int, Dict[str, LayerPlan]]]:
+        """``(first_step, end_step, layers)`` of every sparse phase at the profiled step count
+        (the top-level layers from the end of the warm-up first)."""
+        starts = [self.dense_steps] + list(self.phase_starts)
+        ends = list(self.phase_starts) + [int(self.profile["num_inference_steps"])]
+        return list(zip(starts, ends, self._tables()))
+
     def patterns_for(self, layer_name: str, num_heads: int, phase: int = 0):
         """Per-head patterns of ``layer_name`` in ``phase`` (0: the top-level layers, ``i``:
         ``phases[i - 1]``), or None for a layer that stays dense there."""
@@ -391,9 +398,9 @@ class Plan:
     def mean_error(self) -> float:
         return self._mean("error")
 
-    def density_matrix(self) -> List[List[float]]:
-        """``[layers][heads]`` chosen densities of the first sparse phase (for pictures)."""
-        return [[h.density for h in layer.heads] for layer in self.layers.values()]
+    def density_matrix(self, phase: int = 0) -> List[List[float]]:
+        """``[layers][heads]`` chosen densities of one sparse phase (for pictures)."""
+        return [[h.density for h in layer.heads] for layer in self._tables()[phase].values()]
 
     # --- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -540,11 +547,9 @@ class Plan:
             f"mean error {self.mean_error:.4f}",
             "",
         ]
-        starts = [self.dense_steps] + list(self.phase_starts)
-        ends = list(self.phase_starts) + [int(p["num_inference_steps"])]
         rows = [("steps", "layer", "heads", "pattern", "density", "error") if self.phases else
                 ("layer", "heads", "pattern", "density", "error")]
-        for a, b, layers in zip(starts, ends, self._tables()):
+        for a, b, layers in self.schedule():
             first = True
             for layer in layers.values():
                 for g, (h0, h1, pattern, dens, err) in enumerate(_runs(layer.heads)):

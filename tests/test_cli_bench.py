@@ -66,6 +66,8 @@ def test_bench_table_json_and_side_by_side(tmp_path, capsys, model_args, plan_pa
     assert [r["config"] for r in doc["rows"]] == list(rows)
     assert doc["rows"][0]["psnr"] is None  # inf is not JSON
     assert doc["rows"][2]["runs"] == len(seeds) and len(doc["rows"][2]["run_seconds"]) == len(seeds)
+    assert doc["rows"][0]["run_psnr"] == [None] * len(seeds)  # dense against itself
+    assert sum(doc["rows"][2]["run_psnr"]) / len(seeds) == pytest.approx(doc["rows"][2]["psnr"], abs=1e-2)
     assert doc["rows"][2]["psnr"] == pytest.approx(pattern["psnr"], abs=0.01)
     picture = video_io.read_frames(out)
     gap = 2

@@ -60,6 +60,34 @@ def test_inspect_prints_the_summary_and_draws_a_heatmap(capsys, plan_file, tmp_p
     assert colour(1.0) in colours and colour(0.2) in colours and colour(0.2) != colour(1.0)
 
 
+def test_inspect_draws_one_block_of_rows_per_phase(capsys, tmp_path):
+    doc = plan_dict(version=2)
+    dense = [{"name": layer["name"], "pattern": {"kind": "full"}, "error": 0.0, "density": 1.0}
+             for layer in doc["layers"]]
+    doc["phases"] = [{"start_step": 2, "layers": dense}]
+    path, png = tmp_path / "phased.json", tmp_path / "phased.png"
+    path.write_text(json.dumps(doc))
+    code, out, err = _run(capsys, "inspect", str(path), "--png", str(png))
+    assert code == 0, err
+    assert "phases from steps 2" in out
+    single_png = tmp_path / "single.png"
+    _run(capsys, "inspect", str(_write(tmp_path / "single.json", plan_dict())), "--png", str(single_png))
+    from PIL import Image
+
+    from dit_sparse.cli.inspect import colour
+
+    def full_pixels(path):
+        return dict((c, n) for n, c in Image.open(path).convert("RGB").getcolors(1 << 16))[colour(1.0)]
+
+    # the later phase adds 3 layers x 2 heads of dense cells (17 x 17 pixels each)
+    assert full_pixels(png) - full_pixels(single_png) == 6 * 17 * 17
+
+
+def _write(path, doc):
+    path.write_text(json.dumps(doc))
+    return path
+
+
 @pytest.mark.parametrize("content, fragment", [
     ('{"format": "dit-sparse-plan",', "malformed JSON"),
     (json.dumps(plan_dict(version=7)), "version"),

@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .. import report
 from . import generate as gen
@@ -59,6 +59,7 @@ class Row:
     ssim: float = 1.0
     runs: int = 0
     run_seconds: List[float] = field(default_factory=list)
+    run_psnr: List[Optional[float]] = field(default_factory=list)  # per (prompt, seed); None where identical
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +233,8 @@ def run(args) -> int:
         t, a = mean(times[c.label]), mean(attn[c.label])
         rows.append(Row(c.label, mean(dens[c.label]), t, a, mean(times[dense]) / t,
                         mean(attn[dense]) / a if a > 0 else math.nan, mean(quality[c.label][0]),
-                        mean(quality[c.label][1]), len(times[c.label]), [round(x, 4) for x in times[c.label]]))
+                        mean(quality[c.label][1]), len(times[c.label]), [round(x, 4) for x in times[c.label]],
+                        [round(x, 3) if math.isfinite(x) else None for x in quality[c.label][0]]))
     f, h, w, _ = videos[0][0].shape
     device = args.device + ("" if args.device != "cpu" else f", {torch.get_num_threads()} threads")
     print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "

@@ -68,8 +68,13 @@ def run(args) -> int:
     plan = Plan.load(args.plan)
     print(plan.summary())
     if args.png:
-        labels: List[str] = list(plan.layers)
-        img = heatmap(plan.density_matrix(), labels)
+        labels: List[str] = []
+        rows: List[List[float]] = []
+        for i, (first, end, layers) in enumerate(plan.schedule()):
+            prefix = f"steps {first}-{end - 1}: " if plan.phases else ""
+            labels += [prefix + name for name in layers]
+            rows += plan.density_matrix(i)
+        img = heatmap(rows, labels)
         img.save(args.png, format="PNG")
         print(f"\nwrote {args.png}")
     return 0
