@@ -26,7 +26,7 @@ from .ops import (
     sparse_attention,
 )
 from .blockmask import BlockMask
-from .plan import Plan, PlanGridWarning
+from .plan import Plan, PlanGridWarning, PlanStepsWarning
 
 __version__ = "0.1.0"
 
@@ -47,5 +47,5 @@ __all__ = [
     "TokenLayout", "Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "parse_pattern",
     "sparse_attention", "reference_attention", "estimate_speedup", "SpeedupEstimate",
     "choose_backend", "can_run_cpu", "can_run_triton", "BlockMask", "apply", "remove", "applied",
-    "Plan", "PlanGridWarning", "profile",
+    "Plan", "PlanGridWarning", "PlanStepsWarning", "profile",
 ]

@@ -71,6 +71,10 @@ class PlanGridWarning(UserWarning):
     """A plan is applied at a token grid other than the one it was profiled on."""
 
 
+class PlanStepsWarning(UserWarning):
+    """A plan with phases runs a schedule of another length than the profiled one."""
+
+
 def prompts_digest(prompts: Sequence[str]) -> str:
     """sha256 of the prompts (as a JSON list): identifies them without storing them."""
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
@@ -262,6 +266,7 @@ class Plan:
         self.phases: Tuple[Tuple[int, Dict[str, LayerPlan]], ...] = tuple(
             (int(start), {layer.name: layer for layer in entries}) for start, entries in phases)
         self._warned_grids = set()
+        self._warned_steps = set()
         self._check()
 
     # --- consistency -----------------------------------------------------------------
@@ -344,6 +349,32 @@ class Plan:
             warnings.warn(f"plan profiled on token grid {self.grid} is applied at grid {grid}: windows are kept in "
                           "tokens (clamped where an axis is smaller), errors may differ from the profiled ones",
                           PlanGridWarning, stacklevel=2)
+
+    def check_steps(self, num_steps: int) -> None:
+        """Warn (once per step count) when a plan with phases runs a schedule of another
+        length than the profiled one: phase starts are absolute steps, so they no longer
+        split the schedule where they did (:meth:`rescaled` moves them)."""
+        profiled = int(self.profile["num_inference_steps"])
+        if self.phases and num_steps != profiled and num_steps not in self._warned_steps:
+            self._warned_steps.add(num_steps)
+            warnings.warn(f"plan with phases from steps {list(self.phase_starts)} was profiled for {profiled} steps "
+                          f"and runs {num_steps}: its steps are absolute; plan.rescaled({num_steps}) moves the "
+                          "warm-up and phase starts in proportion", PlanStepsWarning, stacklevel=2)
+
+    def rescaled(self, num_steps: int) -> "Plan":
+        """This plan for a schedule of ``num_steps``: the dense warm-up and the phase starts
+        moved in proportion (rounded; starts kept strictly increasing), the profile's record
+        unchanged."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps={num_steps!r} must be an int >= 1")
+        ratio = num_steps / int(self.profile["num_inference_steps"])
+        starts: List[int] = []
+        for start in self.phase_starts:
+            starts.append(max(round(start * ratio), starts[-1] + 1 if starts else 1))
+        plan = Plan(self.model, self.profile, round(self.dense_steps * ratio), list(self.layers.values()),
+                    [(s, list(layers.values())) for s, (_, layers) in zip(starts, self.phases)])
+        plan._warned_steps.add(num_steps)
+        return plan
 
     def validate_for(self, model) -> None:
         """Check that the plan fits ``model``: a pipeline, a transformer, or a description dict
@@ -611,5 +642,5 @@ def _short(names: Sequence[str], n: int = 4) -> str:
     return "[" + ", ".join(names[:n]) + (", ..." if len(names) > n else "") + f"] ({len(names)})"
 
 
-__all__ = ["Plan", "LayerPlan", "HeadChoice", "ModelInfo", "PlanGridWarning", "pattern_spec", "prompts_digest",
+__all__ = ["Plan", "LayerPlan", "HeadChoice", "ModelInfo", "PlanGridWarning", "PlanStepsWarning", "pattern_spec", "prompts_digest",
            "FORMAT", "VERSION"]

@@ -259,6 +259,7 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
     attention_fn = _attention_fn or sparse_attention
     phase_starts = tuple(getattr(source, "phase_starts", ()))
     steps = hooks.StepTracker(dense_steps, pipeline, phase_starts)
+    steps.on_run = getattr(source, "check_steps", None)
     handle = SparseHandle(steps, dense_steps)
     handle.phases = [(start, {}) for start in phase_starts]
     all_names: List[str] = []

@@ -92,6 +92,8 @@ class StepTracker:
     of a plan with phases.
 
     ``log`` holds one ``(step, timestep, sparse)`` entry per step of the latest run.
+    ``on_run``, when set, is called at the start of each run with its number of steps (when
+    the pipeline's scheduler tells it; a plan with phases warns on another step count).
     """
 
     def __init__(self, dense_steps, pipeline=None, phase_starts: Sequence[int] = ()):
@@ -99,21 +101,28 @@ class StepTracker:
         self.pipeline = pipeline
         self.phase_starts = tuple(int(s) for s in phase_starts)
         self.phase = 0
+        self.on_run: Optional[Callable[[int], None]] = None
         self.step = 0
         self.last: Optional[float] = None
         self.dense_resolved = 0
         self.sparse_now = True
         self.log: List[Tuple[int, Optional[float], bool]] = []
 
+    def _run_steps(self) -> Optional[int]:
+        """Steps of the current run from the pipeline's scheduler, or None if unknown."""
+        timesteps = getattr(getattr(self.pipeline, "scheduler", None), "timesteps", None)
+        return None if timesteps is None or len(timesteps) == 0 else _distinct_steps(timesteps)
+
     def _resolve(self) -> int:
+        n = self._run_steps()
+        if n is not None and self.on_run is not None:
+            self.on_run(n)
         if isinstance(self.dense_steps, int):
             return self.dense_steps
-        scheduler = getattr(self.pipeline, "scheduler", None)
-        timesteps = getattr(scheduler, "timesteps", None)
-        if timesteps is None or len(timesteps) == 0:
+        if n is None:
             raise RuntimeError(f"dense_steps={self.dense_steps} is a fraction of the schedule, but the pipeline's "
                                "scheduler has no timesteps set; call through the pipeline or pass an int")
-        return math.ceil(self.dense_steps * _distinct_steps(timesteps) - 1e-9)
+        return math.ceil(self.dense_steps * n - 1e-9)
 
     def observe(self, timestep) -> None:
         value = _timestep_value(timestep)

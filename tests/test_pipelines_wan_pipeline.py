@@ -153,3 +153,11 @@ def test_plan_phases_switch_patterns_at_their_start_step(pipe_and_dense):
 def _round_trip(plan):
     """Through JSON, as a user's plan file would come."""
     return type(plan).from_dict(plan.to_dict())
+
+
+def test_phased_plan_warns_on_another_schedule_length(pipe_and_dense):
+    pipe, _ = pipe_and_dense
+    with applied(pipe, _phased_plan(pipe), _attention_fn=ds.reference_attention):
+        with pytest.warns(ds.PlanStepsWarning, match="profiled for 4 steps and runs 3"):
+            pipe("a red circle", num_frames=5, height=16, width=32, num_inference_steps=3, guidance_scale=1.0,
+                 max_sequence_length=8, output_type="latent", generator=torch.Generator().manual_seed(0))

@@ -241,3 +241,28 @@ def test_phase_start_steps_must_increase():
                      {"start_step": 3, "layers": _phase_layers([1, 1, 1])}]
     with pytest.raises(ValueError, match=r"\['phases'\]: start steps must be strictly increasing.*\[3, 3\]"):
         Plan.from_dict(doc)
+
+
+def test_other_step_counts_warn_and_rescale():
+    doc = plan_dict(version=2, **{"profile/num_inference_steps": 10, "profile/sampled_steps": [0, 5]})
+    doc["phases"] = [{"start_step": 5, "layers": _phase_layers([1, 1, 3])},
+                     {"start_step": 6, "layers": _phase_layers([1, 1, 1])}]
+    plan = Plan.from_dict(doc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan.check_steps(10)  # the profiled count: fine
+        plan.check_steps(40)
+        plan.check_steps(40)
+    assert len(caught) == 1 and issubclass(caught[0].category, ds.PlanStepsWarning)
+    assert "[5, 6]" in str(caught[0].message) and "40" in str(caught[0].message)
+    longer = plan.rescaled(40)
+    assert longer.dense_steps == 4 and longer.phase_starts == (20, 24)
+    assert longer.patterns_for(LAYERS[0], 2, 2) == [ds.Neighborhood((1, 1, 1))] * 2
+    shorter = plan.rescaled(2)  # 1 dense step; starts 1 and 1.2 -> kept strictly increasing
+    assert shorter.dense_steps == 0 and shorter.phase_starts == (1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        longer.check_steps(40)  # made for 40 steps: no warning
+        Plan.from_dict(plan_dict()).check_steps(40)  # no phases: absolute steps as documented
+    with pytest.raises(ValueError, match="num_steps=0 must be an int >= 1"):
+        plan.rescaled(0)
