@@ -34,17 +34,20 @@ layer entries (same form as ``layers``, every layer listed, ``{"kind": "full"}``
 dense) replace the top-level ones, which run from the end of the dense warm-up. Steps are
 absolute indices of the denoising loop, like ``dense_steps``. Late denoising steps, which
 refine details the early ones laid out, tolerate sparser patterns (the step-wise split of
-DiTFastAttn and of Sparse VideoGen's dense warm-up, carried one phase further). ``profile.candidates`` lists
-every candidate with its mean error and density over all layers and heads (what each would
-give if applied uniformly).
+DiTFastAttn and of Sparse VideoGen's dense warm-up, carried one phase further).
+
+``profile.candidates`` lists every candidate with its mean error and density over all layers
+and heads (what each would give if applied uniformly); ``profile.phase_values`` the bounds
+(or budgets) the later phases were selected under.
 
 Windows are stored in tokens, so a plan applies at another resolution: each query keeps its
 receptive field, and a window larger than an axis covers the axis (the patterns' own
 clamping). Applying at a grid other than the profiled one warns (:class:`PlanGridWarning`).
 
 ``Plan`` implements the protocol of :func:`dit_sparse.apply` (``patterns_for``,
-``dense_steps``, ``phase_starts``), plus ``check_used`` (the layer set must match), ``validate_for`` (called by
-``apply`` on the target) and ``check_grid`` (called with each forward's grid).
+``dense_steps``, ``phase_starts``, ``check_steps``), plus ``check_used`` (the layer set must
+match), ``validate_for`` (called by ``apply`` on the target) and ``check_grid`` (called with
+each forward's grid).
 """
 
 from __future__ import annotations
