@@ -67,6 +67,13 @@ def check_mode(max_error, budget) -> Tuple[str, float]:
     return name, value
 
 
+def check_cost(cost) -> str:
+    """``cost`` of :func:`select`: ``"density"`` or ``"time"``."""
+    if cost not in ("density", "time"):
+        raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
+    return cost
+
+
 # --------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------
@@ -466,8 +473,7 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
     """
     mode, value = check_mode(max_error, budget)
     phases = check_phases(phases, mode)
-    if cost not in ("density", "time"):
-        raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
+    check_cost(cost)
     if cost == "time" and table.time is None:
         raise ValueError("cost='time' needs measured kernel times (profile(..., cost='time') or "
                          "measure(..., time_kernels=True))")
@@ -584,5 +590,5 @@ def default_candidates(grid) -> List[Pattern]:
     return out
 
 
-__all__ = ["ErrorTable", "PhaseSelection", "Selection", "candidate_errors", "check_mode", "check_phases", "choose_dense_steps", "default_candidates",
-           "head_density", "select", "select_budget", "select_max_error", "step_errors"]
+__all__ = ["ErrorTable", "PhaseSelection", "Selection", "candidate_errors", "check_cost", "check_mode", "check_phases",
+           "choose_dense_steps", "default_candidates", "head_density", "select", "select_budget", "select_max_error", "step_errors"]

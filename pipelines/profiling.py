@@ -26,7 +26,8 @@ import dit_sparse
 from dit_sparse.ops import sparse_attention
 from dit_sparse.patterns import Full, Pattern, parse_pattern
 from dit_sparse.plan import HeadChoice, LayerPlan, ModelInfo, Plan, prompts_digest
-from dit_sparse.selection import ErrorTable, candidate_errors, check_mode, check_phases, default_candidates, select
+from dit_sparse.selection import (ErrorTable, candidate_errors, check_cost, check_mode, check_phases, default_candidates,
+                                  select)
 
 from . import hooks
 from .adapters import adapter_for
@@ -319,8 +320,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
     """
     mode, _ = check_mode(max_error, budget)
     check_phases(phases, mode)
-    if cost not in ("density", "time"):
-        raise ValueError(f"cost={cost!r} must be 'density' or 'time'")
+    check_cost(cost)
     measured = measure(pipe, prompts, candidates=candidates, num_inference_steps=num_inference_steps,
                        sample_steps=sample_steps, seeds=seeds, height=height, width=width, num_frames=num_frames,
                        progress=progress, model_name=model_name, call_kwargs=call_kwargs,
@@ -433,7 +433,7 @@ def build_plan(table: ErrorTable, sel, desc: Dict[str, Any], *, prompts: Sequenc
                                                  _clean(density[i, j])) for j in range(table.heads)))
                 for i, name in enumerate(table.layers)]
 
-    phases = [(ph.start, layers(ph.choice, ph.errors, ph.density)) for ph in getattr(sel, "phases", ())]
+    phases = [(ph.start, layers(ph.choice, ph.errors, ph.density)) for ph in sel.phases]
     combined = table.combined(sel.dense_steps)
     cand_summary = [{"pattern": p.to_dict(), "error": _clean(combined[..., c].mean()),
                      "density": _clean(table.density[..., c].mean())} for c, p in enumerate(table.candidates)]

@@ -719,9 +719,9 @@ def train_dit(args) -> None:
                 args.fg_weight + (args.fg_weight_final - args.fg_weight) * min(elapsed / state["budget"], 1.0))
             w = w * (1.0 + fg_w * fg_all[idx])
         w = w.expand_as(pred)
-        loss = ((pred - (noise - x0)).square() * w).mean() / w.mean()
+        err = pred - (noise - x0)
+        loss = (err.square() * w).mean() / w.mean()
         if args.temporal_weight > 0:  # see --temporal-weight
-            err = pred - (noise - x0)
             loss = loss + args.temporal_weight * (err[:, :, 2:] - err[:, :, 1:-1]).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,7 +13,7 @@ checked. The budget plans rank candidates by density; ``e10`` (every layer's err
 by measured kernel time, which on this CPU prefers 8 x 8 sliding tiles to neighbourhoods and
 4 x 4 tilings of similar density. ``e10p`` is ``e10`` with a second phase: from step 10 on,
 selected again on those steps under error bound 0.25 (late steps tolerate more error). The
-README's table runs every configuration with 6 dense warm-up steps (``--dense-steps 6``).
+README's table runs every configuration with 5 dense warm-up steps (``--dense-steps 5``).
 """
 import argparse
 from pathlib import Path
