@@ -395,6 +395,21 @@ def lr_at(frac: float, base: float, warm: float = 0.03, decay: float = 0.3) -> f
 # ----------------------------------------------------------------------------- vae stage
 
 
+def static_spread(vae, x: torch.Tensor) -> torch.Tensor:
+    """How differently the encoder codes one picture in the first and the later latent frames.
+
+    ``x`` ``[B, 3, F, H, W]``; each clip's first frame is held still for all ``F`` frames and
+    encoded; the result is the variance over time of the posterior means, relative to their
+    variance overall (so shrinking the latents cannot lower it). The causal Wan encoder codes
+    pixel frame 0 alone and the later frames in pairs; left to itself it learns two codes
+    for the same picture, and a transformer with only relative (RoPE) positions then cannot
+    tell which code a frame should carry. Weighting this spread in the loss
+    (``--vae-static-weight``) makes the latent space the same at every latent frame."""
+    still = x[:, :, :1].expand_as(x).contiguous()
+    mu = vae.encode(still).latent_dist.mean  # [B, C, T, h, w]
+    return (mu - mu.mean(dim=2, keepdim=True)).pow(2).mean() / mu.var().clamp_min(1e-6)
+
+
 def train_vae(args, decoder_only: bool = False) -> None:
     """Train the autoencoder; ``decoder_only`` then fine-tunes just the decoder on longer
     clips with the encoder (hence the latent space the DiT learned) frozen."""
@@ -439,15 +454,19 @@ def train_vae(args, decoder_only: bool = False) -> None:
         rec = (y - x).abs().mean() + F.mse_loss(y, x)
         kl = post.kl().mean() / z[0].numel()
         loss = rec + args.vae_kl * kl
+        hom = torch.zeros(())
+        if args.vae_static_weight > 0 and not decoder_only:
+            hom = static_spread(vae, x)
+            loss = loss + args.vae_static_weight * hom
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         state["step"] = step + 1
-        run.append((rec.item(), kl.item()))
+        run.append((rec.item(), kl.item(), hom.item()))
         if state["step"] % 20 == 0:
             a = np.mean(run, axis=0)
-            log(f"{stage} step {state['step']} rec {a[0]:.4f} kl {a[1]:.3f} lr {opt.param_groups[0]['lr']:.2e} t {elapsed / 60:.1f}m")
+            log(f"{stage} step {state['step']} rec {a[0]:.4f} kl {a[1]:.3f} static {a[2]:.4f} lr {opt.param_groups[0]['lr']:.2e} t {elapsed / 60:.1f}m")
             run = []
         if time.time() - last_save > 120:
             state["elapsed"] = time.time() - t0
@@ -796,6 +815,8 @@ def main(argv=None) -> None:
     p.add_argument("--vae-frames", type=int, default=5)
     p.add_argument("--vae-crop", type=int, default=48)
     p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--vae-static-weight", type=float, default=0.0,
+                   help="vae: weight of the spread over time of the codes of a clip held still (see static_spread)")
     p.add_argument("--num-clips", type=int, default=2000, help="cached DiT clips at the training size")
     p.add_argument("--big-size", type=int, default=96, help="second, larger training size (resolution variety)")
     p.add_argument("--num-big-clips", type=int, default=256)

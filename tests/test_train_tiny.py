@@ -67,3 +67,42 @@ def test_sample_sigmas_high_band_share():
     assert above(base) < 0.02  # the shifted logit-normal alone barely visits the caption band
     # 30% uniform on [0.9, 1] puts 0.3 * 0.3 = 9% of the samples above 0.97, plus the rest's share
     assert 0.08 < above(mixed) < 0.12
+
+
+class _StubPosterior:
+    def __init__(self, mean):
+        self.mean = mean
+
+
+class _StubEncoded:
+    def __init__(self, mean):
+        self.latent_dist = _StubPosterior(mean)
+
+
+class _StubVAE:
+    """Codes pixel frame 0 alone and later frames in pairs, like the causal Wan encoder;
+    ``first_gain`` scales the code of frame 0 only (1.0: one code for all frames)."""
+
+    def __init__(self, first_gain):
+        self.first_gain = first_gain
+
+    def encode(self, x):
+        first = x[:, :, :1] * self.first_gain
+        pairs = (x[:, :, 1::2] + x[:, :, 2::2]) / 2
+        return _StubEncoded(torch.cat([first, pairs], dim=2))
+
+
+def test_static_spread_is_zero_for_a_time_homogeneous_code_and_grows_with_the_frame0_gap():
+    x = torch.randn(2, 3, 9, 4, 4)
+    assert train_tiny.static_spread(_StubVAE(1.0), x).item() < 1e-10
+    gap = train_tiny.static_spread(_StubVAE(0.2), x).item()
+    wider = train_tiny.static_spread(_StubVAE(-1.0), x).item()
+    assert 0.0 < gap < wider
+    # relative to the code's own variance: scaling the whole code leaves it unchanged
+    scaled = _StubVAE(0.2)
+    scaled.encode = lambda v, e=scaled.encode: _StubEncoded(e(v).latent_dist.mean * 7.0)
+    assert abs(train_tiny.static_spread(scaled, x).item() - gap) < 1e-5
+    # only the first frame of x matters (the clip is held still on it)
+    y = x.clone()
+    y[:, :, 1:] = torch.randn_like(y[:, :, 1:])
+    assert abs(train_tiny.static_spread(_StubVAE(0.2), y).item() - gap) < 1e-6
