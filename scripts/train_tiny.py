@@ -82,9 +82,10 @@ A whole recipe with a time-homogeneous autoencoder (2026-11-30, not shipped)::
 
 ``--vae-static-weight`` (``static_spread``) makes the encoder code a still picture the same at
 latent frame 0 as at the later ones: cosine 0.999 between the codes of frame 0 and the later
-frames of a clip held still, against 0.43 for the shipped autoencoder. Two threads made the
-autoencoder cheap (0.43 s per step against 0.59 on one at batch 4, 5 frames, 48 px crops; the
-shipped one took 47.6 minutes) and better: reconstruction PSNR 28.4-30.1 dB per pixel frame of
+frames of a clip held still (``static_spread`` 0.0006), against 0.43 (0.21) for the shipped
+autoencoder. Two threads made the autoencoder cheap (without the static term 0.43 s per step
+against 0.59 on one at batch 4, 5 frames, 48 px crops; with it 0.56 s; the shipped one took
+47.6 minutes in its two stages) and better: reconstruction PSNR 28.4-30.1 dB per pixel frame of
 9-frame clips against 22.2-26.2 dB. Its DiT, with 1.5x the steps, no longer smears the first
 frames, but draws the shape in fewer clips: caption scores background 21 of 24, shape colour
 11, motion 2, outline 4, stray 0.033; the shape often appears some frames in, or vanishes, and
@@ -138,7 +139,8 @@ kept one blob on one background and drew cleaner blobs at 64 px than its strip (
 extra steps, more likely than the sparsity), but was no more local at 128 px (sliding tile
 5x1x3 12.8 dB at 1.81x; per-head budget-0.25 plan 16.6 dB at 1.59x) and puts the recipe at
 104 minutes. Leads: sparse steps only at low noise (sigma < ~0.6, after the layout is set);
-a cheaper autoencoder recipe to give the DiT more of the 90 minutes.
+a cheaper autoencoder recipe to give the DiT more of the 90 minutes (tried 2026-11-30, above:
+24 minutes on two threads; the DiT's 1.5x steps did not make it draw better).
 
 ``scripts/caption_score.py`` puts numbers on "recognisable" (24 unseen captions; share of
 clips whose most common colour is the captioned background / whose shape colour is second /
