@@ -91,7 +91,10 @@ frames, but draws the shape in fewer clips: caption scores background 21 of 24, 
 11, motion 2, outline 4, stray 0.033; the shape often appears some frames in, or vanishes, and
 where it moves it moves against the caption in most clips (right -> left, up -> down). Frame 0
 was not what kept the shapes still. At guidance 2 it scored 24 / 14 / 5 / 5 (the shipped DiT
-at guidance 2: 24 / 17 / 4 / 8).
+at guidance 2: 24 / 17 / 4 / 8). A 40-minute DiT with the shipped flags on the same new
+autoencoder (2,387 steps, the shipped DiT's budget) scored lower still: 18 / 8 / 2 / 4, stray
+0.050. So it is the new latent space, not the longer run, that the DiT draws worse from: a
+sharper autoencoder is not an easier one to denoise in.
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
