@@ -3,6 +3,7 @@
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -69,27 +70,19 @@ def test_sample_sigmas_high_band_share():
     assert 0.08 < above(mixed) < 0.12
 
 
-class _StubPosterior:
-    def __init__(self, mean):
-        self.mean = mean
-
-
-class _StubEncoded:
-    def __init__(self, mean):
-        self.latent_dist = _StubPosterior(mean)
-
 
 class _StubVAE:
     """Codes pixel frame 0 alone and later frames in pairs, like the causal Wan encoder;
-    ``first_gain`` scales the code of frame 0 only (1.0: one code for all frames)."""
+    ``first_gain`` scales the code of frame 0 only (1.0: one code for all frames), ``scale``
+    the whole code."""
 
-    def __init__(self, first_gain):
-        self.first_gain = first_gain
+    def __init__(self, first_gain, scale=1.0):
+        self.first_gain, self.scale = first_gain, scale
 
     def encode(self, x):
         first = x[:, :, :1] * self.first_gain
         pairs = (x[:, :, 1::2] + x[:, :, 2::2]) / 2
-        return _StubEncoded(torch.cat([first, pairs], dim=2))
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=torch.cat([first, pairs], dim=2) * self.scale))
 
 
 def test_static_spread_is_zero_for_a_time_homogeneous_code_and_grows_with_the_frame0_gap():
@@ -99,9 +92,7 @@ def test_static_spread_is_zero_for_a_time_homogeneous_code_and_grows_with_the_fr
     wider = train_tiny.static_spread(_StubVAE(-1.0), x).item()
     assert 0.0 < gap < wider
     # relative to the code's own variance: scaling the whole code leaves it unchanged
-    scaled = _StubVAE(0.2)
-    scaled.encode = lambda v, e=scaled.encode: _StubEncoded(e(v).latent_dist.mean * 7.0)
-    assert abs(train_tiny.static_spread(scaled, x).item() - gap) < 1e-5
+    assert abs(train_tiny.static_spread(_StubVAE(0.2, scale=7.0), x).item() - gap) < 1e-5
     # only the first frame of x matters (the clip is held still on it)
     y = x.clone()
     y[:, :, 1:] = torch.randn_like(y[:, :, 1:])
