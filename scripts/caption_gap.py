@@ -4,10 +4,11 @@ For rendered clips of the training distribution (``tiny_clips``, a dataset seed 
 never used), encoded by the pipeline's own VAE and normalised as the pipeline does, the
 flow-matching velocity error ``|v(x_t, sigma, text) - (noise - x0)|^2`` is measured at each
 ``--sigmas`` level with the clip's own caption, with the next clip's caption ("wrong") and with
-the empty prompt, all embedded by ``pipe.encode_prompt`` exactly as at inference (padded to
+the empty prompt, and with its own caption but the opposite direction ("reversed"), all embedded by ``pipe.encode_prompt`` exactly as at inference (padded to
 ``max_sequence_length``). A model that reads its caption has ``true < empty < wrong`` where
 the noise hides the content (sigma near 1); a model whose ``true`` equals ``empty`` there
-draws its colours from the noise, whatever the prompt says.
+draws its colours from the noise, whatever the prompt says; one whose ``reversed`` equals
+``true`` ignores the direction word (moves its shapes, if at all, whichever way the noise says).
 
     python scripts/caption_gap.py                         # embedded model
     python scripts/caption_gap.py --model /tmp/tw --clips 48 --sigmas 0.5 0.9 0.97 1.0
@@ -32,7 +33,8 @@ import tiny_clips  # noqa: E402
 from eval_plan import load  # noqa: E402
 
 DATASET_SEED = 778  # not a training seed (training: 0; caption_score: 777)
-VARIANTS = ("true", "wrong", "empty")
+VARIANTS = ("true", "wrong", "reversed", "empty")
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def latent_stats(vae) -> tuple:
@@ -68,11 +70,18 @@ def velocity_errors(transformer, x0: torch.Tensor, embeds: Dict[str, torch.Tenso
     return out
 
 
+def reverse_direction(caption: str) -> str:
+    """The caption with its direction word swapped for the opposite one."""
+    words = caption.split()
+    i = words.index("moving") + 1
+    return " ".join(words[:i] + [OPPOSITE[words[i]]] + words[i + 1:])
+
+
 def table(errors: Dict[float, Dict[str, float]]) -> str:
-    rows: List[List[str]] = [["sigma", *VARIANTS, "wrong - true", "empty - true"]]
+    rows: List[List[str]] = [["sigma", *VARIANTS, "wrong - true", "reversed - true", "empty - true"]]
     for sigma, e in errors.items():
         rows.append([f"{sigma:g}", *(f"{e[v]:.4f}" for v in VARIANTS),
-                     f"{e['wrong'] - e['true']:+.4f}", f"{e['empty'] - e['true']:+.4f}"])
+                     *(f"{e[v] - e['true']:+.4f}" for v in ("wrong", "reversed", "empty"))])
     return format_table(rows)
 
 
@@ -94,12 +103,14 @@ def main(argv=None) -> int:
     pixels, captions = tiny_clips.make_batch(DATASET_SEED, 0, args.clips, frames=args.frames,
                                              height=args.size, width=args.size)
     wrong = captions[1:] + captions[:1]
+    reversed_ = [reverse_direction(c) for c in captions]
     with torch.no_grad():
         x0 = normalised_latents(pipe, torch.from_numpy(pixels))
         embeds = {
             variant: pipe.encode_prompt(caps, do_classifier_free_guidance=False,
                                         max_sequence_length=args.max_sequence_length)[0]
-            for variant, caps in (("true", captions), ("wrong", wrong), ("empty", [""] * len(captions)))
+            for variant, caps in (("true", captions), ("wrong", wrong), ("reversed", reversed_),
+                                  ("empty", [""] * len(captions)))
         }
         errors = velocity_errors(pipe.transformer, x0, embeds, args.sigmas)
     print(f"{name}: velocity error of {args.clips} clips at {args.frames}x{args.size}x{args.size}, "

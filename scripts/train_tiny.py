@@ -623,6 +623,32 @@ def sample_sigmas(n: int, g: torch.Generator, shift: float, high_frac: float = 0
     return torch.where(high, 1 - (1 - high_min) * torch.rand(n, generator=g), sigma)
 
 
+def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: float):
+    """Per-frame noise levels for ``--frame-noise-prob`` steps: in each clip one latent frame,
+    drawn uniformly, is noised at ``sigma * r`` with ``r ~ U(lo, hi)``, the others at ``sigma``.
+
+    Returns the noise scale ``[B, 1, F, 1, 1]`` and per-token timesteps ``[B, F * H/2 * W/2]``
+    (Wan's transformer embeds a timestep per token when given a 2-D one, as Wan 2.2 TI2V
+    does; equal per-token timesteps compute exactly the global path the pipeline uses).
+
+    Why: with every frame equally noisy the direction word is worth nothing to the loss: at
+    high noise a model without absolute positions can only predict a smear that is the same
+    in every frame, and at lower noise the noisy frames show the motion themselves (the
+    shipped DiT's velocity error was the same with the opposite direction in the caption).
+    With one frame clearer than the rest, where the shape is in the others follows from
+    where it is in that frame and from the captioned direction. (Training with independent
+    noise levels per frame is diffusion forcing, Chen et al. 2024; here it is an auxiliary
+    task for a sampler that keeps all frames at one level.)
+    """
+    b, _, f, h, w = shape
+    ref = torch.randint(f, (b,), generator=g)
+    r = lo + (hi - lo) * torch.rand(b, generator=g)
+    per_frame = sigma[:, None].repeat(1, f)
+    per_frame[torch.arange(b), ref] *= r
+    tokens = (h // 2) * (w // 2)  # patch (1, 2, 2)
+    return per_frame.view(b, 1, f, 1, 1), (per_frame * 1000).repeat_interleave(tokens, dim=1)
+
+
 def train_dit(args) -> None:
     lat_dir = args.ckpt / "latents"
     stats = json.loads((lat_dir / "stats.json").read_text())
@@ -741,10 +767,13 @@ def train_dit(args) -> None:
         # the text encoder runs in fp32 as in the pipeline (it is tiny; its bf16 features
         # would differ from the ones the exported model sees at inference)
         s = sigma.view(-1, 1, 1, 1, 1)
+        timestep = sigma * 1000
+        if args.frame_noise_prob > 0 and torch.rand((), generator=g) < args.frame_noise_prob:
+            s, timestep = frame_noise(sigma, x0.shape, g, *args.frame_noise_range)
         xt = (1 - s) * x0 + s * noise
         emb = encode_text(tokenizer, text_encoder, caps, text_len)
         with autocast:
-            pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb,
+            pred = transformer(hidden_states=xt, timestep=timestep, encoder_hidden_states=emb,
                                return_dict=False)[0].float()
             gap = None
             if (step + 1) % 20 == 0:
@@ -752,7 +781,7 @@ def train_dit(args) -> None:
                 # attention patterns with every caption dropped (near 0: the text is unused)
                 with torch.no_grad():
                     pred0 = transformer(
-                        hidden_states=xt, timestep=sigma * 1000,
+                        hidden_states=xt, timestep=timestep,
                         encoder_hidden_states=encode_text(tokenizer, text_encoder, [""] * bs, text_len),
                         return_dict=False,
                     )[0].float()
@@ -878,6 +907,10 @@ def main(argv=None) -> None:
     p.add_argument("--temporal-weight", type=float, default=0.0,
                    help="weight of an extra loss on the change of the velocity error between consecutive latent "
                         "frames 1..4 (how the clip moves; frame 0 is coded apart by the causal VAE)")
+    p.add_argument("--frame-noise-prob", type=float, default=0.0,
+                   help="share of DiT steps with one latent frame less noisy than the rest (see frame_noise)")
+    p.add_argument("--frame-noise-range", type=float, nargs=2, default=(0.1, 0.8), metavar=("LO", "HI"),
+                   help="that frame's sigma is the clip's times U(LO, HI)")
     p.add_argument("--from", dest="from_path", type=Path,
                    default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan",
                    help="import-vae: the WanPipeline folder whose autoencoder to import")

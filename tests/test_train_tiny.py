@@ -97,3 +97,37 @@ def test_static_spread_is_zero_for_a_time_homogeneous_code_and_grows_with_the_fr
     y = x.clone()
     y[:, :, 1:] = torch.randn_like(y[:, :, 1:])
     assert abs(train_tiny.static_spread(_StubVAE(0.2), y).item() - gap) < 1e-6
+
+
+def test_frame_noise_makes_one_frame_per_clip_less_noisy():
+    sigma = torch.tensor([0.9, 0.5, 1.0, 0.7])
+    s, timestep = train_tiny.frame_noise(sigma, (4, 8, 5, 6, 4), _gen(0), 0.1, 0.8)
+    assert s.shape == (4, 1, 5, 1, 1) and timestep.shape == (4, 5 * 3 * 2)
+    per_frame = s.view(4, 5)
+    for i in range(4):
+        lower = per_frame[i] < sigma[i]
+        assert int(lower.sum()) == 1  # one reference frame, the rest at the clip's sigma
+        assert torch.equal(per_frame[i][~lower], sigma[i].expand(4))
+        r = float(per_frame[i][lower] / sigma[i])
+        assert 0.1 <= r <= 0.8
+        # the timesteps run frame by frame (Wan flattens tokens frame-major), 6 tokens a frame
+        assert torch.allclose(timestep[i].view(5, 6), (per_frame[i] * 1000)[:, None].expand(5, 6))
+    refs = [int(train_tiny.frame_noise(sigma, (4, 8, 5, 6, 4), _gen(k), 0.1, 0.8)[0].view(4, 5)[0].argmin())
+            for k in range(12)]
+    assert len(set(refs)) > 2  # the reference frame varies
+
+
+def test_equal_per_token_timesteps_match_the_global_timestep():
+    # the frame-noise steps embed a timestep per token; the pipeline passes one per clip
+    model, inputs, _ = build("wan")
+    model.eval()
+    x = inputs["hidden_states"]
+    p = model.config.patch_size
+    tokens = (x.shape[2] // p[0]) * (x.shape[3] // p[1]) * (x.shape[4] // p[2])
+    t = torch.full((x.shape[0],), 730.0)
+    with torch.no_grad():
+        glob = model(**{**inputs, "timestep": t}, return_dict=False)[0]
+        per_token = model(**{**inputs, "timestep": t[:, None].expand(-1, tokens).contiguous()}, return_dict=False)[0]
+        other = model(**{**inputs, "timestep": torch.full_like(t, 200.0)}, return_dict=False)[0]
+    assert torch.allclose(per_token, glob, atol=1e-5)
+    assert (other - glob).abs().max() > 1e-3  # the timestep matters, so the match means something
