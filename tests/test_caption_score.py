@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import caption_score as cs  # noqa: E402
@@ -63,3 +64,38 @@ def test_main_at_ci_size(capsys):
     rows = {line.rsplit(None, 5)[0]: [float(v) for v in line.split()[-5:]] for line in lines[3:]}
     assert rows["true clips"][:4] == [1.0] * 4
     assert len(rows) == 2 and all(0.0 <= v <= 1.0 for values in rows.values() for v in values)
+
+
+def test_from_sigma_starts_from_the_true_clip(capsys):
+    # at low noise the sampler must end near the true clip: the captioned background and
+    # shape colour in place; from pure noise the same call is free to draw anything
+    assert cs.main(["--count", "2", "--frames", "9", "--size", "64", "--steps", "6",
+                    "--from-sigma", "0.3", "--guidance", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "from the true clips noised to sigma 0.3" in out[0]
+    model_row = [float(v) for v in out[-1].split()[-5:]]
+    assert model_row[:2] == [1.0, 1.0] and model_row[4] < 0.1
+
+
+def test_denoise_from_low_noise_ends_near_the_true_clip():
+    from eval_plan import load
+
+    pipe, _, _ = load(None)
+    call = dict(num_frames=9, height=64, width=64, num_inference_steps=6, guidance_scale=1.0)
+    spec = tiny_clips.sample_spec(cs.DATASET_SEED, 1)
+    truth = cs.true_frames(spec, 9, 64)
+    psnr = {}
+    for sigma in (0.3, 1.0):
+        with torch.no_grad():
+            frames = cs.denoise_from(pipe, spec, 0, call, sigma)
+        assert frames.shape == truth.shape
+        psnr[sigma] = 10 * np.log10(1 / np.mean((frames - truth) ** 2))
+    # from sigma 0.3 the clip is kept up to the autoencoder's error (~24 dB); from pure noise
+    # the model draws its own clip (~12 dB)
+    assert psnr[0.3] > 20 and psnr[0.3] > psnr[1.0] + 6, psnr
+
+
+def test_from_sigma_out_of_range_is_an_error():
+    with pytest.raises(SystemExit) as info:
+        cs.main(["--from-sigma", "1.5"])
+    assert info.value.code == 2
