@@ -96,6 +96,36 @@ autoencoder (2,387 steps, the shipped DiT's budget) scored lower still: 18 / 8 /
 0.050. So it is the new latent space, not the longer run, that the DiT draws worse from: a
 sharper autoencoder is not an easier one to denoise in.
 
+Why the shapes do not travel (2026-11-30, later; none of it shipped): the DiTs do not read
+the direction word. ``scripts/caption_gap.py`` with the opposite direction in the caption
+("reversed") gives the shipped DiT's velocity error to the fourth decimal at sigma 0.5-0.97
+(+0.0035 at 1, against +1.06 for a wrong caption), and ``caption_score.py --from-sigma S``
+shows the model keeping the motion of a true clip noised to 0.58 (24 of 24), half of it from
+0.84 and almost none from pure noise: it denoises motion it is shown but never starts any. With
+every frame equally noisy the direction is nearly worthless to the loss (at high noise a model
+without absolute positions predicts a smear that is the same in every frame; lower down, the
+frames show the motion themselves), so ``--frame-noise-prob`` (``frame_noise``) trains with one
+latent frame per clip less noisy than the rest, where the direction decides where the shape is
+in the others. Runs on the shipped autoencoder:
+
+    8-min fine-tunes of the shipped DiT (--extend --dit-lr 3e-4):
+      --high-sigma-frac 1 --high-sigma-min 0.5 (sigma ~ U(0.5, 1)), 520 steps:
+          caption scores 24 / 18 / 1 / 5, stray 0.049; from sigma 0.84 motion 13 of 24 (shipped: 10)
+      shipped flags + --frame-noise-prob 0.5, 430 steps: 24 / 11 / 1 / 4
+    42 min from scratch, shipped flags + --frame-noise-prob 0.5 --frame-noise-range 0.0 0.6:
+      2,313 steps (about two minutes shared with tests): 24 / 18 / 1 / 7, stray 0.080;
+      from sigma 0.84 motion 15 of 24; reversed - true +0.0017 at 0.97, +0.0114 at 1
+    its 6-min continuation on frame-noise steps only (--frame-noise-prob 1 --frame-noise-range
+      0.0 0.3 --high-sigma-frac 1 --dit-lr 1e-3), 355 steps: with frame 0.2 x sigma and the
+      others at 0.97, the velocity error is 0.0003 *lower* with the reversed caption
+
+No run learned to use the direction, not even where it decides the loss. Wan's 3D RoPE rotates
+separate channel pairs by time and by each spatial axis, so a head's position preference is a
+sum of a temporal and a spatial term: it can look one frame back at one offset, not along a
+path; a direction-dependent motion needs such a head per frame offset, its offset set by the
+caption, a circuit these runs never found. Leads: more heads (4 now), a motion larger than
+the 1.7 tokens per latent frame, a curriculum that starts on frame-noise steps alone.
+
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
 
