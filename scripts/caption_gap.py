@@ -3,9 +3,9 @@
 For rendered clips of the training distribution (``tiny_clips``, a dataset seed the training
 never used), encoded by the pipeline's own VAE and normalised as the pipeline does, the
 flow-matching velocity error ``|v(x_t, sigma, text) - (noise - x0)|^2`` is measured at each
-``--sigmas`` level with the clip's own caption, with the next clip's caption ("wrong") and with
-the empty prompt, and with its own caption but the opposite direction ("reversed"), all embedded by ``pipe.encode_prompt`` exactly as at inference (padded to
-``max_sequence_length``). A model that reads its caption has ``true < empty < wrong`` where
+``--sigmas`` level with the clip's own caption, with the next clip's caption ("wrong"), with its
+own caption but the opposite direction ("reversed") and with the empty prompt, all embedded by
+``pipe.encode_prompt`` exactly as at inference (padded to ``max_sequence_length``). A model that reads its caption has ``true < empty < wrong`` where
 the noise hides the content (sigma near 1); a model whose ``true`` equals ``empty`` there
 draws its colours from the noise, whatever the prompt says; one whose ``reversed`` equals
 ``true`` ignores the direction word (moves its shapes, if at all, whichever way the noise says).

@@ -20,9 +20,9 @@ checks (they must all pass there).
 
 ``--from-sigma S`` starts each clip not from pure noise but from its true clip's latent noised
 to ``S`` (the first step of the schedule at or below ``S``; SDEdit, Meng et al. 2022), and runs
-the rest of the schedule: at which noise level does the model lose what the clip shows? The
-shipped DiT keeps the motion from 0.69 (0.96 of the clips at guidance 1), half of it from 0.84,
-a third from 0.94 and almost none from pure noise.
+the rest of the schedule: at which noise level does the model lose what the clip shows? At
+guidance 4 the shipped DiT keeps the motion of 24 of 24 clips from sigma 0.58, of 10 from 0.84,
+of 7 from 0.94 and of 1 from pure noise.
 
     python scripts/caption_score.py                         # embedded model, 24 captions
     python scripts/caption_score.py --model /tmp/tw --count 48
