@@ -100,8 +100,8 @@ Why the shapes do not travel (2026-11-30, later; none of it shipped): the DiTs d
 the direction word. ``scripts/caption_gap.py`` with the opposite direction in the caption
 ("reversed") gives the shipped DiT's velocity error to the fourth decimal at sigma 0.5-0.97
 (+0.0035 at 1, against +1.06 for a wrong caption), and ``caption_score.py --from-sigma S``
-shows the model keeping the motion of a true clip noised to 0.58 (24 of 24), half of it from
-0.84 and almost none from pure noise: it denoises motion it is shown but never starts any. With
+shows the model keeping the motion of a true clip noised to 0.58 (24 of 24), of 10 from 0.84 and
+of 1 from pure noise: it denoises motion it is shown but never starts any. With
 every frame equally noisy the direction is nearly worthless to the loss (at high noise a model
 without absolute positions predicts a smear that is the same in every frame; lower down, the
 frames show the motion themselves), so ``--frame-noise-prob`` (``frame_noise``) trains with one
@@ -661,7 +661,7 @@ def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: f
     (Wan's transformer embeds a timestep per token when given a 2-D one, as Wan 2.2 TI2V
     does; equal per-token timesteps compute exactly the global path the pipeline uses).
 
-    Why: with every frame equally noisy the direction word is worth nothing to the loss: at
+    Why: with every frame equally noisy the direction word is worth almost nothing to the loss: at
     high noise a model without absolute positions can only predict a smear that is the same
     in every frame, and at lower noise the noisy frames show the motion themselves (the
     shipped DiT's velocity error was the same with the opposite direction in the caption).
