@@ -118,20 +118,18 @@ in the others. Runs on the shipped autoencoder:
     its 6-min continuation on frame-noise steps only (--frame-noise-prob 1 --frame-noise-range
       0.0 0.3 --high-sigma-frac 1 --dit-lr 1e-3), 355 steps: with frame 0.2 x sigma and the
       others at 0.97, the velocity error is 0.0003 *lower* with the reversed caption
-
     8 min from scratch on frame-noise steps alone (--frame-noise-prob 1 --frame-noise-range
       0.0 0.05 --high-sigma-frac 1 --high-sigma-min 0.99: one frame clean, the rest pure
       noise; 482 steps): the reversed caption costs +0.016 (4%) in that setting - the first
       DiT to read the direction at all
-
     its 34-min continuation with the shipped flags + --frame-noise-prob 0.5 --frame-noise-range
       0.0 0.6 (42 min in all, 2,398 steps): 23 / 16 / 2 / 4, stray 0.100; from sigma 0.84 motion
       16 of 24 (the most of any DiT); but reversed - true in the frame-noise setting back to
       -0.002 and +0.0020 at 0.97 in caption_gap: the mixed steps unlearned the direction
 
 None of the mixed runs learned to use the direction, not even where it decides the loss; only
-the run with nothing else to learn did, and mixing the usual steps back in undid it. Wan's 3D RoPE rotates
-separate channel pairs by time and by each spatial axis, so a head's position preference is a
+the run with nothing else to learn did, and mixing the usual steps back in undid it. Wan's 3D
+RoPE rotates separate channel pairs by time and by each spatial axis, so a head's position preference is a
 sum of a temporal and a spatial term: it can look one frame back at one offset, not along a
 path; a direction-dependent motion needs such a head per frame offset, its offset set by the
 caption, a circuit the mixed runs never found or kept. Leads: keep a share of pure
