@@ -5,10 +5,11 @@ never used), encoded by the pipeline's own VAE and normalised as the pipeline do
 flow-matching velocity error ``|v(x_t, sigma, text) - (noise - x0)|^2`` is measured at each
 ``--sigmas`` level with the clip's own caption, with the next clip's caption ("wrong"), with its
 own caption but the opposite direction ("reversed") and with the empty prompt, all embedded by
-``pipe.encode_prompt`` exactly as at inference (padded to ``max_sequence_length``). A model that reads its caption has ``true < empty < wrong`` where
-the noise hides the content (sigma near 1); a model whose ``true`` equals ``empty`` there
-draws its colours from the noise, whatever the prompt says; one whose ``reversed`` equals
-``true`` ignores the direction word (moves its shapes, if at all, whichever way the noise says).
+``pipe.encode_prompt`` exactly as at inference (padded to ``max_sequence_length``). A model
+that reads its caption has ``true < empty < wrong`` where the noise hides the content (sigma
+near 1); a model whose ``true`` equals ``empty`` there draws its colours from the noise,
+whatever the prompt says; one whose ``reversed`` equals ``true`` ignores the direction word
+(moves its shapes, if at all, whichever way the noise says).
 
     python scripts/caption_gap.py                         # embedded model
     python scripts/caption_gap.py --model /tmp/tw --clips 48 --sigmas 0.5 0.9 0.97 1.0
@@ -34,7 +35,9 @@ from eval_plan import load  # noqa: E402
 
 DATASET_SEED = 778  # not a training seed (training: 0; caption_score: 777)
 VARIANTS = ("true", "wrong", "reversed", "empty")
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+# each direction's opposite: the one whose (dx, dy) is negated
+OPPOSITE = {d: next(o for o, (ox, oy) in tiny_clips.DIRECTIONS.items() if (ox, oy) == (-dx, -dy))
+            for d, (dx, dy) in tiny_clips.DIRECTIONS.items()}
 
 
 def latent_stats(vae) -> tuple:

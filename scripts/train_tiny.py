@@ -667,11 +667,12 @@ def sample_sigmas(n: int, g: torch.Generator, shift: float, high_frac: float = 0
     return torch.where(high, 1 - (1 - high_min) * torch.rand(n, generator=g), sigma)
 
 
-def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: float):
+def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: float, patch=(1, 2, 2)):
     """Per-frame noise levels for ``--frame-noise-prob`` steps: in each clip one latent frame,
     drawn uniformly, is noised at ``sigma * r`` with ``r ~ U(lo, hi)``, the others at ``sigma``.
 
-    Returns the noise scale ``[B, 1, F, 1, 1]`` and per-token timesteps ``[B, F * H/2 * W/2]``
+    Returns the noise scale ``[B, 1, F, 1, 1]`` and per-token timesteps ``[B, tokens]`` for the
+    transformer's ``patch`` (``patch[0]`` must be 1: one timestep per latent frame)
     (Wan's transformer embeds a timestep per token when given a 2-D one, as Wan 2.2 TI2V
     does; equal per-token timesteps compute exactly the global path the pipeline uses).
 
@@ -689,7 +690,9 @@ def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: f
     r = lo + (hi - lo) * torch.rand(b, generator=g)
     per_frame = sigma[:, None].repeat(1, f)
     per_frame[torch.arange(b), ref] *= r
-    tokens = (h // 2) * (w // 2)  # patch (1, 2, 2)
+    if patch[0] != 1:
+        raise ValueError(f"frame_noise needs a temporal patch of 1, got {patch=}")
+    tokens = (h // patch[1]) * (w // patch[2])
     return per_frame.view(b, 1, f, 1, 1), (per_frame * 1000).repeat_interleave(tokens, dim=1)
 
 
@@ -815,7 +818,8 @@ def train_dit(args) -> None:
         if args.frame_noise_prob > 0 and torch.rand((), generator=g) < args.frame_noise_prob:
             if args.frame_noise_sigma_min is not None:  # the other frames at (nearly) pure noise
                 sigma = 1 - (1 - args.frame_noise_sigma_min) * torch.rand(bs, generator=g)
-            s, timestep = frame_noise(sigma, x0.shape, g, *args.frame_noise_range)
+            s, timestep = frame_noise(sigma, x0.shape, g, *args.frame_noise_range,
+                                      patch=transformer.config.patch_size)
         xt = (1 - s) * x0 + s * noise
         emb = encode_text(tokenizer, text_encoder, caps, text_len)
         with autocast:

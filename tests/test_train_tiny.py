@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import dit_sparse as ds
@@ -115,6 +116,11 @@ def test_frame_noise_makes_one_frame_per_clip_less_noisy():
     refs = [int(train_tiny.frame_noise(sigma, (4, 8, 5, 6, 4), _gen(k), 0.1, 0.8)[0].view(4, 5)[0].argmin())
             for k in range(12)]
     assert len(set(refs)) > 2  # the reference frame varies
+    # tokens per frame follow the transformer's spatial patch; a temporal patch is refused
+    _, per_pixel = train_tiny.frame_noise(sigma, (4, 8, 5, 6, 4), _gen(0), 0.1, 0.8, patch=(1, 1, 1))
+    assert per_pixel.shape == (4, 5 * 6 * 4)
+    with pytest.raises(ValueError, match="temporal patch"):
+        train_tiny.frame_noise(sigma, (4, 8, 5, 6, 4), _gen(0), 0.1, 0.8, patch=(2, 2, 2))
 
 
 def test_equal_per_token_timesteps_match_the_global_timestep():
