@@ -316,13 +316,16 @@ def build_text_encoder(vocab_size: int):
     return UMT5EncoderModel(cfg)
 
 
-def build_transformer():
+DIT_ARCH = {"heads": 4, "head_dim": 32}  # the shipped DiT's; see --dit-heads
+
+
+def build_transformer(heads: int = DIT_ARCH["heads"], head_dim: int = DIT_ARCH["head_dim"]):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=32,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
         in_channels=Z_DIM,
         out_channels=Z_DIM,
         text_dim=TEXT_DIM,
@@ -379,7 +382,7 @@ def reinit_text_path(transformer, text_encoder, opt) -> None:
     negative (measured: -5.4 on average, 0.05% of the attention mass, no effect of the
     caption on the output). See ``--pad-prob`` for what prevents it.
     """
-    fresh = build_transformer()
+    fresh = build_transformer(transformer.config.num_attention_heads, transformer.config.attention_head_dim)
     cross = [transformer.condition_embedder.text_embedder] + [b.attn2 for b in transformer.blocks]
     cross_fresh = [fresh.condition_embedder.text_embedder] + [b.attn2 for b in fresh.blocks]
     new_te = build_text_encoder(text_encoder.config.vocab_size)
@@ -389,6 +392,23 @@ def reinit_text_path(transformer, text_encoder, opt) -> None:
                 a.copy_(b)
                 opt.state.pop(a, None)
     make_text_padding_inert(transformer)
+
+
+def dit_arch(args) -> dict:
+    """The DiT's ``{"heads", "head_dim"}``: from ``<ckpt>/dit/state.json`` once the stage has
+    started (checkpoints from before the flags hold the shipped 4 x 32), else from
+    ``--dit-heads`` / ``--dit-head-dim``. 2 x 64 and 4 x 32 weights have the same shapes, so the
+    architecture is kept with the checkpoint rather than trusted to the flags on resume."""
+    wanted = {"heads": getattr(args, "dit_heads", None), "head_dim": getattr(args, "dit_head_dim", None)}
+    path = args.ckpt / "dit" / "state.json"
+    if not path.exists():
+        return {k: DIT_ARCH[k] if v is None else v for k, v in wanted.items()}
+    saved = json.loads(path.read_text()).get("arch", DIT_ARCH)
+    for key, flag in (("heads", "--dit-heads"), ("head_dim", "--dit-head-dim")):
+        if wanted[key] is not None and wanted[key] != saved[key]:
+            raise SystemExit(f"{flag} {wanted[key]}: the checkpoint in {path.parent} has {saved[key]}; "
+                             f"drop the flag or start a new --ckpt")
+    return dict(saved)
 
 
 def build_scheduler():
@@ -713,8 +733,9 @@ def train_dit(args) -> None:
 
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(len(tokenizer))
-    transformer = build_transformer()
-    ema = build_transformer()
+    arch = dit_arch(args)
+    transformer = build_transformer(arch["heads"], arch["head_dim"])
+    ema = build_transformer(arch["heads"], arch["head_dim"])
     ema.load_state_dict(transformer.state_dict())
     ema_te = build_text_encoder(len(tokenizer))
     ema_te.load_state_dict(text_encoder.state_dict())
@@ -769,8 +790,9 @@ def train_dit(args) -> None:
             done[args.reinit_text] = state["step"]
             log(f"dit: text path re-initialised ({args.reinit_text!r}) at step {state['step']}")
         log(f"dit: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+    state["arch"] = arch
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
-    log(f"dit: transformer {n_params:.2f} M params, budget {state['budget'] / 60:.1f} min")
+    log(f"dit: transformer {arch['heads']} x {arch['head_dim']} heads, {n_params:.2f} M params, budget {state['budget'] / 60:.1f} min")
     transformer.train()
     text_encoder.train()
     # bf16 autocast: the matmuls run on the CPU's bf16 units (AVX512-BF16); weights, optimizer
@@ -887,7 +909,8 @@ def export(args) -> None:
     Checkpoint(args.ckpt, vae_stage).load_weights({"vae": vae})
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(len(tokenizer))
-    transformer = build_transformer()
+    arch = dit_arch(args)
+    transformer = build_transformer(arch["heads"], arch["head_dim"])
     which = "dit" if args.no_ema else "dit_ema"
     Checkpoint(args.ckpt, which).load_weights({"transformer": transformer, "text_encoder": text_encoder})
     pipe = WanPipeline(
@@ -929,6 +952,11 @@ def main(argv=None) -> None:
     p.add_argument("--big-batch", type=int, default=3)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--dit-batch", type=int, default=8)
+    p.add_argument("--dit-heads", type=int, default=None,
+                   help=f"attention heads of a new DiT (default {DIT_ARCH['heads']}; kept in the checkpoint)")
+    p.add_argument("--dit-head-dim", type=int, default=None,
+                   help=f"channels per head of a new DiT (default {DIT_ARCH['head_dim']}): Wan's 3D RoPE gives "
+                        "each spatial axis 2 * (head_dim // 6) of them, so 64 resolves small offsets better")
     p.add_argument("--decay-frac", type=float, default=0.3, help="final fraction of the DiT budget with cosine decay")
     p.add_argument("--text-lr-mult", type=float, default=3.0, help="learning-rate factor of the text path")
     p.add_argument("--pad-prob", type=float, default=0.5,

@@ -137,3 +137,24 @@ def test_equal_per_token_timesteps_match_the_global_timestep():
         other = model(**{**inputs, "timestep": torch.full_like(t, 200.0)}, return_dict=False)[0]
     assert torch.allclose(per_token, glob, atol=1e-5)
     assert (other - glob).abs().max() > 1e-3  # the timestep matters, so the match means something
+
+
+def test_dit_arch_from_flags_then_from_the_checkpoint(tmp_path):
+    def args(heads=None, head_dim=None):
+        return SimpleNamespace(ckpt=tmp_path, dit_heads=heads, dit_head_dim=head_dim)
+
+    assert train_tiny.dit_arch(args()) == train_tiny.DIT_ARCH  # a new run: the shipped shape
+    assert train_tiny.dit_arch(args(2, 64)) == {"heads": 2, "head_dim": 64}
+    model = train_tiny.build_transformer(2, 64)
+    assert (model.config.num_attention_heads, model.config.attention_head_dim) == (2, 64)
+    # 2 x 64 and 4 x 32 have the same weight shapes: only the saved state can tell them apart
+    shapes = {n: p.shape for n, p in model.state_dict().items()}
+    assert shapes == {n: p.shape for n, p in train_tiny.build_transformer().state_dict().items()}
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "state.json").write_text('{"step": 3}')  # written before the flags
+    assert train_tiny.dit_arch(args()) == train_tiny.DIT_ARCH
+    (tmp_path / "dit" / "state.json").write_text('{"step": 3, "arch": {"heads": 2, "head_dim": 64}}')
+    assert train_tiny.dit_arch(args()) == {"heads": 2, "head_dim": 64}  # resumed as saved
+    assert train_tiny.dit_arch(args(2)) == {"heads": 2, "head_dim": 64}
+    with pytest.raises(SystemExit, match="--dit-heads 4: the checkpoint .* has 2"):
+        train_tiny.dit_arch(args(4))
