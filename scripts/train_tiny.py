@@ -687,7 +687,8 @@ def sample_sigmas(n: int, g: torch.Generator, shift: float, high_frac: float = 0
     return torch.where(high, 1 - (1 - high_min) * torch.rand(n, generator=g), sigma)
 
 
-def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: float, patch=(1, 2, 2)):
+def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: float, patch=(1, 2, 2),
+                every: bool = False):
     """Per-frame noise levels for ``--frame-noise-prob`` steps: in each clip one latent frame,
     drawn uniformly, is noised at ``sigma * r`` with ``r ~ U(lo, hi)``, the others at ``sigma``.
 
@@ -704,12 +705,19 @@ def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: f
     where it is in that frame and from the captioned direction. (Training with independent
     noise levels per frame is diffusion forcing, Chen et al. 2024; here it is an auxiliary
     task for a sampler that keeps all frames at one level.)
+
+    With ``every`` (``--frame-noise-every``) every frame draws its own ``r``: the frames range
+    from clear to as noisy as the clip's sigma, a continuum between one clean frame among
+    noisy ones and the sampler's equal levels.
     """
     b, _, f, h, w = shape
-    ref = torch.randint(f, (b,), generator=g)
-    r = lo + (hi - lo) * torch.rand(b, generator=g)
-    per_frame = sigma[:, None].repeat(1, f)
-    per_frame[torch.arange(b), ref] *= r
+    if every:
+        per_frame = sigma[:, None] * (lo + (hi - lo) * torch.rand(b, f, generator=g))
+    else:
+        ref = torch.randint(f, (b,), generator=g)
+        r = lo + (hi - lo) * torch.rand(b, generator=g)
+        per_frame = sigma[:, None].repeat(1, f)
+        per_frame[torch.arange(b), ref] *= r
     if patch[0] != 1:
         raise ValueError(f"frame_noise needs a temporal patch of 1, got {patch=}")
     tokens = (h // patch[1]) * (w // patch[2])
@@ -841,7 +849,7 @@ def train_dit(args) -> None:
             if args.frame_noise_sigma_min is not None:  # the other frames at (nearly) pure noise
                 sigma = 1 - (1 - args.frame_noise_sigma_min) * torch.rand(bs, generator=g)
             s, timestep = frame_noise(sigma, x0.shape, g, *args.frame_noise_range,
-                                      patch=transformer.config.patch_size)
+                                      patch=transformer.config.patch_size, every=args.frame_noise_every)
         xt = (1 - s) * x0 + s * noise
         emb = encode_text(tokenizer, text_encoder, caps, text_len)
         with autocast:
@@ -991,6 +999,8 @@ def main(argv=None) -> None:
                    help="that frame's sigma is the clip's times U(LO, HI)")
     p.add_argument("--frame-noise-sigma-min", type=float, default=None, metavar="S",
                    help="in the frame-noise steps, draw the clip's sigma from U(S, 1) (default: as other steps)")
+    p.add_argument("--frame-noise-every", action="store_true",
+                   help="in the frame-noise steps, every latent frame draws its own factor from the range")
     p.add_argument("--from", dest="from_path", type=Path,
                    default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan",
                    help="import-vae: the WanPipeline folder whose autoencoder to import")

@@ -158,3 +158,14 @@ def test_dit_arch_from_flags_then_from_the_checkpoint(tmp_path):
     assert train_tiny.dit_arch(args(2)) == {"heads": 2, "head_dim": 64}
     with pytest.raises(SystemExit, match="--dit-heads 4: the checkpoint .* has 2"):
         train_tiny.dit_arch(args(4))
+
+
+def test_frame_noise_every_frame_its_own_level():
+    sigma = torch.tensor([0.99, 0.6])
+    s, timestep = train_tiny.frame_noise(sigma, (2, 8, 5, 4, 4), _gen(0), 0.3, 1.0, every=True)
+    per_frame = s.view(2, 5)
+    assert (per_frame >= 0.3 * sigma[:, None] - 1e-6).all() and (per_frame <= sigma[:, None] + 1e-6).all()
+    assert len(set(per_frame[0].tolist())) == 5  # independent draws, not one reference frame
+    assert torch.allclose(timestep.view(2, 5, 4), (per_frame * 1000)[..., None].expand(2, 5, 4))
+    one, _ = train_tiny.frame_noise(sigma, (2, 8, 5, 4, 4), _gen(0), 0.3, 1.0)
+    assert int((one.view(2, 5) < sigma[:, None]).sum(1).max()) == 1  # the default is unchanged
