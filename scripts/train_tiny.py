@@ -130,15 +130,45 @@ in the others. Runs on the shipped autoencoder:
       --frame-noise-sigma-min 0.99 (a share of the pure steps throughout; 591 steps, ~180 of
       them frame-noise): reversed - true -0.002 in the pure setting: not learned either
 
-None of the mixed runs learned to use the direction, not even where it decides the loss; only
-the run with nothing else to learn did, and mixing the usual steps back in undid it. Wan's 3D
-RoPE rotates separate channel pairs by time and by each spatial axis, so a head's position preference is a
-sum of a temporal and a spatial term: it can look one frame back at one offset, not along a
-path; a direction-dependent motion needs such a head per frame offset, its offset set by the
-caption, a circuit the mixed runs never found or kept. Leads: a longer pure phase followed by
-mixed steps that keep a share of pure ones (the 10-minute probe above had ~180 pure steps, the
-run that learned 482); more heads (4 now); a motion larger than the 1.7 tokens per latent
-frame.
+Wan's 3D RoPE rotates separate channel pairs by time and by each spatial axis, so a head's
+position preference is a sum of a temporal and a spatial term: it can look one frame back at
+one offset, not along a path; a direction-dependent motion needs such a head per frame
+offset, its offset set by the caption. With ``attention_head_dim`` 32 each spatial axis gets
+2 * (32 // 6) = 10 channels, 5 frequencies of which two (1 and 0.16 rad per token) resolve
+offsets of 1-8 tokens; with 64 it gets 10 frequencies (1, 0.40, 0.16, 0.06, ...).
+``scripts/motion_probe.py`` measures the circuit directly: the x0 prediction with latent frame
+2 clean and the rest at sigma 0.995, decoded, its shape's path slope along the captioned
+direction (1: as captioned, 0: copied in place, -1: reversed), with the true caption / the
+opposite direction, 24 unseen clips (2026-11-30, later):
+
+    shipped DiT                                                             +0.05 / +0.05
+    8 min pure frame-noise steps (the run above that read the direction)    +0.12 / -0.19
+    its 4 x 32 twin (same flags, --autocast bf16 --fg-weight 4 --fg-weight-final 1
+      --frame-noise-prob 1 --frame-noise-range 0.0 0.05 --high-sigma-frac 1
+      --high-sigma-min 0.99; 450 steps)                                     +0.12 / -0.15
+    the same with --dit-heads 2 --dit-head-dim 64 (same parameter count; 528 steps)  +0.34 / +0.00
+    4 x 32 pure run + 34 min with the shipped flags + --frame-noise-prob 0.4
+      --frame-noise-range 0.0 0.5 --frame-noise-sigma-min 0.99 (40% of the steps keep
+      the task; 2,470 steps)                                                -0.00 / -0.05
+    2 x 64 pure run + the same 34 min (2,688 steps)                         +0.77 / -0.42
+
+So the head width, not the mix, decided: with 64 channels per head the DiT learned to move
+the clean frame's shape the captioned way in the other frames and kept it with the usual
+steps mixed in; with 32 it copies the shape in place. But it does not carry over to sampling:
+with every frame at one level (the sampler's) the slope is the same for either direction
+(0.61 / 0.65 at sigma 0.95, the noisy true clip's own motion), caption_gap's reversed - true
+stays +0.0006 at 0.97, and from pure noise the 2 x 64 DiT scores 22 / 9 / 2 / 4 (stray
+0.080; guidance 1: 24 / 9 / 6 / 8), fewer shape colours than the 4 x 32 runs (the 4 x 32
+continuation: 23 / 18 / 2 / 6, stray 0.086), though from sigma 0.85 it keeps the motion of 18
+of 24 (shipped: 10 from 0.84). A 15-minute fine-tune of it with ``--frame-noise-every
+--frame-noise-range 0.3 1.0`` (every frame its own level between clear and pure noise, a
+bridge towards equal levels; --dit-lr 3e-4, 991 steps) kept the circuit (+0.56 / -0.36) and
+still did not move shapes from noise: 23 / 9 / 1 / 2. None of it shipped. Leads: the circuit
+is gated by the clean frame (per-token timestep or content); sampling needs it to act on
+evidence spread thinly over every frame. 4 x 64 heads (twice the attention width; the
+shape colours may need the heads 2 x 64 gave up); training steps at equal high levels
+(0.9-0.99) where the direction is worth more because of the circuit; a motion larger than
+the 1.7 tokens per latent frame.
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
