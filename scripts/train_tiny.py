@@ -152,9 +152,11 @@ opposite direction, 24 unseen clips (2026-11-30, later):
       the task; 2,470 steps)                                                -0.00 / -0.05
     2 x 64 pure run + the same 34 min (2,688 steps)                         +0.77 / -0.42
 
-So the head width, not the mix, decided: with 64 channels per head the DiT learned to move
-the clean frame's shape the captioned way in the other frames and kept it with the usual
-steps mixed in; with 32 it copies the shape in place. But it does not carry over to sampling:
+After 8 pure minutes both head shapes read the direction a little (true - reversed 0.27 for
+4 x 32, 0.34 for 2 x 64); with the usual steps mixed in, the 2 x 64 DiT grew it (1.19: it
+moves the clean frame's shape the captioned way in the other frames) and the 4 x 32 one lost
+it (it copies the shape in place). So the head shape, not the mix, decided (wider heads or
+fewer of them: the two are not separated here). But it does not carry over to sampling:
 with every frame at one level (the sampler's) the slope is the same for either direction
 (0.61 / 0.65 at sigma 0.95, the noisy true clip's own motion), caption_gap's reversed - true
 stays +0.0006 at 0.97, and from pure noise the 2 x 64 DiT scores 22 / 9 / 2 / 4 (stray
