@@ -165,12 +165,15 @@ continuation: 23 / 18 / 2 / 6, stray 0.086), though from sigma 0.85 it keeps the
 of 24 (shipped: 10 from 0.84). A 15-minute fine-tune of it with ``--frame-noise-every
 --frame-noise-range 0.3 1.0`` (every frame its own level between clear and pure noise, a
 bridge towards equal levels; --dit-lr 3e-4, 991 steps) kept the circuit (+0.56 / -0.36) and
-still did not move shapes from noise: 23 / 9 / 1 / 2. None of it shipped. Leads: the circuit
-is gated by the clean frame (per-token timestep or content); sampling needs it to act on
-evidence spread thinly over every frame. 4 x 64 heads (twice the attention width; the
-shape colours may need the heads 2 x 64 gave up); training steps at equal high levels
-(0.9-0.99) where the direction is worth more because of the circuit; a motion larger than
-the 1.7 tokens per latent frame.
+still did not move shapes from noise: 23 / 9 / 1 / 2. Nor did a 10-minute fine-tune with 60%
+of the steps at equal levels 0.9-1, where the circuit would pay (``--high-sigma-frac 0.6
+--high-sigma-min 0.9``, 30% one-clean-frame steps, --dit-lr 3e-4, 676 steps): slope +0.80 /
+-0.48, reversed - true -0.0000 at 0.97, 24 / 8 / 0 / 3. None of it shipped. Leads: the circuit
+is gated by the clean frame (its per-token timestep or its content); sampling needs it to act
+on evidence spread thinly over every frame, so shrink the gap: frame-noise steps whose
+reference frame is only a little less noisy than the rest (a range such as 0.8-1.0, narrowed
+towards 1 over the run); 4 x 64 heads (twice the attention width; the shape colours may need
+the heads that 2 x 64 gave up); a motion larger than the 1.7 tokens per latent frame.
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
