@@ -177,7 +177,10 @@ narrowed, the reference frame only a little less noisy than the rest (shipped fl
 effect at one level for all frames (+0.67 / +0.46 at sigma 0.95; caption_gap reversed - true
 +0.0133 at 0.97, against +0.0006 before it); from sigma 0.95 the clips keep or start the
 captioned motion in 10 of 24 (the 2 x 64 DiT before it: 5; shipped, from 0.94: 7), from pure
-noise still 2 of 24 (scores 23 / 9 / 2 / 4; guidance 1: 23 / 8 / 4 / 5). None of it shipped.
+noise still 2 of 24 (scores 23 / 9 / 2 / 4; guidance 1: 23 / 8 / 4 / 5). Ten more minutes
+narrowed further (``--frame-noise-range 0.85 1.0``, 628 steps): +0.79 / +0.19 at sigma 0.95
+for all frames, reversed - true +0.0271 at 0.97, from sigma 0.95 the captioned motion in 13
+of 24 (shape colour 22), from pure noise still 2 (24 / 9 / 2 / 2). None of it shipped.
 Leads: that curriculum for longer, its range narrowed towards 1 over the run (at 1 it is the
 sampler's setting); 4 x 64 heads (twice the attention width; the shape colours may need the
 heads that 2 x 64 gave up); a motion larger than the 1.7 tokens per latent frame.
