@@ -44,6 +44,7 @@ import tiny_clips  # noqa: E402
 from caption_gap import DATASET_SEED, latent_stats, normalised_latents, reverse_direction  # noqa: E402
 from caption_score import NAMES, labels  # noqa: E402
 from eval_plan import load  # noqa: E402
+from train_tiny import per_token_timesteps  # noqa: E402
 
 MIN_PIXELS = 10  # a frame counts when it has this many shape-coloured pixels
 
@@ -75,23 +76,21 @@ def noise_levels(setting: str, sigma: float, frames: int, ref: int) -> torch.Ten
     return torch.full((frames,), float(setting.split("@")[1]))
 
 
-def slopes(pipe, specs, captions: List[str], levels: torch.Tensor, frames: int, size: int,
+def slopes(pipe, specs, x0: torch.Tensor, embeds: torch.Tensor, levels: torch.Tensor,
            seed: int = 0, batch: int = 8) -> List[float]:
-    """Path slope of the decoded x0 prediction of each clip under per-frame noise ``levels``."""
+    """Path slope of the decoded x0 prediction of each clip (normalised latents ``x0``, caption
+    embeddings ``embeds``) under per-frame noise ``levels``."""
     mean, std = latent_stats(pipe.vae)
-    pixels = torch.from_numpy(np.stack([tiny_clips.render(s, frames, size, size) for s in specs]))
     out = []
     with torch.no_grad():
-        x0 = normalised_latents(pipe, pixels)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        p = pipe.transformer.config.patch_size
-        tokens = (x0.shape[3] // p[1]) * (x0.shape[4] // p[2])
         s = levels.view(1, 1, -1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         for i in range(0, len(specs), batch):
-            emb = pipe.encode_prompt(captions[i : i + batch], do_classifier_free_guidance=False)[0]
+            emb = embeds[i : i + batch]
             n = len(emb)
-            timestep = (levels * 1000).repeat_interleave(tokens)[None].expand(n, -1).contiguous()
+            timestep = per_token_timesteps(levels[None].expand(n, -1), x0.shape[3:],
+                                           pipe.transformer.config.patch_size)
             v = pipe.transformer(hidden_states=xt[i : i + n], timestep=timestep, encoder_hidden_states=emb,
                                  return_dict=False)[0].float()
             video = pipe.vae.decode((xt[i : i + n] - s * v) * std + mean, return_dict=False)[0]
@@ -126,13 +125,18 @@ def main(argv=None) -> int:
         p.error(f"--ref must be a latent frame index in [0, {latent_frames - 1}] for --frames {args.frames}, "
                 f"got {args.ref}")
     specs = [tiny_clips.sample_spec(DATASET_SEED, i) for i in range(args.clips)]
+    pixels = torch.from_numpy(np.stack([tiny_clips.render(s, args.frames, args.size, args.size) for s in specs]))
+    with torch.no_grad():  # encoded once, shared by every setting
+        x0 = normalised_latents(pipe, pixels)
+        embeds = [pipe.encode_prompt(caps, do_classifier_free_guidance=False)[0]
+                  for caps in ([s.caption for s in specs], [reverse_direction(s.caption) for s in specs])]
     rows = [["setting", "true", "n", "reversed", "n"]]
     settings = ["ref"] + [f"all@{s:g}" for s in args.levels]
     for setting in settings:
         levels = noise_levels(setting, args.sigma, latent_frames, args.ref)
         row = [setting if setting != "ref" else f"ref {args.ref} clean, rest {args.sigma:g}"]
-        for captions in ([s.caption for s in specs], [reverse_direction(s.caption) for s in specs]):
-            values = np.asarray(slopes(pipe, specs, captions, levels, args.frames, args.size))
+        for emb in embeds:
+            values = np.asarray(slopes(pipe, specs, x0, emb, levels))
             ok = np.isfinite(values)
             row += [f"{values[ok].mean():+.3f}" if ok.any() else "nan", f"{int(ok.sum())}"]
         rows.append(row)

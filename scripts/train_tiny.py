@@ -444,7 +444,7 @@ def dit_arch(args) -> dict:
     started (checkpoints from before the flags hold the shipped 4 x 32), else from
     ``--dit-heads`` / ``--dit-head-dim``. 2 x 64 and 4 x 32 weights have the same shapes, so the
     architecture is kept with the checkpoint rather than trusted to the flags on resume."""
-    wanted = {"heads": getattr(args, "dit_heads", None), "head_dim": getattr(args, "dit_head_dim", None)}
+    wanted = {"heads": args.dit_heads, "head_dim": args.dit_head_dim}
     path = args.ckpt / "dit" / "state.json"
     if not path.exists():
         return {k: DIT_ARCH[k] if v is None else v for k, v in wanted.items()}
@@ -763,10 +763,16 @@ def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: f
         r = lo + (hi - lo) * torch.rand(b, generator=g)
         per_frame = sigma[:, None].repeat(1, f)
         per_frame[torch.arange(b), ref] *= r
+    return per_frame.view(b, 1, f, 1, 1), per_token_timesteps(per_frame, (h, w), patch)
+
+
+def per_token_timesteps(per_frame: torch.Tensor, size, patch=(1, 2, 2)) -> torch.Tensor:
+    """Wan timesteps ``[B, tokens]`` (frame-major) from per-latent-frame sigmas ``[B, F]`` on a
+    ``size = (h, w)`` latent; ``patch[0]`` must be 1 (one timestep per latent frame)."""
     if patch[0] != 1:
         raise ValueError(f"frame_noise needs a temporal patch of 1, got {patch=}")
-    tokens = (h // patch[1]) * (w // patch[2])
-    return per_frame.view(b, 1, f, 1, 1), (per_frame * 1000).repeat_interleave(tokens, dim=1)
+    tokens = (size[0] // patch[1]) * (size[1] // patch[2])
+    return (per_frame * 1000).repeat_interleave(tokens, dim=1)
 
 
 def train_dit(args) -> None:
