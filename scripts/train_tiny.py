@@ -733,7 +733,7 @@ def sample_sigmas(n: int, g: torch.Generator, shift: float, high_frac: float = 0
 
 
 def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: float, patch=(1, 2, 2),
-                every: bool = False):
+                every: bool = False, hidden: bool = False):
     """Per-frame noise levels for ``--frame-noise-prob`` steps: in each clip one latent frame,
     drawn uniformly, is noised at ``sigma * r`` with ``r ~ U(lo, hi)``, the others at ``sigma``.
 
@@ -754,6 +754,12 @@ def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: f
     With ``every`` (``--frame-noise-every``) every frame draws its own ``r``: the frames range
     from clear to as noisy as the clip's sigma, a continuum between one clean frame among
     noisy ones and the sampler's equal levels.
+
+    With ``hidden`` (``--frame-noise-hidden``) every token's timestep is the clip's ``sigma``:
+    the model is not told which frame is clearer. A circuit that carries the shape along the
+    captioned path from the clearer frame cannot then switch on from that frame's timestep
+    embedding; it has to weigh the frames by what they show, which is what it must do at the
+    sampler's equal levels, where the evidence is spread thinly over every frame.
     """
     b, _, f, h, w = shape
     if every:
@@ -763,7 +769,8 @@ def frame_noise(sigma: torch.Tensor, shape, g: torch.Generator, lo: float, hi: f
         r = lo + (hi - lo) * torch.rand(b, generator=g)
         per_frame = sigma[:, None].repeat(1, f)
         per_frame[torch.arange(b), ref] *= r
-    return per_frame.view(b, 1, f, 1, 1), per_token_timesteps(per_frame, (h, w), patch)
+    told = sigma[:, None].repeat(1, f) if hidden else per_frame
+    return per_frame.view(b, 1, f, 1, 1), per_token_timesteps(told, (h, w), patch)
 
 
 def per_token_timesteps(per_frame: torch.Tensor, size, patch=(1, 2, 2)) -> torch.Tensor:
@@ -900,7 +907,8 @@ def train_dit(args) -> None:
             if args.frame_noise_sigma_min is not None:  # the other frames at (nearly) pure noise
                 sigma = 1 - (1 - args.frame_noise_sigma_min) * torch.rand(bs, generator=g)
             s, timestep = frame_noise(sigma, x0.shape, g, *args.frame_noise_range,
-                                      patch=transformer.config.patch_size, every=args.frame_noise_every)
+                                      patch=transformer.config.patch_size, every=args.frame_noise_every,
+                                      hidden=args.frame_noise_hidden)
         xt = (1 - s) * x0 + s * noise
         emb = encode_text(tokenizer, text_encoder, caps, text_len)
         with autocast:
@@ -1052,6 +1060,9 @@ def main(argv=None) -> None:
                    help="in the frame-noise steps, draw the clip's sigma from U(S, 1) (default: as other steps)")
     p.add_argument("--frame-noise-every", action="store_true",
                    help="in the frame-noise steps, every latent frame draws its own factor from the range")
+    p.add_argument("--frame-noise-hidden", action="store_true",
+                   help="in the frame-noise steps, give every token the clip's timestep: the model is not told which "
+                        "frame is clearer (see frame_noise)")
     p.add_argument("--from", dest="from_path", type=Path,
                    default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan",
                    help="import-vae: the WanPipeline folder whose autoencoder to import")

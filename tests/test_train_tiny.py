@@ -169,3 +169,12 @@ def test_frame_noise_every_frame_its_own_level():
     assert torch.allclose(timestep.view(2, 5, 4), (per_frame * 1000)[..., None].expand(2, 5, 4))
     one, _ = train_tiny.frame_noise(sigma, (2, 8, 5, 4, 4), _gen(0), 0.3, 1.0)
     assert int((one.view(2, 5) < sigma[:, None]).sum(1).max()) == 1  # the default is unchanged
+
+
+def test_frame_noise_hidden_tells_every_token_the_clip_sigma():
+    sigma = torch.tensor([0.97, 0.5])
+    s, timestep = train_tiny.frame_noise(sigma, (2, 8, 5, 4, 4), _gen(0), 0.7, 0.95, hidden=True)
+    shown, _ = train_tiny.frame_noise(sigma, (2, 8, 5, 4, 4), _gen(0), 0.7, 0.95)
+    assert torch.equal(s, shown)  # the same noise levels as without it...
+    assert int((s.view(2, 5) < sigma[:, None]).sum(1).min()) == 1
+    assert torch.allclose(timestep, (sigma * 1000)[:, None].expand(2, 20))  # ...but not told which frame
