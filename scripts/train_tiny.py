@@ -214,9 +214,22 @@ mixed minutes (2,636 steps) not at all (+0.48 / +0.49 with a clean frame, +0.55 
 equal levels, where the 2 x 64 DiT on the shipped autoencoder had +0.77 / -0.42); from pure
 noise, scored from pixel frame 3 on, 20 / 5 / 0 / 4. Stopped there: on that latent space the
 circuit does not form, and the DiT draws the shape colour in fewer clips still.
-Leads: that curriculum for longer, its range narrowed towards 1 over the run (at 1 it is the
-sampler's setting); 4 x 64 heads (twice the attention width; the shape colours may need the
-heads that 2 x 64 gave up); a motion larger than the 1.7 tokens per latent frame.
+
+The lineage compressed into the DiT's 42 minutes, on the shipped autoencoder (2 x 64 heads; 8
+pure minutes, 16 mixed with ``--frame-noise-prob 0.4 --frame-noise-range 0.0 0.5
+--frame-noise-sigma-min 0.99``, then 9 + 9 hidden narrowed-gap minutes, 0.7-0.95 and 0.85-1.0,
+--dit-lr 3e-4; 2,478 steps, the pure phase 411 of them, its CPU shared with evals): no
+direction at all (probe +0.07 / +0.10 with a clean frame, +0.54 / +0.56 at equal levels;
+reversed - true +0.0028 at 0.97), scores 23 / 13 / 1 / 4 (guidance 1: 24 / 14 / 6 / 7). In
+the long lineage the circuit grew during the 34 mixed minutes (+0.34 / +0.00 after the pure
+phase, +0.77 / -0.42 after them); 16 were not enough to grow it.
+Leads: a recipe that fits 90 minutes with the long lineage's DiT steps (a cheaper autoencoder
+that keeps the shipped one's latent space, e.g. its two stages on two threads; the DiT's 92
+minutes would still need cutting, most safely from the first 10-minute fine-tunes); 4 x 64
+heads (twice the attention width; the shape colours may need the heads that 2 x 64 gave up);
+a motion larger than the 1.7 tokens per latent frame. A shipped 2 x 64 DiT needs the bench
+re-measured: the 20-minute run's attention at 128 px sits elsewhere (3x5x5 mass per layer
+0.061 / 0.509 / 0.116, against the shipped 0.215 / 0.067 / 0.037).
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
