@@ -210,8 +210,8 @@ moving in a random direction would score.
 The same curriculum on the time-homogeneous autoencoder (``--vae-static-weight``, above; its
 smear-free first frames would let the motion check see the whole path), 2 x 64 heads: 8 pure
 minutes (524 steps) read the direction only a little (probe +0.16 / +0.05), and after the 34
-mixed minutes (2,636 steps) not at all (+0.48 / +0.49 with a clean frame, +0.55 / +0.56 at
-equal levels, where the 2 x 64 DiT on the shipped autoencoder had +0.77 / -0.42); from pure
+mixed minutes (2,636 steps) not at all (+0.48 / +0.49 with a clean frame, where the 2 x 64 DiT
+on the shipped autoencoder had +0.77 / -0.42; +0.55 / +0.56 at equal levels); from pure
 noise, scored from pixel frame 3 on, 20 / 5 / 0 / 4. Stopped there: on that latent space the
 circuit does not form, and the DiT draws the shape colour in fewer clips still.
 
