@@ -824,7 +824,7 @@ def per_token_timesteps(per_frame: torch.Tensor, size, patch=(1, 2, 2)) -> torch
     """Wan timesteps ``[B, tokens]`` (frame-major) from per-latent-frame sigmas ``[B, F]`` on a
     ``size = (h, w)`` latent; ``patch[0]`` must be 1 (one timestep per latent frame)."""
     if patch[0] != 1:
-        raise ValueError(f"frame_noise needs a temporal patch of 1, got {patch=}")
+        raise ValueError(f"per-frame timesteps need a temporal patch of 1, got {patch=}")
     tokens = (size[0] // patch[1]) * (size[1] // patch[2])
     return (per_frame * 1000).repeat_interleave(tokens, dim=1)
 
