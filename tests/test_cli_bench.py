@@ -144,3 +144,25 @@ def test_bench_errors(tmp_path, capsys, model_args, plan_path, case, expected):
     lines = stderr_lines(captured.err)
     assert len(lines) == 1 and lines[0].startswith("dit-sparse bench: error: ") and expected in lines[0], captured.err
     assert list(out_dir.iterdir()) == []
+
+
+def test_bench_warmup_is_quiet_about_a_phased_plan_run_for_one_step(tmp_path, capsys, model_args):
+    """The untimed 1-step warm-up runs a phased plan on a schedule it was not profiled for;
+    that must not warn (the timed runs use the plan's own length, so nothing warns at all)."""
+    import warnings
+
+    import dit_sparse as ds
+    from dit_sparse.cli.generate import load_pipeline
+
+    pipe, _ = load_pipeline(model_args[1] if model_args else None, "cpu", "float32")
+    plan = ds.profile(pipe, ["a blue square moving up on a red background"], budget=0.6, num_inference_steps=3,
+                      num_frames=FRAMES, height=HEIGHT, width=WIDTH, progress=False, phases=[(2, 0.4)],
+                      candidates=["neighborhood:kernel=1x3x3", "neighborhood:kernel=3x3x3", PATTERN])
+    assert plan.phase_starts
+    path = plan.save(tmp_path / "phased.plan.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["bench", *model_args, *size_args(steps=3), "--plan", str(path), "--prompts", PROMPT])
+    assert code == 0, capsys.readouterr().err
+    assert not [w for w in caught if issubclass(w.category, ds.PlanStepsWarning)]
+    assert list(parse_table(capsys.readouterr().out)) == ["dense", "plan phased.plan.json"]

@@ -194,3 +194,36 @@ def test_attention_meter_times_self_attention_only(model_args):
     expected = ds.Neighborhood(kernel=(1, 3, 3)).density(ds.TokenLayout(grid=(2, 4, 4)))
     assert meter.calls == 2 * layers and meter.density == pytest.approx(expected)
     assert frames.shape == (3, 16, 16, 3) and np.isfinite(frames).all()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_half_dtype_on_a_cpu_without_its_instructions_warns_once(monkeypatch, capsys, model_args, native):
+    """Half precision on a CPU without the matrix instructions runs every matmul in a generic
+    loop (30-300x slower than fp32 on AVX2): loading warns in one line naming --dtype, its
+    value and the alternative; with the instructions, or for float32, nothing is printed."""
+    from dit_sparse import env
+    from dit_sparse.cli.generate import load_pipeline
+
+    asked = []
+    monkeypatch.setattr(env, "cpu_half_matmul_is_native", lambda name: asked.append(name) or native)
+    load_pipeline(model_args[1] if model_args else None, "cpu", "bfloat16")
+    err = stderr_lines(capsys.readouterr().err)
+    assert asked == ["bfloat16"]
+    if native:
+        assert err == []
+    else:
+        assert len(err) == 1 and err[0].startswith("dit-sparse: warning: --dtype bfloat16 on --device cpu")
+        assert "use --dtype float32" in err[0]
+    monkeypatch.setattr(env, "cpu_half_matmul_is_native", lambda name: False)
+    load_pipeline(model_args[1] if model_args else None, "cpu", "float32")
+    assert stderr_lines(capsys.readouterr().err) == []  # float32 never asks the probe
+
+
+def test_half_matmul_probe_answers_per_dtype():
+    import torch
+
+    from dit_sparse import env
+
+    assert env.cpu_half_matmul_is_native("float32") is True
+    for name, probe in (("bfloat16", "_is_mkldnn_bf16_supported"), ("float16", "_is_mkldnn_fp16_supported")):
+        assert env.cpu_half_matmul_is_native(name) is bool(getattr(torch.ops.mkldnn, probe)())

@@ -178,3 +178,13 @@ def test_frame_noise_hidden_tells_every_token_the_clip_sigma():
     assert torch.equal(s, shown)  # the same noise levels as without it...
     assert int((s.view(2, 5) < sigma[:, None]).sum(1).min()) == 1
     assert torch.allclose(timestep, (sigma * 1000)[:, None].expand(2, 20))  # ...but not told which frame
+
+
+def test_bf16_autocast_is_refused_on_a_cpu_without_bf16_instructions(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(train_tiny, "cpu_half_matmul_is_native", lambda name: name != "bfloat16")
+    with pytest.raises(SystemExit) as exc:
+        train_tiny.main(["--stage", "dit", "--ckpt", str(tmp_path), "--autocast", "bf16"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--autocast bf16" in err and "use --autocast none" in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written

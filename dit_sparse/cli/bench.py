@@ -126,9 +126,16 @@ def _run_config(pipe, config: gen.Sparsity, prompt: str, seed: int, kwargs: Dict
 
 
 def _warmup(pipe, configs: List[gen.Sparsity], prompt: str, kwargs: Dict) -> None:
+    import warnings
+
+    from dit_sparse.plan import PlanStepsWarning
+
     short = dict(kwargs, num_inference_steps=1)
-    for config in configs:
-        _run_config(pipe, config if config.dense else gen.Sparsity(config.label, config.spec, 0), prompt, 0, short)
+    with warnings.catch_warnings():
+        # a plan profiled for 20 steps run for 1 warns of it; here that is the point, not news
+        warnings.simplefilter("ignore", PlanStepsWarning)
+        for config in configs:
+            _run_config(pipe, config if config.dense else gen.Sparsity(config.label, config.spec, 0), prompt, 0, short)
 
 
 def _finite(row: Dict) -> Dict:

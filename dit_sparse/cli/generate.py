@@ -98,6 +98,9 @@ def load_pipeline(model: Optional[str], device: str, dtype: str):
     torch_dtype = getattr(torch, dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device} but CUDA is not available")
+    note = slow_dtype_note(device, dtype)
+    if note:
+        print(f"dit-sparse: warning: {note}", file=sys.stderr)
     from diffusers import DiffusionPipeline
 
     try:
@@ -114,6 +117,18 @@ def load_pipeline(model: Optional[str], device: str, dtype: str):
     except (RuntimeError, AssertionError) as exc:
         fail(f"cannot move the pipeline to --device {device}: {exc}")
     return pipe, embedded
+
+
+def slow_dtype_note(device: str, dtype: str) -> Optional[str]:
+    """A one-line warning when ``--dtype`` would run the pipeline's matmuls without hardware
+    support (half precision on a CPU without it: see
+    :func:`dit_sparse.env.cpu_half_matmul_is_native`), else ``None``."""
+    from dit_sparse import env
+
+    if dtype not in ("float16", "bfloat16") or not device.startswith("cpu") or env.cpu_half_matmul_is_native(dtype):
+        return None
+    return (f"--dtype {dtype} on --device {device}: this CPU has no {dtype} matrix instructions, so PyTorch "
+            f"multiplies in a generic loop, 30-300x slower than float32; use --dtype float32")
 
 
 @contextlib.contextmanager
