@@ -232,6 +232,14 @@ a motion larger than the 1.7 tokens per latent frame. A shipped 2 x 64 DiT needs
 re-measured: the 20-minute run's attention at 128 px sits elsewhere (3x5x5 mass per layer
 0.061 / 0.509 / 0.116, against the shipped 0.215 / 0.067 / 0.037).
 
+The minutes above are of a 2-core AMD EPYC with AVX512-BF16. On a 2-core EPYC with AVX2 only
+(2026-12-01) the same steps take about twice as long and more: the 2 x 64 DiT with the shipped
+flags but ``--autocast none`` ran 64 steps in 2.5 minutes (26 a minute; with ``--autocast
+bf16`` 7 in 1.5, which is why ``main`` refuses bf16 there), the latents took 2.2 + 1.5 minutes,
+and ``torch.compile`` of the transformer saved only 5-12% a step (fwd + bwd: the flash-attention
+kernels and the matmuls already run near the 80 GFLOP/s of its fp32 matmul). The shipped
+recipe's 2,430 DiT steps would take about 93 minutes there, the 92-minute lineage above about 230.
+
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
 
