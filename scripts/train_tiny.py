@@ -32,6 +32,11 @@ frozen (so the cached latents and the DiT stay valid); it can run beside ``dit``
 
     python scripts/train_tiny.py --stage vae-decoder --ckpt /work/ckpt --minutes 15
 
+``--steps N`` instead of ``--minutes`` gives ``vae``, ``vae-decoder`` or ``dit`` a budget of
+optimizer steps: the learning-rate schedule then follows the step count, so a recorded run
+can be made again step for step on a machine of another speed (the minutes below are of the
+machines that ran them; ``--extend --steps N`` adds N steps to a resumed stage).
+
 ``all`` runs them in sequence, splitting ``--minutes`` 25% vae, 65% dit, 10% vae-decoder. Checkpoints are
 safetensors files (model + Adam moments) plus a small ``state.json`` per stage, in
 ``--ckpt`` (outside the repository). Runs single-threaded by default (``--threads``).
@@ -583,6 +588,33 @@ def lr_at(frac: float, base: float, warm: float = 0.03, decay: float = 0.3) -> f
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min((frac - 1.0 + decay) / decay, 1.0))))
 
 
+def set_budget(state: dict, args, resumed: bool) -> None:
+    """The stage's budget: ``--steps`` (a step count, the same run on any machine) or else
+    ``--minutes`` of wall time; with ``--extend`` either is added to what the resumed stage
+    has done (the schedule then spans the whole run: see :func:`progress`). A plain resume
+    keeps the budget it had."""
+    if args.steps is not None:
+        state["step_budget"] = args.steps + (state["step"] if resumed and args.extend else 0)
+    elif not resumed:
+        state["budget"] = args.minutes * 60.0
+    elif args.extend:
+        state.pop("step_budget", None)
+        state["budget"] = state["elapsed"] + args.minutes * 60.0
+
+
+def progress(state: dict, elapsed: float) -> float:
+    """How much of the stage's budget is used (>= 1: done): steps over the step budget when
+    it has one, else wall seconds over the time budget. Learning rates and the fg weight
+    follow it."""
+    if state.get("step_budget"):
+        return state["step"] / state["step_budget"]
+    return elapsed / state["budget"]
+
+
+def budget_text(state: dict) -> str:
+    return f"{state['step_budget']} steps" if state.get("step_budget") else f"{state['budget'] / 60:.1f} min"
+
+
 # ----------------------------------------------------------------------------- vae stage
 
 
@@ -619,19 +651,19 @@ def train_vae(args, decoder_only: bool = False) -> None:
     state = {"step": 0, "elapsed": 0.0, "budget": args.minutes * 60.0}
     if ck.exists:
         state = ck.load({"vae": vae}, opt)
-        state["budget"] = state["elapsed"] + args.minutes * 60.0 if args.extend else state["budget"]
         log(f"{stage}: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
-    log(f"{stage}: {sum(p.numel() for p in trainable) / 1e6:.2f} M trainable params, budget {state['budget'] / 60:.1f} min")
+    set_budget(state, args, ck.exists)
+    log(f"{stage}: {sum(p.numel() for p in trainable) / 1e6:.2f} M trainable params, budget {budget_text(state)}")
     rng_seed = args.seed + 1_000_000  # the VAE sees other clips than the cached DiT set
     t0, last_save, run = time.time() - state["elapsed"], time.time(), []
     bs, crop = args.vae_batch, args.vae_crop
     while True:
         elapsed = time.time() - t0
-        if elapsed >= state["budget"]:
+        if progress(state, elapsed) >= 1.0:
             break
         step = state["step"]
         for g in opt.param_groups:
-            g["lr"] = lr_at(elapsed / state["budget"], lr)
+            g["lr"] = lr_at(progress(state, elapsed), lr)
         x, _ = tiny_clips.make_batch(rng_seed, step * bs, bs, frames=frames, height=SIZE, width=SIZE)
         r = np.random.default_rng([rng_seed, step, 7])
         if crop < SIZE:  # random crops: convolutions do not care, and it is 1.8x cheaper
@@ -901,8 +933,6 @@ def train_dit(args) -> None:
         for m in (transformer, ema):
             if make_text_padding_inert(m):
                 log("dit: made the text padding inert in the resumed weights")
-        if args.extend:
-            state["budget"] = state["elapsed"] + args.minutes * 60.0
         done = state.setdefault("text_reinits", {})
         if args.reinit_text and args.reinit_text not in done:
             torch.manual_seed(args.seed)
@@ -912,9 +942,10 @@ def train_dit(args) -> None:
             done[args.reinit_text] = state["step"]
             log(f"dit: text path re-initialised ({args.reinit_text!r}) at step {state['step']}")
         log(f"dit: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+    set_budget(state, args, ck.exists)
     state["arch"] = arch
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
-    log(f"dit: transformer {arch['heads']} x {arch['head_dim']} heads, {n_params:.2f} M params, budget {state['budget'] / 60:.1f} min")
+    log(f"dit: transformer {arch['heads']} x {arch['head_dim']} heads, {n_params:.2f} M params, budget {budget_text(state)}")
     transformer.train()
     text_encoder.train()
     # bf16 autocast: the matmuls run on the CPU's bf16 units (AVX512-BF16); weights, optimizer
@@ -926,10 +957,10 @@ def train_dit(args) -> None:
     t0, last_save, run = time.time() - state["elapsed"], time.time(), []
     while True:
         elapsed = time.time() - t0
-        if elapsed >= state["budget"]:
+        if progress(state, elapsed) >= 1.0:
             break
         step = state["step"]
-        lr = lr_at(elapsed / state["budget"], args.dit_lr, decay=args.decay_frac)
+        lr = lr_at(progress(state, elapsed), args.dit_lr, decay=args.decay_frac)
         # text-only phase: only the text path learns, on noisy samples (where the caption is
         # what is left to know), so that it is useful before the rest adapts around it
         text_only = step < args.text_only_until
@@ -986,7 +1017,7 @@ def train_dit(args) -> None:
         w[:, :, 0] = args.frame0_weight  # see --frame0-weight
         if fg_all is not None:  # the shape's latents weigh (1 + fg_weight): see --fg-weight
             fg_w = args.fg_weight if args.fg_weight_final is None else (
-                args.fg_weight + (args.fg_weight_final - args.fg_weight) * min(elapsed / state["budget"], 1.0))
+                args.fg_weight + (args.fg_weight_final - args.fg_weight) * min(progress(state, elapsed), 1.0))
             w = w * (1.0 + fg_w * fg_all[idx])
         w = w.expand_as(pred)
         err = pred - (noise - x0)
@@ -1059,7 +1090,10 @@ def main(argv=None) -> None:
     p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt"))
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan")
     p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget of the stage")
-    p.add_argument("--extend", action="store_true", help="on resume, add --minutes to the stage's budget")
+    p.add_argument("--steps", type=int, default=None,
+                   help="vae, vae-decoder, dit: a budget of optimizer steps instead of --minutes (the schedule "
+                        "follows the step count, so the run is the same on a faster or slower machine)")
+    p.add_argument("--extend", action="store_true", help="on resume, add --minutes (or --steps) to the stage's budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vae-lr", type=float, default=1e-3)
@@ -1133,6 +1167,9 @@ def main(argv=None) -> None:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--no-ema", action="store_true", help="export the raw instead of the EMA weights")
     args = p.parse_args(argv)
+    if args.steps is not None and (args.steps < 1 or args.stage not in ("vae", "vae-decoder", "dit")):
+        p.error(f"--steps {args.steps}: a step budget >= 1 of one training stage (vae, vae-decoder, dit), "
+                f"not of --stage {args.stage}")
     if args.autocast == "bf16" and not cpu_half_matmul_is_native("bfloat16"):
         # the 2 x 64 DiT on a 2-core AVX2 EPYC: 7 steps in 90 s under bf16 autocast, 41 in fp32
         p.error("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so every "

@@ -188,3 +188,47 @@ def test_bf16_autocast_is_refused_on_a_cpu_without_bf16_instructions(monkeypatch
     err = capsys.readouterr().err
     assert "--autocast bf16" in err and "use --autocast none" in err
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def _budget_args(steps=None, minutes=20.0, extend=False):
+    return SimpleNamespace(steps=steps, minutes=minutes, extend=extend)
+
+
+def test_step_budget_sets_the_schedule_and_extends_from_the_current_step():
+    state = {"step": 0, "elapsed": 0.0}
+    train_tiny.set_budget(state, _budget_args(steps=400), resumed=False)
+    state.update(step=100, elapsed=1e6)  # wall time does not count against a step budget
+    assert train_tiny.progress(state, 1e6) == pytest.approx(0.25)
+    train_tiny.set_budget(state, _budget_args(), resumed=True)  # a plain resume keeps it
+    assert state["step_budget"] == 400
+    train_tiny.set_budget(state, _budget_args(steps=300, extend=True), resumed=True)
+    assert state["step_budget"] == 400 and train_tiny.progress(state, 0.0) == pytest.approx(0.25)
+    state["step"] = 400
+    train_tiny.set_budget(state, _budget_args(steps=600, extend=True), resumed=True)
+    assert state["step_budget"] == 1000 and train_tiny.progress(state, 0.0) == pytest.approx(0.4)
+    # a later phase by wall time: the step budget goes, minutes add to the elapsed time
+    state["elapsed"] = 600.0
+    train_tiny.set_budget(state, _budget_args(minutes=10.0, extend=True), resumed=True)
+    assert "step_budget" not in state and state["budget"] == 1200.0
+    assert train_tiny.progress(state, 900.0) == pytest.approx(0.75)
+    fresh = {"step": 0, "elapsed": 0.0}
+    train_tiny.set_budget(fresh, _budget_args(minutes=2.0), resumed=False)
+    assert fresh["budget"] == 120.0 and train_tiny.progress(fresh, 60.0) == pytest.approx(0.5)
+
+
+def test_vae_stage_stops_at_its_step_budget_and_extends(tmp_path):
+    import json
+
+    small = ["--stage", "vae", "--ckpt", str(tmp_path), "--vae-batch", "1", "--vae-frames", "1", "--vae-crop", "16"]
+    train_tiny.main([*small, "--steps", "2", "--minutes", "0.001"])  # minutes ignored under --steps
+    state = json.loads((tmp_path / "vae" / "state.json").read_text())
+    assert state["step"] == 2 and state["step_budget"] == 2
+    train_tiny.main([*small, "--steps", "1", "--extend"])
+    assert json.loads((tmp_path / "vae" / "state.json").read_text())["step"] == 3
+
+
+@pytest.mark.parametrize("argv", [["--stage", "vae", "--steps", "0"], ["--stage", "export", "--steps", "5"]])
+def test_steps_outside_a_training_stage_or_below_one_is_refused(argv, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train_tiny.main([*argv, "--ckpt", str(tmp_path)])
+    assert exc.value.code == 2 and "--steps" in capsys.readouterr().err
