@@ -244,6 +244,15 @@ bf16`` 7 in 1.5, which is why ``main`` refuses bf16 there), the latents took 2.2
 and ``torch.compile`` of the transformer saved only 5-12% a step (fwd + bwd: the flash-attention
 kernels and the matmuls already run near the 80 GFLOP/s of its fp32 matmul). The shipped
 recipe's 2,430 DiT steps would take about 93 minutes there, the 92-minute lineage above about 230.
+The shipped autoencoder's 47.6 minutes were one thread, the decoder stage beside a DiT run; by
+step count on two threads (``--stage vae --steps 865 --threads 2``: 13.7 min on that slower
+machine; then ``--stage vae-decoder --steps 600 --threads 2``: 11.5 min) an autoencoder of the
+same recipe reconstructs 9-frame clips at 26.9-28.7 dB per pixel frame (the shipped one: 22.2-26.2
+on the same 16 clips) and codes frame 0 apart much as the shipped one does (``static_spread``
+0.165 against 0.211; cosine of a still clip's frame-0 code with its later codes 0.53 against
+0.45; the time-homogeneous one above: 0.999), so it may keep the latent space the motion
+lineage formed its circuit on, in about half the autoencoder's minutes on the faster machine.
+Untried with a DiT (lead): that is what would give the lineage its minutes back.
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
