@@ -251,7 +251,8 @@ same recipe reconstructs 9-frame clips at 26.9-28.7 dB per pixel frame (the ship
 on the same 16 clips) and codes frame 0 apart much as the shipped one does (``static_spread``
 0.165 against 0.211; cosine of a still clip's frame-0 code with its later codes 0.53 against
 0.45; the time-homogeneous one above: 0.999), so it may keep the latent space the motion
-lineage formed its circuit on, in about half the autoencoder's minutes on the faster machine.
+lineage formed its circuit on, in some 12-15 minutes on the faster machine (estimated from the
+2-2.4x speed ratio of the DiT and the bench; not measured there) instead of 47.6.
 Untried with a DiT (lead): that is what would give the lineage its minutes back.
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
