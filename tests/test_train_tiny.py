@@ -227,8 +227,12 @@ def test_vae_stage_stops_at_its_step_budget_and_extends(tmp_path):
     assert json.loads((tmp_path / "vae" / "state.json").read_text())["step"] == 3
 
 
-@pytest.mark.parametrize("argv", [["--stage", "vae", "--steps", "0"], ["--stage", "export", "--steps", "5"]])
-def test_steps_outside_a_training_stage_or_below_one_is_refused(argv, capsys, tmp_path):
+@pytest.mark.parametrize("argv, expected", [
+    (["--stage", "vae", "--steps", "0"], "--steps 0 must be >= 1"),
+    (["--stage", "export", "--steps", "5"], "--steps 5 with --stage export"),
+])
+def test_steps_outside_a_training_stage_or_below_one_is_refused(argv, expected, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         train_tiny.main([*argv, "--ckpt", str(tmp_path)])
-    assert exc.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert exc.value.code == 2 and expected in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
