@@ -253,7 +253,13 @@ on the same 16 clips) and codes frame 0 apart much as the shipped one does (``st
 0.45; the time-homogeneous one above: 0.999), so it may keep the latent space the motion
 lineage formed its circuit on, in some 12-15 minutes on the faster machine (estimated from the
 2-2.4x speed ratio of the DiT and the bench; not measured there) instead of 47.6.
-Untried with a DiT (lead): that is what would give the lineage its minutes back.
+A first test with a DiT, side by side at equal steps (the shipped 4 x 32 DiT's flags without bf16,
+``--steps 600 --threads 1`` each, the two runs beside each other, 38 minutes; latents as in the
+record): caption scores on the shipped autoencoder background 19 / shape colour 7 / motion 1 /
+outline 6 of 24, stray 0.199; on this one 21 / 17 / 1 / 7, stray 0.120. At 600 steps the DiT
+draws the captioned shape colour in more than twice as many clips on the new autoencoder: not
+a harder latent space to denoise in (unlike the time-homogeneous one). Lead: the shipped DiT
+recipe, and then the motion lineage, on it, with the ~30 minutes it frees.
 
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
