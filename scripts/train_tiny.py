@@ -664,7 +664,7 @@ def train_vae(args, decoder_only: bool = False) -> None:
     lr = args.vae_lr * (0.3 if decoder_only else 1.0)
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     ck = Checkpoint(args.ckpt, stage)
-    state = {"step": 0, "elapsed": 0.0, "budget": args.minutes * 60.0}
+    state = {"step": 0, "elapsed": 0.0}  # budget: set_budget
     if ck.exists:
         state = ck.load({"vae": vae}, opt)
         log(f"{stage}: resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
@@ -933,7 +933,7 @@ def train_dit(args) -> None:
     ]
     opt = torch.optim.AdamW(groups, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
     ck = Checkpoint(args.ckpt, "dit")
-    state = {"step": 0, "elapsed": 0.0, "budget": args.minutes * 60.0}
+    state = {"step": 0, "elapsed": 0.0}  # budget: set_budget
     if ck.exists:
         saved = load_file(str(ck.dir / "model.safetensors"))
         if saved["text_encoder.shared.weight"].shape != text_encoder.shared.weight.shape:
