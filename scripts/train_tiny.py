@@ -261,6 +261,26 @@ draws the captioned shape colour in more than twice as many clips on the new aut
 a harder latent space to denoise in (unlike the time-homogeneous one). Lead: the shipped DiT
 recipe, and then the motion lineage, on it, with the ~30 minutes it frees.
 
+Would a motion that static pooling cannot fake make the DiT learn it? The shapes are wide
+(0.32-0.48 of the frame) and move 0.105 of it per latent frame, so a shape overlaps itself
+from one latent frame to the next, and copying it in place costs the loss little (2026-12-01,
+not shipped). Two data variants, each with its own latents on the 2-thread autoencoder above
+(made on the old clips; ``tiny_clips.TRAVEL`` / ``SIZE_RANGE`` edited in a copy of the
+scripts), the 600-step DiT of the side-by-side test (same flags, ``--steps 600 --threads 1``,
+the two beside each other, 38.9 min each); caption scores of 24 (background / shape colour /
+motion / outline, stray share):
+
+    clips                                          scores g4       stray
+    TRAVEL 0.42, SIZE_RANGE 0.16-0.24 (as shipped)   21 / 17 / 1 / 7   0.120
+    TRAVEL 0.6 (0.15 of the frame per latent frame)  22 /  9 / 1 / 4   0.107
+    TRAVEL 0.6, SIZE_RANGE 0.12-0.16                 24 /  1 / 1 / 1   0.056
+      (shape colour threshold 2% there: a triangle of half-extent 0.12 covers 2.9%)
+
+Neither moved a shape: the faster motion halved the clips with the captioned shape colour,
+and the smaller shapes were left out (the model draws the background alone). At this budget
+the wide, slow shapes are the easier data; the motion must come from the training signal,
+not from the clips.
+
 The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
 2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
 
