@@ -527,8 +527,12 @@ class Plan:
         """Write the plan as JSON atomically (temporary file in the same folder, then
         ``os.replace``): an existing file is either kept or fully replaced."""
         path = Path(path)
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise FileNotFoundError(f"Plan.save: path={str(path)!r}: its folder {str(parent)!r} does not exist "
+                                    "(create it first)")
         text = self.to_json()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)

@@ -179,6 +179,13 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert Plan.load(path).dense_steps == 3
 
 
+def test_save_into_missing_folder_names_it(tmp_path):
+    path = tmp_path / "nowhere" / "plan.json"
+    with pytest.raises(FileNotFoundError, match=r"path=.*nowhere.*plan\.json.*does not exist"):
+        Plan.from_dict(plan_dict()).save(path)
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_summary_lists_layers_heads_patterns():
     text = Plan.from_dict(plan_dict()).summary()
     lines = text.splitlines()

@@ -25,6 +25,7 @@ ap = argparse.ArgumentParser(description="profile the README's plans")
 ap.add_argument("--model", default=str(embedded_model_path()), help="WanPipeline folder (default: the embedded model)")
 ap.add_argument("--out-dir", type=Path, default=Path("docs/plans"))
 args = ap.parse_args()
+args.out_dir.mkdir(parents=True, exist_ok=True)  # before the minutes of profiling
 from diffusers import WanPipeline  # noqa: E402
 
 pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
