@@ -527,7 +527,7 @@ class Plan:
         """Write the plan as JSON atomically (temporary file in the same folder, then
         ``os.replace``): an existing file is either kept or fully replaced."""
         path = Path(path)
-        parent = path.parent if str(path.parent) else Path(".")
+        parent = path.parent  # Path("plan.json").parent is Path(".")
         if not parent.is_dir():
             raise FileNotFoundError(f"Plan.save: path={str(path)!r}: its folder {str(parent)!r} does not exist "
                                     "(create it first)")
