@@ -52,17 +52,16 @@ each forward's grid).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .atomic import write_text
 from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
 from .report import format_table
 
@@ -524,26 +523,9 @@ class Plan:
         return p
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Write the plan as JSON atomically (temporary file in the same folder, then
-        ``os.replace``): an existing file is either kept or fully replaced."""
-        path = Path(path)
-        parent = path.parent  # Path("plan.json").parent is Path(".")
-        if not parent.is_dir():
-            raise FileNotFoundError(f"Plan.save: path={str(path)!r}: its folder {str(parent)!r} does not exist "
-                                    "(create it first)")
-        text = self.to_json()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        """Write the plan as JSON atomically (``dit_sparse.atomic``: temporary file in the same
+        folder, flushed, then ``os.replace``): an existing file is either kept or fully replaced."""
+        return write_text(path, self.to_json(), what="Plan.save: path")
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Plan":

@@ -11,7 +11,8 @@ The format comes from the file suffix:
   strip (frame 0 on the left), so a PNG always shows the whole clip.
 
 Every writer writes to a temporary file in the destination folder and moves it into place
-with ``os.replace``: the destination is either untouched or complete, never partial.
+(``dit_sparse.atomic.atomic_path``): the destination is either untouched or complete, never
+partial.
 
 Frames are ``[F, H, W, C]`` (C = 3, or 1 for grey) arrays or tensors, ``uint8`` or float in
 ``[0, 1]`` (as diffusers returns with ``output_type="np"``).
@@ -19,13 +20,14 @@ Frames are ``[F, H, W, C]`` (C = 3, or 1 for grey) arrays or tensors, ``uint8`` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
+
+from .atomic import atomic_path
 
 SUFFIXES = (".mp4", ".gif", ".png")
 
@@ -99,22 +101,6 @@ def grid(videos: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
             y, x = r * (h + gap), k * (w + gap)
             out[:, y:y + h, x:x + w] = v
     return out
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """A temporary path next to ``path`` (same suffix) that replaces ``path`` on success
-    and is deleted on failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:

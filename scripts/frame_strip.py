@@ -52,6 +52,7 @@ def main(argv=None) -> None:
     from PIL import Image, ImageDraw
 
     import dit_sparse as ds
+    from dit_sparse.atomic import atomic_path
     from dit_sparse.pipelines.tiny import load_embedded_pipeline
 
     if args.model is None:
@@ -75,9 +76,8 @@ def main(argv=None) -> None:
         ImageDraw.Draw(label).text((2, 1), prompt, fill="black")
         rows += [np.asarray(label), strip]
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    Image.fromarray(np.concatenate(rows, 0)).save(tmp)
-    os.replace(tmp, out)
+    with atomic_path(out, "--out") as tmp:
+        Image.fromarray(np.concatenate(rows, 0)).save(tmp)
     print(f"{len(rows) // 2} clips at {args.size}px in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
 
 

@@ -55,6 +55,7 @@ def compile_one(job):
 
 
 def main(argv=None):
+    from dit_sparse.atomic import write_text
     from dit_sparse.kernels.triton_attn.configs import CONFIGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,10 +73,7 @@ def main(argv=None):
               f"{r['num_stages']:>6} {r['registers']!s:>5} {str(r['spill_stores']) + '/' + str(r['spill_loads']):>11} "
               f"{r['shared_bytes']:>7}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.json)
+        write_text(args.json, json.dumps(rows, indent=1), what="--json")
     return 0 if all(r["ptxas_ok"] for r in rows) else 1
 
 

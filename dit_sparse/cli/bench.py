@@ -256,8 +256,7 @@ def run(args) -> int:
                "repeat": args.repeat,
                "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(args.seeds),
                "device": args.device, "dtype": args.dtype, "rows": [_finite(asdict(r)) for r in rows]}
-        from dit_sparse.video_io import atomic_path
+        from dit_sparse.atomic import write_text
 
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        write_text(args.json, json.dumps(doc, indent=1, allow_nan=False) + "\n", what="--json")
     return 0
