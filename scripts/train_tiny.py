@@ -261,6 +261,24 @@ draws the captioned shape colour in more than twice as many clips on the new aut
 a harder latent space to denoise in (unlike the time-homogeneous one). Lead: the shipped DiT
 recipe, and then the motion lineage, on it, with the ~30 minutes it frees.
 
+The shipped DiT recipe on it, by steps (2026-12-01, the AVX2 machine, fp32; not shipped)::
+
+    --stage vae --steps 865 --threads 2                        # 13.7 min
+    --stage vae-decoder --steps 600 --threads 2                # 11.5 min
+    --stage dit --steps 2430 --threads 2 [the shipped DiT flags, no --autocast]   # 100.1 min
+
+Caption scores of 24: background 24 / shape colour 17 / motion 3 / outline 6, stray 0.023
+(shipped: 24 / 16 / 1 / 7, 0.074); 3x5x5 attention mass at 64 px 0.266 / 0.155 / 0.088. At
+128 px it is far more local than the shipped DiT: the README's bench command (its plans
+profiled anew by ``docs/plans/make_plans.py``) gave dense 29.9 s, ``b25`` 1.61x at 41.5 dB,
+``e10`` 1.14x at 56.5 dB, ``e10p`` 1.43x at 45.2 dB (its last layer stays dense before step 10),
+the 5x1x3 tile 1.65x at 41.5 dB. Those means flatter it: per prompt the red circle got 22.5 dB
+with the tile (``e10``: 32.9), and the yellow triangle's dense clip at 128 px is black without a
+shape (50-60 dB). Its 64 px strip is worse to look at than the shipped one: shapes appear and
+vanish between frames and come in several copies (the red circle gone after frame 2, no green
+square, no black triangle), where the shipped DiT keeps one blob per clip. The stray share
+counts wrong colours, not missing or duplicated shapes.
+
 Would a motion that static pooling cannot fake make the DiT learn it? The shapes are wide
 (0.32-0.48 of the frame) and move 0.105 of it per latent frame, so a shape overlaps itself
 from one latent frame to the next, and copying it in place costs the loss little (2026-12-01,
