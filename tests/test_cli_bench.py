@@ -17,7 +17,7 @@ from dit_sparse.cli import main
 from test_cli_generate import FRAMES, HEIGHT, PROMPT, STEPS, WIDTH, model_args, size_args, stderr_lines  # noqa: F401
 
 PATTERN = "sliding-tile:tile=1x4x4,window=3x1x1"
-COLUMNS = ["config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "ssim"]
+COLUMNS = ["config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "psnr_min", "ssim"]
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,10 @@ def parse_table(out: str):
     for line in lines[start + 2:]:
         if line.startswith("side by side:"):
             break
-        *name, density, t, a, speedup, attn_speedup, psnr, ssim = line.split()
+        *name, density, t, a, speedup, attn_speedup, psnr, psnr_min, ssim = line.split()
         rows[" ".join(name)] = dict(density=float(density), time=float(t), attn=float(a),
                                     speedup=float(speedup.rstrip("x")), attn_speedup=float(attn_speedup.rstrip("x")),
-                                    psnr=float(psnr), ssim=float(ssim))
+                                    psnr=float(psnr), psnr_min=float(psnr_min), ssim=float(ssim))
     return rows
 
 
@@ -59,6 +59,7 @@ def test_bench_table_json_and_side_by_side(tmp_path, capsys, model_args, plan_pa
     assert list(rows) == ["dense", "plan tiny.plan.json", PATTERN]
     dense, plan, pattern = rows.values()
     assert dense["density"] == 1.0 and dense["speedup"] == 1.0 and math.isinf(dense["psnr"]) and dense["ssim"] == 1.0
+    assert math.isinf(dense["psnr_min"])
     for row in (plan, pattern):
         assert 0 < row["density"] < 1 and row["time"] > 0 and row["attn"] > 0 and row["speedup"] > 0
         assert 5 < row["psnr"] < math.inf and -1 <= row["ssim"] <= 1
@@ -69,6 +70,10 @@ def test_bench_table_json_and_side_by_side(tmp_path, capsys, model_args, plan_pa
     assert doc["rows"][0]["run_psnr"] == [None] * len(seeds)  # dense against itself
     assert sum(doc["rows"][2]["run_psnr"]) / len(seeds) == pytest.approx(doc["rows"][2]["psnr"], abs=1e-2)
     assert doc["rows"][2]["psnr"] == pytest.approx(pattern["psnr"], abs=0.01)
+    for i, row in ((1, plan), (2, pattern)):  # the worst run, not the mean
+        assert doc["rows"][i]["psnr_min"] == pytest.approx(min(doc["rows"][i]["run_psnr"]), abs=1e-3)
+        assert row["psnr_min"] == pytest.approx(doc["rows"][i]["psnr_min"], abs=0.01)
+        assert row["psnr_min"] <= row["psnr"] + 0.01
     picture = video_io.read_frames(out)
     gap = 2
     if suffix == ".gif":  # rows = seeds, columns = configurations

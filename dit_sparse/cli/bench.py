@@ -6,7 +6,8 @@ that gets busier mid-run penalises every configuration alike. Reported per confi
 mean wall time of a pipeline call, the self-attention part of it
 (:class:`~dit_sparse.cli.generate.AttentionMeter`), end-to-end and attention speedups
 against dense, PSNR and SSIM of the decoded frames against the dense frames of the same
-prompt and seed (:mod:`dit_sparse.metrics`, averaged over frames, then runs), and the mean
+prompt and seed (:mod:`dit_sparse.metrics`, averaged over frames, then runs; ``psnr_min`` is
+the worst run's PSNR, so that an easy prompt cannot hide a hard one in the mean), and the mean
 density.
 
 ``--repeat N`` runs every configuration N times per (prompt, seed), round-robin, and keeps
@@ -58,6 +59,7 @@ class Row:
     psnr: float = math.inf
     ssim: float = 1.0
     runs: int = 0
+    psnr_min: float = math.inf  # the worst (prompt, seed): a mean over prompts can hide a bad one
     run_seconds: List[float] = field(default_factory=list)
     run_psnr: List[Optional[float]] = field(default_factory=list)  # per (prompt, seed); None where identical
 
@@ -148,9 +150,9 @@ def _fmt(x: float, digits: int) -> str:
 
 
 def format_table(rows: List[Row]) -> str:
-    header = ("config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "ssim")
+    header = ("config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "psnr_min", "ssim")
     body = [(r.config, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.attention_seconds:.2f}", f"{r.speedup:.2f}x",
-             f"{r.attention_speedup:.2f}x", _fmt(r.psnr, 2), f"{r.ssim:.4f}") for r in rows]
+             f"{r.attention_speedup:.2f}x", _fmt(r.psnr, 2), _fmt(r.psnr_min, 2), f"{r.ssim:.4f}") for r in rows]
     return report.format_table([header, *body])
 
 
@@ -240,7 +242,8 @@ def run(args) -> int:
         t, a = mean(times[c.label]), mean(attn[c.label])
         rows.append(Row(c.label, mean(dens[c.label]), t, a, mean(times[dense]) / t,
                         mean(attn[dense]) / a if a > 0 else math.nan, mean(quality[c.label][0]),
-                        mean(quality[c.label][1]), len(times[c.label]), [round(x, 4) for x in times[c.label]],
+                        mean(quality[c.label][1]), len(times[c.label]), min(quality[c.label][0]),
+                        [round(x, 4) for x in times[c.label]],
                         [round(x, 3) if math.isfinite(x) else None for x in quality[c.label][0]]))
     f, h, w, _ = videos[0][0].shape
     device = args.device + ("" if args.device != "cpu" else f", {torch.get_num_threads()} threads")
