@@ -279,6 +279,16 @@ vanish between frames and come in several copies (the red circle gone after fram
 square, no black triangle), where the shipped DiT keeps one blob per clip. The stray share
 counts wrong colours, not missing or duplicated shapes.
 
+Is the motion lineage's first stage reproducible? Its 2 x 64 pure run (above: probe +0.34 /
++0.00 after 528 steps, bf16 autocast, the shipped autoencoder) again by steps, fp32, on this
+AVX2 machine (2026-12-01; ``--stage dit --steps 528 --threads 2 --dit-heads 2 --dit-head-dim 64
+--fg-weight 4 --fg-weight-final 1 --frame-noise-prob 1 --frame-noise-range 0.0 0.05
+--high-sigma-frac 1 --high-sigma-min 0.99 --big-size 128 --big-batch 2``, ~20 min each):
+``motion_probe.py`` ref slopes true / reversed +0.04 / +0.05 on the shipped autoencoder's
+latents and +0.01 / -0.03 on the 2-thread autoencoder's. Neither read the direction: the
+earlier run's +0.34 was not the autoencoder's doing, and a recipe that needs it is at the
+mercy of numerics (bf16 against fp32) or luck.
+
 Would a motion that static pooling cannot fake make the DiT learn it? The shapes are wide
 (0.32-0.48 of the frame) and move 0.105 of it per latent frame, so a shape overlaps itself
 from one latent frame to the next, and copying it in place costs the loss little (2026-12-01,
