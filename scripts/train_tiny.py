@@ -287,7 +287,12 @@ AVX2 machine (2026-12-01; ``--stage dit --steps 528 --threads 2 --dit-heads 2 --
 ``motion_probe.py`` ref slopes true / reversed +0.04 / +0.05 on the shipped autoencoder's
 latents and +0.01 / -0.03 on the 2-thread autoencoder's. Neither read the direction: the
 earlier run's +0.34 was not the autoencoder's doing, and a recipe that needs it is at the
-mercy of numerics (bf16 against fp32) or luck.
+mercy of numerics (bf16 against fp32) or luck. The second stage on top of the latter anyway
+(``--extend --steps 2160`` with the shipped flags + ``--frame-noise-prob 0.4 --frame-noise-range
+0.0 0.5 --frame-noise-sigma-min 0.99``, 2,688 steps in all, ~50 min at ~40 steps a minute):
++0.38 / +0.37 with a clean frame, +0.76 / +0.75 at equal levels 0.9 (the long lineage at this
+point: +0.77 / -0.42). It moves the clean frame's shape, the same way for either direction
+word: no circuit to build the hidden stages on, so they were not run (checkpoint /work/ckptM).
 
 Would a motion that static pooling cannot fake make the DiT learn it? The shapes are wide
 (0.32-0.48 of the frame) and move 0.105 of it per latent frame, so a shape overlaps itself
