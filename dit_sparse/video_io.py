@@ -27,7 +27,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_folder
 
 SUFFIXES = (".mp4", ".gif", ".png")
 
@@ -52,9 +52,7 @@ def check_writable(path: PathLike) -> Path:
     output_format(path)
     if path.is_dir():
         raise IsADirectoryError(f"output {str(path)!r} is a directory")
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {str(folder)!r} does not exist")
+    folder = check_folder(path, "output").parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=folder)
     except OSError as exc:
