@@ -31,13 +31,11 @@ from dit_sparse.report import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_clips  # noqa: E402
+from tiny_clips import OPPOSITE, reverse_direction  # noqa: E402,F401  (re-exported)
 from eval_plan import load  # noqa: E402
 
 DATASET_SEED = 778  # not a training seed (training: 0; caption_score: 777)
 VARIANTS = ("true", "wrong", "reversed", "empty")
-# each direction's opposite: the one whose (dx, dy) is negated
-OPPOSITE = {d: next(o for o, (ox, oy) in tiny_clips.DIRECTIONS.items() if (ox, oy) == (-dx, -dy))
-            for d, (dx, dy) in tiny_clips.DIRECTIONS.items()}
 
 
 def latent_stats(vae) -> tuple:
@@ -71,13 +69,6 @@ def velocity_errors(transformer, x0: torch.Tensor, embeds: Dict[str, torch.Tenso
             row[name] = total / target.numel()
         out[sigma] = row
     return out
-
-
-def reverse_direction(caption: str) -> str:
-    """The caption with its direction word swapped for the opposite one."""
-    words = caption.split()
-    i = words.index("moving") + 1
-    return " ".join(words[:i] + [OPPOSITE[words[i]]] + words[i + 1:])
 
 
 def table(errors: Dict[float, Dict[str, float]]) -> str:

@@ -34,6 +34,9 @@ DIRECTIONS: dict[str, tuple[float, float]] = {  # (dx, dy) in image coordinates,
     "up": (0.0, -1.0),
     "down": (0.0, 1.0),
 }
+# each direction's opposite: the one whose (dx, dy) is negated
+OPPOSITE: dict[str, str] = {d: next(o for o, (ox, oy) in DIRECTIONS.items() if (ox, oy) == (-dx, -dy))
+                            for d, (dx, dy) in DIRECTIONS.items()}
 
 SIZE_RANGE = (0.16, 0.24)  # half-extent of the shape, as a fraction of the frame side
 TRAVEL = 0.42  # distance covered over the whole clip, as a fraction of the frame side
@@ -60,6 +63,13 @@ class ClipSpec:
         """Centre at clip time ``t`` in [0, 1] (first frame 0, last frame 1)."""
         dx, dy = DIRECTIONS[self.direction]
         return self.x0 + dx * TRAVEL * t, self.y0 + dy * TRAVEL * t
+
+
+def reverse_direction(caption: str) -> str:
+    """The caption with its direction word swapped for the opposite one."""
+    words = caption.split()
+    i = words.index("moving") + 1
+    return " ".join(words[:i] + [OPPOSITE[words[i]]] + words[i + 1:])
 
 
 def vocabulary() -> list[str]:

@@ -240,11 +240,13 @@ def run(args) -> int:
     rows = []
     for c in configs:
         t, a = mean(times[c.label]), mean(attn[c.label])
-        rows.append(Row(c.label, mean(dens[c.label]), t, a, mean(times[dense]) / t,
-                        mean(attn[dense]) / a if a > 0 else math.nan, mean(quality[c.label][0]),
-                        mean(quality[c.label][1]), len(times[c.label]), min(quality[c.label][0]),
-                        [round(x, 4) for x in times[c.label]],
-                        [round(x, 3) if math.isfinite(x) else None for x in quality[c.label][0]]))
+        psnrs, ssims = quality[c.label]
+        rows.append(Row(config=c.label, density=mean(dens[c.label]), seconds=t, attention_seconds=a,
+                        speedup=mean(times[dense]) / t,
+                        attention_speedup=mean(attn[dense]) / a if a > 0 else math.nan,
+                        psnr=mean(psnrs), ssim=mean(ssims), runs=len(times[c.label]), psnr_min=min(psnrs),
+                        run_seconds=[round(x, 4) for x in times[c.label]],
+                        run_psnr=[round(x, 3) if math.isfinite(x) else None for x in psnrs]))
     f, h, w, _ = videos[0][0].shape
     device = args.device + ("" if args.device != "cpu" else f", {torch.get_num_threads()} threads")
     print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "
