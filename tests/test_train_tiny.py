@@ -236,3 +236,32 @@ def test_steps_outside_a_training_stage_or_below_one_is_refused(argv, expected, 
         train_tiny.main([*argv, "--ckpt", str(tmp_path)])
     assert exc.value.code == 2 and expected in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_direction_contrast_is_zero_once_the_reversed_caption_costs_the_margin_more():
+    torch.manual_seed(0)
+    err = torch.randn(3, 4, 5, 2, 2)
+    w = torch.ones_like(err)
+    e = err.square().mean(dim=(1, 2, 3, 4))
+    # reversed errors 10% above the true ones: the 5% margin is met, nothing to learn
+    loss, gap = train_tiny.direction_contrast(err, err * 1.1 ** 0.5, w, margin=0.05)
+    assert loss.item() == 0.0 and gap == pytest.approx(0.1, rel=1e-5)
+    # reversed = true: the hinge asks for the margin, and pushes the two predictions apart
+    a = err.clone().requires_grad_(True)
+    b = err.clone().requires_grad_(True)
+    loss, gap = train_tiny.direction_contrast(a, b, w, margin=0.05)
+    assert loss.item() == pytest.approx(0.05 * e.mean().item(), rel=1e-5) and gap == 0.0
+    loss.backward()
+    assert torch.allclose(a.grad, -b.grad)
+    assert (a.grad * err).sum() > 0 and (b.grad * err).sum() < 0  # lower the true error, raise the reversed
+
+
+def test_reverse_direction_lives_with_the_clip_vocabulary():
+    import tiny_clips
+
+    for direction, (dx, dy) in tiny_clips.DIRECTIONS.items():
+        assert tiny_clips.DIRECTIONS[tiny_clips.OPPOSITE[direction]] == (-dx, -dy)
+    spec = tiny_clips.sample_spec(0, 3)
+    flipped = tiny_clips.reverse_direction(spec.caption)
+    assert flipped.split()[4] == tiny_clips.OPPOSITE[spec.direction]
+    assert flipped.replace(tiny_clips.OPPOSITE[spec.direction], spec.direction) == spec.caption
