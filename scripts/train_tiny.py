@@ -5,7 +5,8 @@ The model is a standard diffusers ``WanPipeline`` folder built only from library
 * ``vae``: ``AutoencoderKLWan`` with ``dim_mult=[1, 2]`` -> one down stage, spatial and
   temporal factor 2, ``z_dim=8``; ``latents_mean`` / ``latents_std`` are measured on the
   training clips, so the pipeline's own (de)normalisation makes latents unit-scale.
-* ``text_encoder``: a 2-layer ``UMT5EncoderModel`` (d_model 64), trained with the transformer.
+* ``text_encoder``: a 2-layer ``UMT5EncoderModel`` (d_model 64), kept at its seeded random
+  initialisation (``--train-text-encoder`` trains it with the transformer).
 * ``tokenizer``: a ``tokenizers`` WordLevel model over the caption vocabulary, wrapped in
   ``PreTrainedTokenizerFast``.
 * ``transformer``: ``WanTransformer3DModel``, inner dim 128 (4 heads x 32), 3 layers,
