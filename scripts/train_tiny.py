@@ -1328,6 +1328,12 @@ def main(argv=None) -> None:
     if args.steps is not None and args.stage not in ("vae", "vae-decoder", "dit"):
         p.error(f"--steps {args.steps} with --stage {args.stage}: a step budget is for one training stage "
                 "(vae, vae-decoder, dit)")
+    if args.direction_contrast < 0 or args.contrast_margin < 0:
+        p.error(f"--direction-contrast {args.direction_contrast} / --contrast-margin {args.contrast_margin}: "
+                "both must be >= 0")
+    lo, hi = args.contrast_band
+    if not 0.0 <= lo <= hi <= 1.0:
+        p.error(f"--contrast-band {lo} {hi}: needs 0 <= LO <= HI <= 1 (noise levels)")
     if args.autocast == "bf16" and not cpu_half_matmul_is_native("bfloat16"):
         # the 2 x 64 DiT on a 2-core AVX2 EPYC: 7 steps in 90 s under bf16 autocast, 41 in fp32
         p.error("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so every "

@@ -230,8 +230,12 @@ def test_vae_stage_stops_at_its_step_budget_and_extends(tmp_path):
 @pytest.mark.parametrize("argv, expected", [
     (["--stage", "vae", "--steps", "0"], "--steps 0 must be >= 1"),
     (["--stage", "export", "--steps", "5"], "--steps 5 with --stage export"),
+    (["--stage", "dit", "--direction-contrast", "-1"], "--direction-contrast -1.0 / --contrast-margin 0.05: both must be >= 0"),
+    (["--stage", "dit", "--contrast-margin", "-0.1"], "both must be >= 0"),
+    (["--stage", "dit", "--contrast-band", "0.9", "0.5"], "--contrast-band 0.9 0.5: needs 0 <= LO <= HI <= 1"),
+    (["--stage", "dit", "--contrast-band", "0.9", "1.5"], "--contrast-band 0.9 1.5"),
 ])
-def test_steps_outside_a_training_stage_or_below_one_is_refused(argv, expected, capsys, tmp_path):
+def test_bad_step_budgets_and_contrast_flags_are_refused(argv, expected, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         train_tiny.main([*argv, "--ckpt", str(tmp_path)])
     assert exc.value.code == 2 and expected in capsys.readouterr().err
