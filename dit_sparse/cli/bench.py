@@ -184,7 +184,7 @@ def run(args) -> int:
         if args.prompts is not None:
             for i, p in enumerate(args.prompts):
                 gen.check_prompt(p, f"--prompts[{i}]")
-        pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype)
+        pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d)
         prompts = list(args.prompts) if args.prompts is not None else None
         if prompts is None:
             if not embedded:
