@@ -107,6 +107,17 @@ def test_bench_repeat_keeps_the_fastest_call(tmp_path, capsys, model_args, monke
     assert "fastest of 2 calls" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bench_says_which_conv3d_kernel_ran(tmp_path, capsys, model_args, native):
+    out = tmp_path / "c.json"
+    code = main(["bench", *model_args, *size_args(frames=3, height=16, width=16, steps=1), "--pattern", PATTERN,
+                 "--prompts", PROMPT, "--no-warmup", "--json", str(out)] + (["--native-conv3d"] if native else []))
+    assert code == 0, capsys.readouterr().err
+    want = "native" if native else "oneDNN"
+    assert json.loads(out.read_text())["conv3d"] == want
+    assert f"threads, conv3d {want}" in capsys.readouterr().out
+
+
 def test_bench_warmup_runs_default(tmp_path, capsys, model_args):
     code = main(["bench", *model_args, *size_args(frames=3, height=16, width=16), "--pattern", PATTERN,
                  "--prompts", PROMPT])

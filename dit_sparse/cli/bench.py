@@ -248,7 +248,15 @@ def run(args) -> int:
                         run_seconds=[round(x, 4) for x in times[c.label]],
                         run_psnr=[round(x, 3) if math.isfinite(x) else None for x in psnrs]))
     f, h, w, _ = videos[0][0].shape
-    device = args.device + ("" if args.device != "cpu" else f", {torch.get_num_threads()} threads")
+    conv3d = None  # which kernel ran the pipeline's Conv3d layers on CPU (see pipelines/cpu_conv.py)
+    if args.device.startswith("cpu"):
+        from dit_sparse.pipelines.cpu_conv import switched
+
+        done, total = switched(pipe)
+        conv3d = None if total == 0 else "oneDNN" if done else "native"
+    device = args.device
+    if args.device.startswith("cpu"):
+        device += f", {torch.get_num_threads()} threads" + ("" if conv3d is None else f", conv3d {conv3d}")
     print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "
           f"{f} frames {h}x{w}, {kwargs.get('num_inference_steps', 'default')} steps, {len(prompts)} prompt(s) x "
           f"{len(args.seeds)} seed(s), {device}, {args.dtype}"
@@ -258,7 +266,7 @@ def run(args) -> int:
         print(f"side by side: {args.out} (columns: {', '.join(c.label for c in configs)})")
     if args.json is not None:
         doc = {"model": "embedded" if embedded else args.model, "frames": f, "height": h, "width": w,
-               "repeat": args.repeat,
+               "repeat": args.repeat, "conv3d": conv3d,
                "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(args.seeds),
                "device": args.device, "dtype": args.dtype, "rows": [_finite(asdict(r)) for r in rows]}
         from dit_sparse.atomic import write_text
