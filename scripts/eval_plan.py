@@ -49,13 +49,20 @@ EVALUATION = [
 
 
 def load(model: Optional[str]):
+    """``(pipeline, default call kwargs, name)``; its Conv3d layers run through oneDNN on CPU as in
+    the CLI (``dit_sparse.pipelines.cpu_conv``)."""
+    from dit_sparse.pipelines.cpu_conv import use_onednn_conv3d
+
     if model is None:
         from dit_sparse.pipelines.tiny import DEFAULT_CALL_KWARGS, load_embedded_pipeline
 
-        return load_embedded_pipeline(), dict(DEFAULT_CALL_KWARGS), "embedded:tiny-wan"
-    from diffusers import DiffusionPipeline
+        pipe, kwargs, name = load_embedded_pipeline(), dict(DEFAULT_CALL_KWARGS), "embedded:tiny-wan"
+    else:
+        from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(model, local_files_only=True), {}, model
+        pipe, kwargs, name = DiffusionPipeline.from_pretrained(model, local_files_only=True), {}, model
+    use_onednn_conv3d(pipe)
+    return pipe, kwargs, name
 
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], kwargs: Dict) -> tuple:
