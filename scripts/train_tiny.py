@@ -288,7 +288,10 @@ AVX2 machine (2026-12-01; ``--stage dit --steps 528 --threads 2 --dit-heads 2 --
 ``motion_probe.py`` ref slopes true / reversed +0.04 / +0.05 on the shipped autoencoder's
 latents and +0.01 / -0.03 on the 2-thread autoencoder's. Neither read the direction: the
 earlier run's +0.34 was not the autoencoder's doing, and a recipe that needs it is at the
-mercy of numerics (bf16 against fp32) or luck. The second stage on top of the latter anyway
+mercy of numerics (bf16 against fp32) or luck. It is luck: the same command with ``--autocast
+bf16`` on an AVX512-BF16 EPYC like the first run's (2026-12-02, shipped autoencoder via
+``--stage import-vae``, latents as in the record; 528 steps in 11.2 min) gave +0.04 / +0.04
+(with every frame at 0.9: +0.12 / +0.06). The second stage on top of the latter anyway
 (``--extend --steps 2160`` with the shipped flags + ``--frame-noise-prob 0.4 --frame-noise-range
 0.0 0.5 --frame-noise-sigma-min 0.99``, 2,688 steps in all, ~50 min at ~40 steps a minute):
 +0.38 / +0.37 with a clean frame, +0.76 / +0.75 at equal levels 0.9 (the long lineage at this
