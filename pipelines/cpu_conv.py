@@ -13,8 +13,8 @@ a 2-core EPYC: ``[1, 16, 4, 130, 130]`` by 16x16x3x3x3 34.6 ms native, 1.6 ms on
 
 :func:`use_onednn_conv3d` routes the ``Conv3d`` layers of a pipeline (or module) to
 ``torch.mkldnn_convolution`` when the call qualifies (CPU, float32, zero padding mode,
-numeric padding, no autograd); every other call, and every layer after
-:func:`restore_conv3d`, runs PyTorch's own path. Results differ from the native kernel only
+numeric padding, no autograd, ``torch.backends.mkldnn.enabled``); every other call, and
+every layer after :func:`restore_conv3d`, runs PyTorch's own path. Results differ from the native kernel only
 by summation order (about 1e-4 relative).
 """
 
@@ -46,7 +46,7 @@ def _conv3d_layers(target) -> Iterator[torch.nn.Conv3d]:
 
 
 def _qualifies(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 5 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 

@@ -71,7 +71,7 @@ def test_subclass_that_pads_by_hand_is_switched_too():
         torch.testing.assert_close(conv(x), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["autograd", "same", "reflect", "float64"])
+@pytest.mark.parametrize("case", ["autograd", "same", "reflect", "float64", "mkldnn-off"])
 def test_calls_that_do_not_qualify_keep_pytorchs_path(case):
     torch.manual_seed(2)
     kw = dict(padding="same") if case == "same" else dict(padding=1, padding_mode="reflect") if case == "reflect" else {}
@@ -86,9 +86,14 @@ def test_calls_that_do_not_qualify_keep_pytorchs_path(case):
         conv(x).sum().backward()  # PyTorch's path, so autograd works
         assert x.grad is not None and x.grad.shape == x.shape
     else:
-        with torch.no_grad():
-            ops = conv_ops(lambda: conv(x))
-    assert "aten::mkldnn_convolution" not in ops
+        enabled = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = case != "mkldnn-off"  # (its flags() context warns about TF32)
+        try:
+            with torch.no_grad():
+                ops = conv_ops(lambda: conv(x))
+        finally:
+            torch.backends.mkldnn.enabled = enabled
+    assert ops and "aten::mkldnn_convolution" not in ops
 
 
 def test_restore_is_exact_and_switching_is_idempotent():
