@@ -14,8 +14,8 @@ a 2-core EPYC: ``[1, 16, 4, 130, 130]`` by 16x16x3x3x3 34.6 ms native, 1.6 ms on
 :func:`use_onednn_conv3d` routes the ``Conv3d`` layers of a pipeline (or module) to
 ``torch.mkldnn_convolution`` when the call qualifies (CPU, float32, zero padding mode,
 numeric padding, no autograd, ``torch.backends.mkldnn.enabled``); every other call, and
-every layer after :func:`restore_conv3d`, runs PyTorch's own path. Results differ from the native kernel only
-by summation order (about 1e-4 relative).
+every layer after :func:`restore_conv3d`, runs PyTorch's own path. Results differ from the
+native kernel only by summation order (about 1e-4 relative).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Iterator, Tuple
 
 import torch
 
-_MARK = "_dit_sparse_onednn_conv3d"
 _COMPONENTS = ("vae", "transformer", "transformer_2")
 
 
@@ -46,8 +45,9 @@ def _conv3d_layers(target) -> Iterator[torch.nn.Conv3d]:
 
 
 def _qualifies(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 5 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    return (torch.backends.mkldnn.enabled and x.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 5
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
@@ -56,6 +56,11 @@ def _onednn_conv_forward(self: torch.nn.Conv3d, x: torch.Tensor, weight: torch.T
         return torch.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, list(self.padding),
                                         list(self.stride), list(self.dilation), self.groups)
     return torch.nn.Conv3d._conv_forward(self, x, weight, bias)
+
+
+def _is_switched(conv: torch.nn.Conv3d) -> bool:
+    """Whether ``conv`` carries this module's ``_conv_forward`` (an instance attribute)."""
+    return getattr(vars(conv).get("_conv_forward"), "__func__", None) is _onednn_conv_forward
 
 
 def onednn_available() -> bool:
@@ -78,11 +83,10 @@ def use_onednn_conv3d(target) -> int:
         return 0
     n = 0
     for conv in _conv3d_layers(target):
-        if not getattr(conv, _MARK, False):
+        if not _is_switched(conv):
             # an instance attribute shadows nn.Conv3d._conv_forward for this layer only; subclasses
             # that pad by hand and call super().forward() (Wan's CausalConv3d) go through it too
             conv._conv_forward = _onednn_conv_forward.__get__(conv, type(conv))
-            setattr(conv, _MARK, True)
             n += 1
     return n
 
@@ -91,9 +95,8 @@ def restore_conv3d(target) -> int:
     """Undo :func:`use_onednn_conv3d`; returns the number of layers restored."""
     n = 0
     for conv in _conv3d_layers(target):
-        if getattr(conv, _MARK, False):
+        if _is_switched(conv):
             del conv._conv_forward
-            delattr(conv, _MARK)
             n += 1
     return n
 
@@ -101,4 +104,4 @@ def restore_conv3d(target) -> int:
 def switched(target) -> Tuple[int, int]:
     """``(switched, total)`` Conv3d layers of ``target``."""
     layers = list(_conv3d_layers(target))
-    return sum(bool(getattr(c, _MARK, False)) for c in layers), len(layers)
+    return sum(_is_switched(c) for c in layers), len(layers)

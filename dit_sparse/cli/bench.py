@@ -248,14 +248,12 @@ def run(args) -> int:
                         run_seconds=[round(x, 4) for x in times[c.label]],
                         run_psnr=[round(x, 3) if math.isfinite(x) else None for x in psnrs]))
     f, h, w, _ = videos[0][0].shape
-    conv3d = None  # which kernel ran the pipeline's Conv3d layers on CPU (see pipelines/cpu_conv.py)
+    conv3d, device = None, args.device  # conv3d: which kernel ran the Conv3d layers on CPU (pipelines/cpu_conv.py)
     if args.device.startswith("cpu"):
         from dit_sparse.pipelines.cpu_conv import switched
 
         done, total = switched(pipe)
         conv3d = None if total == 0 else "oneDNN" if done else "native"
-    device = args.device
-    if args.device.startswith("cpu"):
         device += f", {torch.get_num_threads()} threads" + ("" if conv3d is None else f", conv3d {conv3d}")
     print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "
           f"{f} frames {h}x{w}, {kwargs.get('num_inference_steps', 'default')} steps, {len(prompts)} prompt(s) x "
