@@ -8,10 +8,12 @@ import os as _os
 # Installed, ``dit_sparse.kernels`` and ``dit_sparse.pipelines`` are subfolders of this package
 # (pyproject maps the top-level ``kernels/`` and ``pipelines/`` folders there). Imported from a
 # source checkout instead (the repository root on sys.path, e.g. ``python -m dit_sparse`` run
-# there), they sit beside this folder: let the package find them there.
+# there), they sit beside this folder: let the package find them there. Neither folder has an
+# ``__init__.py`` (see kernels/README.md): as namespace portions they can never shadow an
+# installed top-level ``kernels`` or ``pipelines`` package when Python runs from the root.
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(
-        _os.path.join(_root, "kernels", "__init__.py")):
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isdir(
+        _os.path.join(_root, "kernels", "triton_attn")):
     __path__.append(_root)
 
 from .layout import TokenLayout  # noqa: E402

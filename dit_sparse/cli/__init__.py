@@ -58,6 +58,44 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _import_error(exc: BaseException) -> Optional[ImportError]:
+    """The ImportError at the root of ``exc`` (diffusers and transformers wrap a failed
+    import of a dependency in a RuntimeError whose text points at a traceback the user
+    does not see), or None when ``exc`` is not about an import."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def dependency_error(exc: BaseException) -> Optional[str]:
+    """One line that names the package whose import failed and where Python found it."""
+    err = _import_error(exc)
+    if err is None:
+        return None
+    import os
+
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    package = (err.name or "").split(".")[0]
+    if isinstance(err, ModuleNotFoundError) or not package:
+        what = f"package {package!r} is not installed" if package else "a dependency is missing"
+        return f"importing a dependency failed: {message} ({what}; `pip install dit-sparse` installs them)"
+    path = err.path
+    if path is None:
+        module = sys.modules.get(package)
+        path = getattr(module, "__file__", None) or ",".join(getattr(module, "__path__", []) or [])
+    where = f"found at {path}" if path else "found on sys.path"
+    hint = ""
+    if path and os.path.abspath(path).startswith(os.path.abspath(os.getcwd()) + os.sep) and "site-packages" not in path:
+        hint = (f"; a folder {package!r} in the current directory shadows the installed package: "
+                "run from another folder")
+    return (f"importing a dependency failed: {message}; package {package!r} {where}{hint} "
+            "(README.md lists the versions dit-sparse was tested with)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -72,10 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("dit-sparse: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (CLIError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"dit-sparse {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"dit-sparse {args.command}: error: {dependency_error(exc) or _one_line(exc)}", file=sys.stderr)
         return 2
     return int(code or 0)
 

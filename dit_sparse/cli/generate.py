@@ -43,8 +43,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
-class CLIError(Exception):
-    """A user error: reported as one line on stderr with exit code 2."""
+from . import CLIError, dependency_error
 
 
 def fail(message: str) -> None:
@@ -109,6 +108,9 @@ def load_pipeline(model: Optional[str], device: str, dtype: str, native_conv3d: 
         with _quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, local_files_only=True)
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, ...
+        dependency = dependency_error(exc)
+        if dependency:
+            fail(f"cannot load --model {name!r}: {dependency}")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = "" if Path(name).exists() else " (not a local folder, and not in the local Hugging Face cache)"
         fail(f"cannot load --model {name!r}{where}: {first}")

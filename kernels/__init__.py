@@ -1,1 +1,0 @@
-"""Triton and CPU kernels of dit-sparse (plain tensors in, tensors out; no diffusers)."""

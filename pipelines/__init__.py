@@ -1,1 +1,0 @@
-"""Everything that knows diffusers: per-family adapters, the hook, the embedded default model."""
