@@ -4,13 +4,16 @@ Every file dit-sparse writes (plans, videos and images, benchmark JSON) goes thr
 :func:`atomic_path`: the writer fills a temporary file next to the destination, its bytes are
 flushed to disk (``os.fsync``), and ``os.replace`` moves it into place. The destination is
 either untouched or complete, never half-written, and a failed write leaves no temporary file.
+
+The file gets the mode a new file made by ``open(path, "w")`` gets: ``0o666`` less the
+process umask (``0o644`` under the usual umask ``022``), whatever mode the destination had.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -33,8 +36,7 @@ def atomic_path(path: PathLike, what: str = "path") -> Iterator[Path]:
     if the body (or the flush to disk) raises. ``what`` names the argument in the error for
     a missing folder."""
     path = check_folder(path, what)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
@@ -44,6 +46,27 @@ def atomic_path(path: PathLike, what: str = "path") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_temporary(path: Path) -> Path:
+    """Create an empty, new file ``.<stem>.<random>.tmp<suffix>`` next to ``path``.
+
+    Not ``tempfile.mkstemp``: it creates its file with mode 0600, which ``os.replace`` would
+    carry over to the destination. This asks for 0666 and lets the kernel subtract the umask
+    (and apply the folder's default ACL), exactly as for ``open(path, "w")``. So the umask is
+    never read: reading it means ``os.umask(0)`` then restoring it, a process-wide change that
+    races with files other threads create meanwhile. The writers (``Path.write_text``, Pillow,
+    ffmpeg) truncate this file and keep its mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:  # the name is taken (another writer's temporary): draw again
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {str(path)!r} after 100 tries")
 
 
 def write_text(path: PathLike, text: str, what: str = "path") -> Path:

@@ -290,8 +290,8 @@ class Plan:
             _fail(where, "layer entries must be in the order of ['model']['layers']")
         for i, layer in enumerate(layers.values()):
             if len(layer.heads) != self.model.heads:
-                _fail(f"{where}[{i}]", f"layer {layer.name!r} has {len(layer.heads)} head entries but the model "
-                                       f"has heads={self.model.heads}")
+                _fail(f"{where}[{i}]", f"layer {layer.name!r} has {len(layer.heads)} head entries but the plan's "
+                                       f"header says heads={self.model.heads} (['model']['heads'])")
 
     # --- the apply protocol ----------------------------------------------------------
     @property
@@ -326,10 +326,11 @@ class Plan:
             raise ValueError(f"phase={phase} must be in [0, {len(tables)}) for a plan with {len(self.phases)} phases")
         layer = tables[phase].get(layer_name)
         if layer is None:
-            raise ValueError(f"plan for {self.model.cls} has no layer {layer_name!r}; its layers: "
-                             f"{_short(list(self.layers))}")
+            raise ValueError(f"the plan (for {self.model.cls}) has no layer {layer_name!r} of the model; the plan's "
+                             f"layers: {_short(list(self.layers))}")
         if num_heads != len(layer.heads):
-            raise ValueError(f"layer {layer_name!r} has heads={num_heads} but the plan has {len(layer.heads)} heads")
+            raise ValueError(f"the plan's header says heads={len(layer.heads)} but the model's layer {layer_name!r} "
+                             f"has {num_heads} heads")
         patterns = layer.patterns
         if all(isinstance(p, Full) for p in patterns) and not self.all_full:
             return None  # dense: leave the model's own attention in place
@@ -389,17 +390,25 @@ class Plan:
             desc = describe_model(model)
         diffs = []
         if desc["class"] != self.model.cls:
-            diffs.append(f"model class {desc['class']!r} != plan's {self.model.cls!r}")
+            diffs.append(f"the plan's header says class={self.model.cls!r} but the model's class is "
+                         f"{desc['class']!r}")
         layers = list(desc["layers"])
         if layers != list(self.model.layers):
             missing = [n for n in self.model.layers if n not in layers]
             extra = [n for n in layers if n not in self.model.layers]
-            diffs.append(f"self-attention layers differ ({len(layers)} in the model, {len(self.model.layers)} in the "
-                         f"plan; plan-only {_short(missing)}, model-only {_short(extra)})")
+            which = []
+            if missing:
+                which.append(f"only in the plan: {_short(missing)}")
+            if extra:
+                which.append(f"only in the model: {_short(extra)}")
+            diffs.append(f"the plan's header lists {len(self.model.layers)} self-attention layers but the model has "
+                         f"{len(layers)} ({'; '.join(which) or 'the same names in another order'})")
         if desc["heads"] != self.model.heads:
-            diffs.append(f"heads {desc['heads']} != plan's {self.model.heads}")
+            diffs.append(f"the plan's header says heads={self.model.heads} but the model's layers have "
+                         f"{desc['heads']} heads")
         if desc.get("head_dim") is not None and desc["head_dim"] != self.model.head_dim:
-            diffs.append(f"head_dim {desc['head_dim']} != plan's {self.model.head_dim}")
+            diffs.append(f"the plan's header says head_dim={self.model.head_dim} but the model's layers have "
+                         f"head_dim {desc['head_dim']}")
         if diffs:
             raise ValueError("plan does not fit this model: " + "; ".join(diffs))
 
@@ -529,7 +538,8 @@ class Plan:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Plan":
-        """Read and validate a plan file. Raises ValueError naming what is wrong."""
+        """Read and validate a plan file. Raises ValueError naming what is wrong, OSError
+        (with the path, one line) when it cannot be read: missing, a folder, no permission."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -537,6 +547,11 @@ class Plan:
             raise FileNotFoundError(f"plan file {str(path)!r} does not exist") from None
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not a text file ({exc.reason})") from None
+        except OSError as exc:  # a folder is IsADirectoryError on POSIX, PermissionError on Windows
+            if path.is_dir():
+                raise IsADirectoryError(f"plan path {str(path)!r} is a folder, not a plan file (give the "
+                                        "path of a plan's .json file)") from None
+            raise type(exc)(f"plan file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -62,3 +62,43 @@ def test_write_frames_leaves_nothing_when_the_encoder_fails(tmp_path, monkeypatc
         video_io.write_frames(path, frames + 255)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["clip.png"]
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    """Run the test under a known umask (restored afterwards)."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def test_write_text_gets_the_umask_mode(tmp_path, umask):
+    path = write_text(tmp_path / "a.txt", "x")
+    assert _mode(path) == 0o666 & ~umask
+    os.chmod(path, 0o600)  # an existing destination's mode is not kept: a new file's mode, as open(path, "w")
+    write_text(path, "y")
+    assert _mode(path) == 0o666 & ~umask
+
+
+def test_plan_save_gets_the_umask_mode(tmp_path, umask):
+    from dit_sparse.plan import Plan
+
+    path = Plan.load(os.path.join(os.path.dirname(__file__), "..", "docs", "plans", "plan128_e10p.json")).save(
+        tmp_path / "plan.json")
+    assert _mode(path) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif", ".png"])
+def test_write_frames_gets_the_umask_mode(tmp_path, umask, suffix):
+    if suffix == ".mp4":
+        pytest.importorskip("imageio_ffmpeg", reason="MP4 needs imageio-ffmpeg")
+    frames = np.zeros((2, 8, 10, 3), np.uint8)
+    path = video_io.write_frames(tmp_path / f"clip{suffix}", frames)
+    assert _mode(path) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == [f"clip{suffix}"]

@@ -62,7 +62,7 @@ def test_round_trip_through_a_file(tmp_path):
     assert again.dense_steps == 1 and again.grid == (3, 8, 8)
     assert again.layers[LAYERS[1]].patterns == (ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25))
     assert FORMAT == "dit-sparse-plan" and VERSION == 2
-    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temporary file left behind
 
 
 def test_apply_protocol():
@@ -70,10 +70,13 @@ def test_apply_protocol():
     assert plan.patterns_for(LAYERS[0], 2) == [ds.Neighborhood((1, 3, 3))] * 2
     assert plan.patterns_for(LAYERS[1], 2) == [ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25)]
     assert plan.patterns_for(LAYERS[2], 2) is None  # an all-dense layer keeps the model's attention
-    with pytest.raises(ValueError, match="has heads=4 but the plan has 2"):
+    with pytest.raises(ValueError) as info:
         plan.patterns_for(LAYERS[0], 4)
-    with pytest.raises(ValueError, match="no layer 'blocks.9.attn1'"):
+    assert str(info.value) == "the plan's header says heads=2 but the model's layer 'blocks.0.attn1' has 4 heads"
+    with pytest.raises(ValueError) as info:
         plan.patterns_for("blocks.9.attn1", 2)
+    assert str(info.value) == ("the plan (for WanTransformer3DModel) has no layer 'blocks.9.attn1' of the model; "
+                               "the plan's layers: [blocks.0.attn1, blocks.1.attn1, blocks.2.attn1] (3)")
     with pytest.raises(ValueError, match="model layers missing from the plan"):
         plan.check_used(LAYERS + ["blocks.3.attn1"])
     plan.check_used(LAYERS)
@@ -117,7 +120,8 @@ def test_grid_warning_once_per_grid():
      r"\['layers'\]\[0\]\['pattern'\]: .*unknown fields \['size'\]"),
     ({"layers/0/density": 2.0}, r"\['layers'\]\[0\]\['density'\]"),
     ({"layers/1/heads": [{"pattern": {"kind": "full"}, "error": 0.0, "density": 1.0}]},
-     r"\['layers'\]\[1\]: layer 'blocks.1.attn1' has 1 head entries but the model has heads=2"),
+     r"\['layers'\]\[1\]: layer 'blocks.1.attn1' has 1 head entries but the plan's header says heads=2 "
+     r"\(\['model'\]\['heads'\]\)$"),
     ({"layers/0/heads": []}, r"\['layers'\]\[0\]: needs exactly one of 'pattern'"),
     ({"layers/2/name": "blocks.7.attn1"}, r"missing \[blocks.2.attn1\].*unexpected \[blocks.7.attn1\]"),
     ({"layers/0/extra": 1}, r"\['layers'\]\[0\]: unknown field\(s\) \['extra'\]"),
@@ -142,6 +146,10 @@ def test_layer_order_and_malformed_json(tmp_path):
         Plan.load(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Plan.load(tmp_path / "missing.json")
+    with pytest.raises(IsADirectoryError) as info:
+        Plan.load(tmp_path)
+    assert str(info.value) == (f"plan path {str(tmp_path)!r} is a folder, not a plan file (give the path of a plan's "
+                               ".json file)")
     with pytest.raises(ValueError, match="must be a JSON object"):
         Plan.from_dict([1, 2])
 
@@ -150,14 +158,42 @@ def test_validate_for_names_what_differs():
     plan = Plan.from_dict(plan_dict())
     ok = {"class": "WanTransformer3DModel", "layers": list(LAYERS), "heads": 2, "head_dim": 8}
     plan.validate_for(ok)
-    with pytest.raises(ValueError, match="model class 'FluxTransformer2DModel' != plan's 'WanTransformer3DModel'"):
-        plan.validate_for(dict(ok, **{"class": "FluxTransformer2DModel"}))
-    with pytest.raises(ValueError, match=r"layers differ \(2 in the model, 3 in the plan; plan-only \[blocks.2.attn1\]"):
-        plan.validate_for(dict(ok, layers=LAYERS[:2]))
-    with pytest.raises(ValueError, match="heads 4 != plan's 2"):
-        plan.validate_for(dict(ok, heads=4))
-    with pytest.raises(ValueError, match="head_dim 16 != plan's 8"):
-        plan.validate_for(dict(ok, head_dim=16))
+    cases = [
+        ({"class": "FluxTransformer2DModel"},
+         "the plan's header says class='WanTransformer3DModel' but the model's class is 'FluxTransformer2DModel'"),
+        ({"layers": LAYERS[:2]},
+         "the plan's header lists 3 self-attention layers but the model has 2 "
+         "(only in the plan: [blocks.2.attn1] (1))"),
+        ({"layers": LAYERS[:2] + ["blocks.7.attn1", "blocks.8.attn1"]},
+         "the plan's header lists 3 self-attention layers but the model has 4 (only in the plan: [blocks.2.attn1] (1); "
+         "only in the model: [blocks.7.attn1, blocks.8.attn1] (2))"),
+        ({"layers": LAYERS[::-1]},
+         "the plan's header lists 3 self-attention layers but the model has 3 (the same names in another order)"),
+        ({"heads": 4}, "the plan's header says heads=2 but the model's layers have 4 heads"),
+        ({"head_dim": 16}, "the plan's header says head_dim=8 but the model's layers have head_dim 16"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError) as info:
+            plan.validate_for(dict(ok, **change))
+        assert str(info.value) == "plan does not fit this model: " + message
+    with pytest.raises(ValueError) as info:
+        plan.validate_for(dict(ok, heads=24, head_dim=16))
+    assert str(info.value) == ("plan does not fit this model: the plan's header says heads=2 but the model's layers "
+                               "have 24 heads; the plan's header says head_dim=8 but the model's layers have "
+                               "head_dim 16")
+
+
+def test_unreadable_plan_file_is_one_line_with_the_path(tmp_path, monkeypatch):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(plan_dict()))
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_text", denied)  # as root, chmod 000 would not stop the read
+    with pytest.raises(PermissionError) as info:
+        Plan.load(path)
+    assert str(info.value) == f"plan file {str(path)!r} cannot be read: Permission denied"
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

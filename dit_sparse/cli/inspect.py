@@ -4,13 +4,18 @@
     dit-sparse inspect plan.json --png plan.png
 
 The heatmap has one row per layer and one column per head, coloured by the chosen pattern's
-density (dark = sparse, bright = dense), with a colour bar; drawn with Pillow.
+density (dark = sparse, bright = dense), with a colour bar; drawn with Pillow. The PNG is
+written atomically (``dit_sparse.atomic``), and ``--png`` is checked before the plan is read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import List, Sequence, Tuple
+
+from . import CLIError
 
 # A perceptually ordered ramp (viridis key colours), interpolated linearly.
 _RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
@@ -62,12 +67,28 @@ def heatmap(densities: Sequence[Sequence[float]], labels: Sequence[str], cell: i
     return img
 
 
+def check_png(value: str) -> Path:
+    """``Path(value)`` if ``--png value`` can be written; CLIError (one line) otherwise."""
+    path = Path(value)
+    if path.suffix.lower() != ".png":
+        raise CLIError(f"--png {value!r} must end in .png")
+    if path.is_dir():
+        raise CLIError(f"--png {value!r} is a folder; give a file name ending in .png")
+    folder = path.parent  # Path("x.png").parent is Path(".")
+    if not folder.is_dir():
+        raise CLIError(f"--png {value!r}: its folder {str(folder)!r} does not exist (create it first)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"--png {value!r}: its folder {str(folder)!r} is not writable")
+    return path
+
+
 def run(args) -> int:
+    from dit_sparse.atomic import atomic_path
     from dit_sparse.plan import Plan
 
+    png = check_png(args.png) if args.png is not None else None
     plan = Plan.load(args.plan)
-    print(plan.summary())
-    if args.png:
+    if png is not None:  # drawn before the summary is printed: a failure here prints nothing
         labels: List[str] = []
         rows: List[List[float]] = []
         for i, (first, end, layers) in enumerate(plan.schedule()):
@@ -75,6 +96,9 @@ def run(args) -> int:
             labels += [prefix + name for name in layers]
             rows += plan.density_matrix(i)
         img = heatmap(rows, labels)
-        img.save(args.png, format="PNG")
-        print(f"\nwrote {args.png}")
+    print(plan.summary())
+    if png is not None:
+        with atomic_path(png, "--png") as tmp:
+            img.save(tmp, format="PNG")
+        print(f"\nwrote {png}")
     return 0
