@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional, Tuple, Type
+from typing import ClassVar, Dict, NamedTuple, Optional, Tuple, Type
 
 import torch
 
@@ -309,11 +309,109 @@ class BlockSparse(Pattern):
         return (video_pairs + s * s - layout.video_len ** 2) / (s * s)
 
 
+PATTERN_SPEC_HELP = """\
+pattern spec: KIND or KIND:FIELD=VALUE,...  A size is one int (every axis) or TxHxW
+ints joined by x, each >= 1; a fraction is a number in (0, 1].
+  full                                     dense attention; no fields
+  neighborhood:kernel=3x9x9,stride=1x3x3   a window of kernel tokens around each query;
+                                           dilation= and stride= sizes are optional
+  sliding-tile:tile=4x8x8,window=3x3x3     tiles of tile tokens attend to window tiles
+  block-sparse:block=4x8x8,topk=0.2        per query block, the top 20% of key blocks;
+                                           or threshold=0.9: the fewest key blocks that
+                                           hold 90% of the pooled softmax mass
+"""
+
+
+class _SpecKind(NamedTuple):
+    """The spec-string fields of one pattern kind (the fields of its dataclass)."""
+
+    fields: Dict[str, Tuple[str, str]]  # name -> (form: "size" or "fraction", example value)
+    required: Tuple[Tuple[str, ...], ...]  # groups of fields; exactly one of each must be given
+
+
+_SPEC_KINDS: Dict[str, _SpecKind] = {
+    "full": _SpecKind({}, ()),
+    "neighborhood": _SpecKind(
+        {"kernel": ("size", "3x9x9"), "dilation": ("size", "1x2x2"), "stride": ("size", "1x3x3")},
+        (("kernel",),)),
+    "sliding_tile": _SpecKind(
+        {"tile": ("size", "4x8x8"), "window": ("size", "3x3x3")},
+        (("tile",), ("window",))),
+    "block_sparse": _SpecKind(
+        {"block": ("size", "4x8x8"), "topk": ("fraction", "0.2"), "threshold": ("fraction", "0.9")},
+        (("topk", "threshold"),)),
+}
+
+
+def _spec_size(name: str, text: str, example: str):
+    """``text`` as an int or a 3-tuple of ints, every entry >= 1 (``as_triple``'s rule)."""
+    form = f"must be an int or TxHxW ints (e.g. {name}={example})"
+    try:
+        values = tuple(int(part) for part in text.split("x"))
+    except ValueError:
+        raise ValueError(f"{name}={text!r} {form}") from None
+    if len(values) not in (1, 3):
+        raise ValueError(f"{name}={text!r} has {len(values)} entries; {form}")
+    if min(values) < 1:
+        raise ValueError(f"{name}={text.strip()}: every entry must be >= 1")
+    return values[0] if len(values) == 1 else values
+
+
+def _spec_fraction(name: str, text: str, example: str) -> float:
+    """``text`` as a float in (0, 1] (``BlockSparse``'s rule for topk and threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} must be a number in (0, 1] (e.g. {name}={example})") from None
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise ValueError(f"{name}={text.strip()} must be in (0, 1]")
+    return value
+
+
+_SPEC_FORMS = {"size": _spec_size, "fraction": _spec_fraction}
+
+
+def _parse_spec(kind: str, rest: str) -> Pattern:
+    """The pattern of ``kind`` from the ``field=value,...`` part of a spec string; every
+    error is one line that names the field (``parse_pattern`` adds the spec)."""
+    shown = kind.replace("_", "-")
+    table = _SPEC_KINDS[kind]
+    allowed = (f"{shown} fields: {', '.join(table.fields)}" if table.fields else f"{shown} takes no fields")
+    kwargs: dict = {}
+    texts: Dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"{item!r} is not field=value; {allowed}")
+        if key not in table.fields:
+            raise ValueError(f"unknown field {key!r}; {allowed}")
+        if key in texts:
+            raise ValueError(f"{key}= is given twice ({key}={texts[key]} and {key}={text.strip()})")
+        texts[key] = text.strip()
+        form, example = table.fields[key]
+        kwargs[key] = _SPEC_FORMS[form](key, text, example)
+    needs = [f"{group[0]}=" if len(group) == 1 else "one of " + " or ".join(f"{f}=" for f in group)
+             for group in table.required]
+    missing = [n for n, group in zip(needs, table.required) if not any(f in kwargs for f in group)]
+    if missing:
+        where = f" ({' and '.join(missing)} missing)" if len(missing) < len(needs) else ""
+        raise ValueError(f"{shown} needs {' and '.join(needs)}{where}")
+    for group in table.required:
+        given = [f"{f}=" for f in group if f in kwargs]
+        if len(given) > 1:
+            raise ValueError(f"{shown} takes only one of {' and '.join(given)}")
+    return _REGISTRY[kind](**kwargs)  # rules across fields (stride <= kernel) are the dataclass's
+
+
 def parse_pattern(value) -> Pattern:
     """A pattern from a Pattern, a dict (``to_dict`` form) or a spec string.
 
-    Spec strings: ``full``, ``neighborhood:kernel=3x9x9[,dilation=..][,stride=..]``,
+    Spec strings (syntax in :data:`PATTERN_SPEC_HELP`): ``full``,
+    ``neighborhood:kernel=3x9x9[,dilation=..][,stride=..]``,
     ``sliding-tile:tile=4x8x8,window=3x3x3``, ``block-sparse:block=4x8x8,topk=0.2``.
+    A bad spec raises a one-line ValueError that names the field, its value and the
+    allowed form.
     """
     if isinstance(value, Pattern):
         return value
@@ -324,21 +422,9 @@ def parse_pattern(value) -> Pattern:
     name, _, rest = value.strip().partition(":")
     kind = name.strip().lower().replace("-", "_")
     if kind not in _REGISTRY:
-        raise ValueError(f"unknown pattern spec {value!r}; kinds: {sorted(k.replace('_', '-') for k in _REGISTRY)}")
-    kwargs = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise ValueError(f"pattern spec {value!r}: {item!r} is not key=value")
-        key = key.strip()
-        if "x" in val:
-            kwargs[key] = tuple(int(v) for v in val.split("x"))
-        else:
-            try:
-                kwargs[key] = int(val)
-            except ValueError:
-                kwargs[key] = float(val)
+        kinds = ", ".join(sorted(k.replace("_", "-") for k in _REGISTRY))
+        raise ValueError(f"unknown pattern spec {value!r}: kind {name.strip()!r} is not one of {kinds}")
     try:
-        return _REGISTRY[kind](**kwargs)
-    except TypeError as exc:
+        return _parse_spec(kind, rest)
+    except ValueError as exc:
         raise ValueError(f"pattern spec {value!r}: {exc}") from None
