@@ -16,38 +16,38 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isdir(
         _os.path.join(_root, "kernels", "triton_attn")):
     __path__.append(_root)
 
-from .layout import TokenLayout  # noqa: E402
-from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile, parse_pattern
-from .ops import (
-    SpeedupEstimate,
-    choose_backend,
-    can_run_cpu,
-    can_run_triton,
-    estimate_speedup,
-    reference_attention,
-    sparse_attention,
-)
-from .blockmask import BlockMask
-from .plan import Plan, PlanGridWarning, PlanStepsWarning
-
 __version__ = "0.1.0"
 
-# Parts that run models live in dit_sparse.pipelines (they import diffusers): loaded lazily so
-# that the core stays importable and fast without touching diffusers.
-_LAZY = {"apply": "api", "remove": "api", "applied": "api", "profile": "profiling"}
+# The public names, by the module that defines them. Loaded on first use (PEP 562), so that
+# ``import dit_sparse`` (and the CLI's ``--help`` and argument errors) does not wait for torch,
+# and the parts that run models (``dit_sparse.pipelines``, which imports diffusers) stay out
+# of the way of the core.
+_EXPORTS = {
+    "layout": ["TokenLayout"],
+    "patterns": ["Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "parse_pattern"],
+    "ops": ["sparse_attention", "reference_attention", "estimate_speedup", "SpeedupEstimate", "choose_backend",
+            "can_run_cpu", "can_run_triton"],
+    "blockmask": ["BlockMask"],
+    "plan": ["Plan", "PlanGridWarning", "PlanStepsWarning"],
+    "pipelines.api": ["apply", "remove", "applied"],
+    "pipelines.profiling": ["profile"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dit_sparse' has no attribute {name!r}")
+    import importlib
 
-        module = importlib.import_module(f"dit_sparse.pipelines.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'dit_sparse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
 
-__all__ = [
-    "TokenLayout", "Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "parse_pattern",
-    "sparse_attention", "reference_attention", "estimate_speedup", "SpeedupEstimate",
-    "choose_backend", "can_run_cpu", "can_run_triton", "BlockMask", "apply", "remove", "applied",
-    "Plan", "PlanGridWarning", "PlanStepsWarning", "profile",
-]
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
+
+__all__ = [name for names in _EXPORTS.values() for name in names]

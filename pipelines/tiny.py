@@ -22,6 +22,11 @@ EMBEDDED_NAME = "tiny-wan"
 #: Generation settings the model was trained for (pass them to the pipeline call).
 DEFAULT_CALL_KWARGS = {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
 
+#: An image of this model is the middle frame of a clip of this many frames (its training
+#: length): a lone frame (``num_frames=1``), like the first frame of a clip, does not follow
+#: the caption's colours (scored with scripts/caption_score.py: docs/benchmarks.md).
+IMAGE_CLIP_FRAMES = 9
+
 
 def embedded_model_path() -> Path:
     """Installed path of the embedded ``tiny-wan`` pipeline folder (has ``model_index.json``)."""

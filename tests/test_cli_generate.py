@@ -206,7 +206,7 @@ def test_half_dtype_on_a_cpu_without_its_instructions_warns_once(monkeypatch, ca
 
     asked = []
     monkeypatch.setattr(env, "cpu_half_matmul_is_native", lambda name: asked.append(name) or native)
-    load_pipeline(model_args[1] if model_args else None, "cpu", "bfloat16")
+    load_pipeline(model_args[1] if model_args else None, "cpu", "bfloat16", quiet=True)
     err = stderr_lines(capsys.readouterr().err)
     assert asked == ["bfloat16"]
     if native:
@@ -215,7 +215,7 @@ def test_half_dtype_on_a_cpu_without_its_instructions_warns_once(monkeypatch, ca
         assert len(err) == 1 and err[0].startswith("dit-sparse: warning: --dtype bfloat16 on --device cpu")
         assert "use --dtype float32" in err[0]
     monkeypatch.setattr(env, "cpu_half_matmul_is_native", lambda name: False)
-    load_pipeline(model_args[1] if model_args else None, "cpu", "float32")
+    load_pipeline(model_args[1] if model_args else None, "cpu", "float32", quiet=True)
     assert stderr_lines(capsys.readouterr().err) == []  # float32 never asks the probe
 
 

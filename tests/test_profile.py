@@ -151,12 +151,13 @@ def test_plan_transfers_to_another_grid(pipe):
 def test_plan_for_another_model_is_refused(pipe, plan):
     doc = plan.to_dict()
     doc["model"]["class"] = "FluxTransformer2DModel"
-    with pytest.raises(ValueError, match="model class 'WanTransformer3DModel' != plan's 'FluxTransformer2DModel'"):
+    with pytest.raises(ValueError, match="the plan's header says class='FluxTransformer2DModel' but the model's "
+                                         "class is 'WanTransformer3DModel'"):
         apply(pipe, ds.Plan.from_dict(doc))
     doc = plan.to_dict()
     doc["model"]["layers"].append("blocks.2.attn1")
     doc["layers"].append(dict(doc["layers"][-1], name="blocks.2.attn1"))
-    with pytest.raises(ValueError, match=r"layers differ \(2 in the model, 3 in the plan"):
+    with pytest.raises(ValueError, match=r"the plan's header lists 3 self-attention layers but the model has 2"):
         apply(pipe, ds.Plan.from_dict(doc))
     assert not ds.remove(pipe)  # nothing was left applied
 

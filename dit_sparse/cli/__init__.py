@@ -27,10 +27,29 @@ class CLIError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit code 2)."""
+    """argparse with one-line usage errors (exit code 2) and an epilog that may be a
+    function, called only when help is shown (so that building the parser stays cheap)."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def format_help(self):
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    return value
+
+
+def _plain(doc: str) -> str:
+    """A docstring paragraph as help text: RST literals (double backticks) become plain."""
+    return doc.replace("``", "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        doc = (module.__doc__ or "").strip().split("\n\n")[0]
+        doc = _plain((module.__doc__ or "").strip().split("\n\n")[0])
         sub_parser = sub.add_parser(module.NAME, help=module.HELP, description=doc,
+                                    epilog=getattr(module, "epilog", None),
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub_parser)
-        sub_parser.set_defaults(run=module.run)
+        sub_parser.set_defaults(run=module.run, computes=getattr(module, "COMPUTES", True))
+        sub_parser.add_argument("--threads", type=_threads, metavar="N",
+                                help="CPU threads for PyTorch (default: the CPUs other processes leave idle, "
+                                     "measured at start; on busy cores PyTorch's one thread per core runs "
+                                     "10-30x slower)")
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show tracebacks instead of one-line errors")
     return parser
@@ -96,6 +120,20 @@ def dependency_error(exc: BaseException) -> Optional[str]:
             "(README.md lists the versions dit-sparse was tested with)")
 
 
+def _set_threads(args) -> None:
+    """``--threads``, or the CPUs left idle by other processes for commands that compute."""
+    if args.threads is None and not args.computes:
+        return
+    from .preflight import choose_threads
+
+    threads, note = choose_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    if note:
+        print(f"dit-sparse {args.command}: note: {note}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -104,6 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # argparse: --help, --version and usage errors
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
+        _set_threads(args)
         code = args.run(args)
     except BrokenPipeError:  # stdout closed early (``| head``): not an error of the command
         return 0

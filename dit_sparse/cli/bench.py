@@ -36,10 +36,18 @@ from typing import Dict, List, Optional
 
 from .. import report
 from . import generate as gen
+from . import preflight
 from .generate import CLIError, fail
 
 NAME = "bench"
 HELP = "compare dense and sparse attention: wall time, speedup, PSNR, SSIM"
+
+
+def epilog() -> str:
+    """The pattern spec syntax, shown under ``--help`` (torch is imported only then)."""
+    from dit_sparse.patterns import PATTERN_SPEC_HELP
+
+    return PATTERN_SPEC_HELP
 
 #: Prompts for the embedded model when --prompts is not given (captions of its training data).
 EMBEDDED_PROMPTS = (
@@ -70,14 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pattern", action="append", default=[], metavar="SPEC",
                         help="one pattern for every self-attention layer, e.g. sliding-tile:tile=4x4x4,window=3x3x3 "
                              "(repeatable)")
-    parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
-                        help="prompts (default for the embedded model: two captions of its training data)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds (default 0)")
-    parser.add_argument("--out", metavar="PATH", help="side-by-side video or image of all runs (.gif, .mp4, .png)")
+    gen.add_prompts_argument(parser, required=False,
+                             default_help="default for the embedded model: two captions of its training data")
+    gen.add_seeds_argument(parser)
+    parser.add_argument("-o", "--output", "--out", dest="out", metavar="PATH",
+                        help="side-by-side video or image of all runs (.gif, .mp4, .png)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="time every configuration N times per prompt and seed, round-robin, and keep the fastest "
-                             "(default 1)")
+                             f"(1 to {preflight.MAX_REPEAT}; default 1)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed 1-step call per configuration")
     gen.add_model_arguments(parser)
@@ -176,24 +185,22 @@ def run(args) -> int:
 
     try:
         _check_outputs(args)
-        if any(s < 0 for s in args.seeds):
-            fail(f"--seeds {args.seeds} must be >= 0")
-        if args.repeat < 1:
-            fail(f"--repeat {args.repeat} must be >= 1")
+        seeds = gen.seeds_from_args(args)
+        preflight.check_int("--repeat", args.repeat, 1, preflight.MAX_REPEAT)
+        gen.check_model_args(args)
         configs = _configs(args)
-        if args.prompts is not None:
-            for i, p in enumerate(args.prompts):
-                gen.check_prompt(p, f"--prompts[{i}]")
-        pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d)
-        prompts = list(args.prompts) if args.prompts is not None else None
+        prompts = gen.prompts_from_args(args)
         if prompts is None:
-            if not embedded:
+            if args.model is not None:
                 fail("--prompts is required with --model")
             prompts = list(EMBEDDED_PROMPTS)
+        pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
         settings = gen.prepare(args, pipe, embedded)
         kwargs = settings.call_kwargs(pipe)
+        for config in configs:
+            gen.warn_if_cannot_pay(pipe, config, settings, args.device, embedded, f"dit-sparse {NAME}")
         gen.set_progress(pipe, True, "")
-        runs = [(p, s) for p in prompts for s in args.seeds]
+        runs = [(p, s) for p in prompts for s in seeds]
         from tqdm.auto import tqdm
 
         if args.warmup:
@@ -257,7 +264,7 @@ def run(args) -> int:
         device += f", {torch.get_num_threads()} threads" + ("" if conv3d is None else f", conv3d {conv3d}")
     print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "
           f"{f} frames {h}x{w}, {kwargs.get('num_inference_steps', 'default')} steps, {len(prompts)} prompt(s) x "
-          f"{len(args.seeds)} seed(s), {device}, {args.dtype}"
+          f"{len(seeds)} seed(s), {device}, {args.dtype}"
           + (f", fastest of {args.repeat} calls" if args.repeat > 1 else ""))
     print(format_table(rows))
     if args.out is not None:
@@ -265,7 +272,7 @@ def run(args) -> int:
     if args.json is not None:
         doc = {"model": "embedded" if embedded else args.model, "frames": f, "height": h, "width": w,
                "repeat": args.repeat, "conv3d": conv3d,
-               "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(args.seeds),
+               "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(seeds),
                "device": args.device, "dtype": args.dtype, "rows": [_finite(asdict(r)) for r in rows]}
         from dit_sparse.atomic import write_text
 

@@ -39,11 +39,20 @@ from typing import Any, Dict, List, Optional, Tuple
 NAME = "generate"
 HELP = "generate a video or image with sparse attention"
 
+
+def epilog() -> str:
+    """The pattern spec syntax, shown under ``--help`` (torch is imported only then)."""
+    from dit_sparse.patterns import PATTERN_SPEC_HELP
+
+    return PATTERN_SPEC_HELP
+
 DTYPES = ("float32", "float16", "bfloat16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
 from . import CLIError, dependency_error
+from . import preflight
+from .preflight import SizeRules
 
 
 def fail(message: str) -> None:
@@ -88,14 +97,17 @@ def resolve_model(model: Optional[str]) -> Tuple[str, bool]:
     fail(f"--model {model!r} does not exist")
 
 
-def load_pipeline(model: Optional[str], device: str, dtype: str, native_conv3d: bool = False):
+def load_pipeline(model: Optional[str], device: str, dtype: str, native_conv3d: bool = False, quiet: bool = False):
     """``(pipeline, is_embedded)``: ``--model`` loaded offline on ``device`` in ``dtype``. On CPU its
     3D convolutions run through oneDNN (:mod:`dit_sparse.pipelines.cpu_conv`) unless
-    ``native_conv3d``."""
-    import torch
-
+    ``native_conv3d``. Says what it loads in one line on stderr first, unless ``quiet``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     name, embedded = resolve_model(model)
+    if not quiet:
+        what = "the embedded tiny-wan model" if embedded else repr(name)
+        print(f"dit-sparse: loading {what} on {device} ({dtype}) ...", file=sys.stderr, flush=True)
+    import torch
+
     torch_dtype = getattr(torch, dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device} but CUDA is not available")
@@ -188,44 +200,6 @@ def _first_attr(obj, names, default=None):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             return int(value)
     return default
-
-
-@dataclass(frozen=True)
-class SizeRules:
-    """What sizes a pipeline takes: height and width multiples of ``spatial``; frames
-    ``temporal * k + 1`` (``temporal`` None: an image pipeline, one frame)."""
-
-    spatial: int
-    temporal: Optional[int]
-    spatial_why: str
-
-    def check(self, frames: Optional[int], height: Optional[int], width: Optional[int]) -> None:
-        for name, value in (("--height", height), ("--width", width)):
-            if value is None:
-                continue
-            if value < 1:
-                fail(f"{name} {value} must be >= 1")
-            if value % self.spatial:
-                fail(f"{name} {value} is not a multiple of {self.spatial} ({self.spatial_why}); nearest valid: "
-                     f"{_nearest(value, self.spatial, 0)}")
-        if frames is None:
-            return
-        if frames < 1:
-            fail(f"--frames {frames} must be >= 1")
-        if self.temporal is None:
-            if frames != 1:
-                fail(f"--frames {frames}: this is a text-to-image pipeline; use --frames 1")
-            return
-        if (frames - 1) % self.temporal:
-            fail(f"--frames {frames} does not fit the VAE's temporal factor {self.temporal} (frames = "
-                 f"{self.temporal}k + 1); nearest valid: {_nearest(frames, self.temporal, 1)}")
-
-
-def _nearest(value: int, step: int, offset: int) -> str:
-    below = (value - offset) // step * step + offset
-    above = below + step
-    options = [v for v in (below, above) if v >= max(offset, 1)]
-    return " or ".join(str(v) for v in options)
 
 
 def size_rules(pipe) -> SizeRules:
@@ -460,11 +434,36 @@ class Settings:
         )
 
     def check(self, pipe) -> None:
-        if self.steps is not None and self.steps < 1:
-            fail(f"--steps {self.steps} must be >= 1")
-        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
-            fail(f"--guidance {self.guidance} must be a finite number >= 0")
+        preflight.check_int("--steps", self.steps, 1, preflight.MAX_STEPS)
+        preflight.check_number("--guidance", self.guidance, 0.0, preflight.MAX_GUIDANCE)
         size_rules(pipe).check(self.frames, self.height, self.width)
+
+    def resolved_steps(self, pipe) -> Optional[int]:
+        """The step count the call will run: ``steps`` or the pipeline's own default."""
+        if self.steps is not None:
+            return self.steps
+        default = call_parameters(pipe).get("num_inference_steps")
+        value = getattr(default, "default", None)
+        return value if isinstance(value, int) else None
+
+    def resolved_size(self, pipe) -> Tuple[Optional[int], int, int]:
+        """``(frames, height, width)`` of the call: these settings, else the defaults of the
+        pipeline's ``__call__`` (else its ``default_sample_size`` in latent pixels)."""
+        params = call_parameters(pipe)
+
+        def default(key):
+            value = getattr(params.get(key), "default", None)
+            if isinstance(value, int):
+                return value
+            sample = getattr(pipe, "default_sample_size", None) or 128
+            return sample * _first_attr(pipe, ("vae_scale_factor_spatial", "vae_scale_factor"), 8)
+
+        frames = self.frames
+        if frames is None and is_video_pipeline(pipe):
+            value = getattr(params.get("num_frames"), "default", None)
+            frames = value if isinstance(value, int) else None
+        return (frames, self.height if self.height is not None else default("height"),
+                self.width if self.width is not None else default("width"))
 
     def call_kwargs(self, pipe) -> Dict[str, Any]:
         params = call_parameters(pipe)
@@ -517,38 +516,158 @@ def describe(sparsity: Sparsity, handle) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared with ``bench``: model, size, device."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, dense_steps: bool = True, fps: bool = True) -> None:
+    """Options shared by ``generate``, ``bench`` and ``profile``: model, size, device."""
     parser.add_argument("--model", metavar="PATH_OR_ID",
                         help="diffusers pipeline folder or cached Hugging Face id (default: the embedded tiny Wan "
                              "model); loaded with local_files_only=True")
-    parser.add_argument("--frames", type=int, help="frames (1 gives an image; default: the model's)")
-    parser.add_argument("--height", type=int, help="height in pixels (default: the model's)")
-    parser.add_argument("--width", type=int, help="width in pixels (default: the model's)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
-    parser.add_argument("--dense-steps", type=parse_dense_steps, metavar="N",
-                        help="first steps that run dense: an int, or a fraction in (0, 1) (default: the plan's, "
-                             "0 for a pattern)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--frames", type=int, metavar="N", help="frames (1 gives an image; default: the model's)")
+    parser.add_argument("--height", type=int, metavar="PX", help="height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, metavar="PX", help="width in pixels (default: the model's)")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help=f"denoising steps, 1 to {preflight.MAX_STEPS} (default: the model's)")
+    parser.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, metavar="G",
+                        help="classifier-free guidance scale (default: the model's)")
+    if dense_steps:
+        parser.add_argument("--dense-steps", type=parse_dense_steps, metavar="N",
+                            help="first steps that run dense: an int below --steps, or a fraction in (0, 1) "
+                                 "(default: the plan's, 0 for a pattern)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and compute dtype")
     parser.add_argument("--native-conv3d", action="store_true",
                         help="on CPU, keep PyTorch's own kernel choice for 3D convolutions (default: batch-1 "
                              "Conv3d layers run through oneDNN, 4-20x faster than the native kernel "
                              "PyTorch picks for them; see dit_sparse.pipelines.cpu_conv)")
-    parser.add_argument("--fps", type=float, default=16.0, help="frames per second of MP4/GIF output (default 16)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if fps:
+        parser.add_argument("--fps", type=float, default=16.0,
+                            help="frames per second of MP4/GIF output (default 16)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no loading line")
+
+
+PROMPT_FILE_SUFFIXES = (".txt", ".json")
+
+
+def add_prompts_argument(parser: argparse.ArgumentParser, *, required: bool, default_help: str = "") -> None:
+    """``--prompts``: prompts, or files of prompts (``profile`` and ``bench`` alike)."""
+    parser.add_argument("--prompts", nargs="+", required=required, metavar="PROMPT_OR_FILE",
+                        help="prompts, or files of prompts (an existing file, or a name ending in .txt or .json: "
+                             "one prompt per line, # starts a comment; or a JSON list of strings)"
+                             + (f"; {default_help}" if default_help else ""))
+
+
+def read_prompts(path: str) -> List[str]:
+    """The prompts of a prompts file (one per line, or a JSON list when it ends in .json)."""
+    import json
+
+    file = Path(path)
+    if file.is_dir():
+        fail(f"--prompts {path!r} is a folder, not a prompts file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        fail(f"--prompts: prompts file {path!r} does not exist")
+    except UnicodeDecodeError:
+        fail(f"--prompts: prompts file {path!r} is not UTF-8 text")
+    except OSError as exc:
+        fail(f"--prompts: prompts file {path!r} cannot be read: {exc.strerror or exc}")
+    if file.suffix.lower() == ".json":
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as exc:
+            fail(f"--prompts: prompts file {path!r}: malformed JSON ({exc.msg} at line {exc.lineno})")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            fail(f"--prompts: prompts file {path!r} must hold a JSON list of strings")
+        prompts = [p.strip() for p in prompts if p.strip()]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        fail(f"--prompts: prompts file {path!r} has no prompts")
+    return prompts
+
+
+def prompts_from_args(args) -> Optional[List[str]]:
+    """``--prompts`` as a list of prompts (files read), or None when not given."""
+    if args.prompts is None:
+        return None
+    prompts: List[str] = []
+    for i, item in enumerate(args.prompts):
+        if Path(item).is_file() or Path(item).suffix.lower() in PROMPT_FILE_SUFFIXES:
+            prompts += read_prompts(item)
+        else:
+            prompts.append(check_prompt(item, f"--prompts[{i}]"))
+    return prompts
+
+
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seeds N [N ...]`` (``--seed N``, repeatable, is the same list)."""
+    parser.add_argument("--seeds", "--seed", dest="seeds", nargs="+", type=int, action="extend", metavar="SEED",
+                        help="seeds, 0 to 2**63-1, one run per prompt and seed (default 0)")
+
+
+def seeds_from_args(args) -> List[int]:
+    seeds = list(args.seeds) if args.seeds else [0]
+    preflight.check_seeds("--seeds", seeds)
+    return seeds
+
+
+def check_model_args(args) -> None:
+    """Everything about the model and sizes that can be checked before the load."""
+    preflight.check_device(args.device)
+    name, embedded = resolve_model(args.model)
+    facts = preflight.folder_facts(name)
+    defaults = embedded_defaults() if embedded else {}
+    preflight.check_sizes(args.frames, args.height, args.width, args.steps, args.guidance, facts, defaults)
+    if hasattr(args, "fps"):
+        preflight.check_number("--fps", args.fps, 0.0, preflight.MAX_FPS, open_lo=True)
+    steps = args.steps if args.steps is not None else defaults.get("num_inference_steps")
+    preflight.check_dense_steps(getattr(args, "dense_steps", None), steps)
+
+
+def dense_share(sparsity: "Sparsity", steps: Optional[int]) -> float:
+    """The share of steps that run dense under ``sparsity`` (for :func:`preflight.pay_note`)."""
+    from dit_sparse import Plan
+
+    dense = sparsity.dense_steps
+    if dense is None and isinstance(sparsity.spec, Plan):
+        dense = sparsity.spec.dense_steps
+        profiled = sparsity.spec.profile.get("num_inference_steps")
+        if steps and profiled:
+            dense = round(dense * steps / profiled)
+    if dense is None or not steps:
+        return 0.0
+    return float(dense) if isinstance(dense, float) else min(1.0, dense / steps)
+
+
+def warn_if_cannot_pay(pipe, sparsity: "Sparsity", settings: "Settings", device: str, embedded: bool,
+                       prog: str) -> None:
+    """Print one line on stderr when ``sparsity`` cannot be faster than dense at these sizes
+    (a plan that does not fit the model is an error first)."""
+    if sparsity.dense:
+        return
+    from dit_sparse import Plan
+
+    if isinstance(sparsity.spec, Plan):
+        try:
+            sparsity.spec.validate_for(pipe)
+        except ValueError as exc:
+            fail(f"{sparsity.label}: {exc}")
+    frames, height, width = settings.resolved_size(pipe)
+    grid = preflight.token_grid(pipe, frames, height, width, size_rules(pipe))
+    note = preflight.pay_note(pipe, sparsity.spec, dense_share(sparsity, settings.resolved_steps(pipe)), grid,
+                              device, embedded)
+    if note:
+        print(f"{prog}: note: {note}", file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="text prompt")
-    parser.add_argument("-o", "--output", required=True, metavar="PATH",
+    parser.add_argument("-o", "--output", "--out", dest="output", required=True, metavar="PATH",
                         help="output file: .mp4 (H.264), .gif or .png (several frames: a horizontal strip)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to 2**63-1 (default 0)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--plan", metavar="PLAN_JSON", help="per-layer plan from `dit-sparse profile`")
     which.add_argument("--pattern", metavar="SPEC",
-                       help="one pattern for every self-attention layer, e.g. sliding-tile:tile=4x4x4,window=3x3x3")
+                       help="one pattern for every self-attention layer (syntax below)")
     which.add_argument("--dense", action="store_true", help="dense attention (the default without --plan/--pattern)")
     add_model_arguments(parser)
 
@@ -573,6 +692,7 @@ def prepare(args, pipe, embedded: bool) -> Settings:
     if embedded:
         settings = settings.fill(embedded_defaults())
     settings.check(pipe)
+    preflight.check_dense_steps(getattr(args, "dense_steps", None), settings.resolved_steps(pipe))
     return settings
 
 
@@ -591,12 +711,22 @@ def run(args) -> int:
             out = video_io.check_writable(args.output)
         except (OSError, ValueError) as exc:
             fail(f"-o/--output: {exc}")
-        if args.seed < 0:
-            fail(f"--seed {args.seed} must be >= 0")
+        preflight.check_seeds("--seed", [args.seed])
+        check_model_args(args)
         sparsity = sparsity_from_args(args)
-        pipe, embedded = load_pipeline(args.model, args.device, args.dtype, args.native_conv3d)
+        pipe, embedded = load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
         settings = prepare(args, pipe, embedded)
+        keep = None
+        if embedded and settings.frames == 1:
+            from dit_sparse.pipelines.tiny import IMAGE_CLIP_FRAMES
+
+            settings.frames, keep = IMAGE_CLIP_FRAMES, IMAGE_CLIP_FRAMES // 2
+            if not args.quiet:
+                print(f"dit-sparse {NAME}: note: --frames 1 on the embedded model generates {IMAGE_CLIP_FRAMES} "
+                      "frames and keeps the middle one (a lone frame of this model does not follow the caption)",
+                      file=sys.stderr, flush=True)
         kwargs = settings.call_kwargs(pipe)
+        warn_if_cannot_pay(pipe, sparsity, settings, args.device, embedded, f"dit-sparse {NAME}")
         set_progress(pipe, args.quiet, "denoising")
         handle = apply_sparsity(pipe, sparsity)
         try:
@@ -608,6 +738,8 @@ def run(args) -> int:
         finally:
             if handle is not None:
                 handle.remove()
+        if keep is not None:
+            frames = frames[keep:keep + 1]
         video_io.write_frames(out, frames, fps=args.fps)
     except CLIError as exc:
         if getattr(args, "debug", False):

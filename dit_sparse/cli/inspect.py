@@ -23,6 +23,7 @@ _RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 3
 
 NAME = "inspect"
 HELP = "print a plan's summary (and draw it with --png)"
+COMPUTES = False  # reads a plan: no --threads measurement
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

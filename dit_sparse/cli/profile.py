@@ -1,49 +1,52 @@
 """``dit-sparse profile``: profile a pipeline on calibration prompts and write a plan.
 
-    dit-sparse profile --prompts prompts.txt --out plan.json --budget 0.3
-    dit-sparse profile --model ./my-wan --prompts prompts.txt --out plan.json --max-error 0.05 \\
-        --steps 20 --height 64 --width 64 --frames 9 --seed 0 --seed 1
+    dit-sparse profile --prompts prompts.txt -o plan.json --budget 0.3 --height 128 --width 128
+    dit-sparse profile --model ./my-wan --prompts prompts.txt -o plan.json --max-error 0.05 \\
+        --steps 20 --height 64 --width 64 --frames 9 --seeds 0 1
 
 ``--model`` defaults to the embedded tiny Wan model (and its trained generation settings).
-A prompts file holds one prompt per line (blank lines and lines starting with ``#`` are
-skipped), or a JSON list of strings when it ends in ``.json``. The plan is written
+``--prompts`` takes prompts or prompts files: a file holds one prompt per line (blank lines
+and lines starting with # are skipped), or a JSON list of strings when it ends in .json. The plan is written
 atomically: an existing file is replaced only by a complete new plan.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 from pathlib import Path
-from typing import List
+
+from . import CLIError, preflight
 
 
 NAME = "profile"
 HELP = "profile a pipeline on calibration prompts and write a sparse attention plan"
 
 
+def epilog() -> str:
+    """The pattern spec syntax, shown under ``--help`` (torch is imported only then)."""
+    from dit_sparse.patterns import PATTERN_SPEC_HELP
+
+    return PATTERN_SPEC_HELP
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, metavar="PATH_OR_ID",
-                   help="diffusers pipeline folder or hub id in the local cache (default: the embedded tiny Wan)")
-    p.add_argument("--prompts", required=True, metavar="FILE", help="calibration prompts, one per line (or .json)")
-    p.add_argument("--out", required=True, metavar="PLAN_JSON", help="where to write the plan")
+    from . import generate as gen
+
+    gen.add_prompts_argument(p, required=True)
+    p.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="PLAN_JSON",
+                   help="where to write the plan (.json)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--max-error", type=float, metavar="E", help="per layer/head: cheapest pattern with error <= E")
     mode.add_argument("--budget", type=float, metavar="D",
                       help="mean density in (0, 1] (with --cost time: mean kernel time relative to dense); "
                            "minimise the error")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--frames", type=int, default=None, help="number of frames (video pipelines)")
-    p.add_argument("--seed", type=int, action="append", default=None,
-                   help="seed of a calibration run (repeatable; default 0)")
+    gen.add_seeds_argument(p)
     p.add_argument("--sample-steps", default=None, metavar="I,J,...",
                    help="steps at which candidates are measured (default: all up to 12 steps, else 12 spread)")
     p.add_argument("--candidate", action="append", default=None, metavar="SPEC",
-                   help="candidate pattern spec, e.g. neighborhood:kernel=3x9x9 (repeatable; default: a grid-relative set)")
-    p.add_argument("--guidance-scale", type=float, default=None)
+                   help="candidate pattern spec, e.g. neighborhood:kernel=3x9x9 (repeatable; default: a grid-relative "
+                        "set; syntax below)")
     p.add_argument("--dense-bound", type=float, default=None, metavar="E",
                    help="per-step error above which early steps stay dense")
     p.add_argument("--per-layer", action="store_true",
@@ -53,58 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase", action="append", default=None, metavar="STEP=VALUE",
                    help="from denoising step STEP on, select again with error bound (or budget, as the mode) "
                         "VALUE on those steps' measurements; repeatable, e.g. --max-error 0.1 --phase 10=0.25")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def read_prompts(path: str) -> List[str]:
-    from . import CLIError
-
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CLIError(f"prompts file {path!r} does not exist") from None
-    except UnicodeDecodeError:
-        raise CLIError(f"prompts file {path!r} is not UTF-8 text") from None
-    if file.suffix == ".json":
-        try:
-            prompts = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CLIError(f"prompts file {path!r}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise CLIError(f"prompts file {path!r} must hold a JSON list of strings")
-        prompts = [p.strip() for p in prompts if p.strip()]
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise CLIError(f"prompts file {path!r} has no prompts")
-    return prompts
-
-
-def load_pipeline(model):
-    """``(pipeline, name, default call settings)`` for ``--model`` (None: the embedded model)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if model is None:
-        from dit_sparse.pipelines.tiny import DEFAULT_CALL_KWARGS, EMBEDDED_NAME, load_embedded_pipeline
-
-        return load_embedded_pipeline(), f"embedded:{EMBEDDED_NAME}", dict(DEFAULT_CALL_KWARGS)
-    from diffusers import DiffusionPipeline
-
-    if os.path.sep in model or model.startswith("."):
-        if not Path(model).exists():
-            raise FileNotFoundError(f"--model {model!r} does not exist")
-    try:
-        pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise OSError(f"cannot load pipeline {model!r} offline: {exc}") from None
-    return pipe, model, {}
+    gen.add_model_arguments(p, dense_steps=False, fps=False)
 
 
 def parse_phases(items, mode: str):
     """``--phase STEP=VALUE`` options as ``[(step, value), ...]``, validated."""
     from dit_sparse.selection import check_phases
-
-    from . import CLIError
 
     phases = []
     for item in items or ():
@@ -121,19 +78,32 @@ def parse_phases(items, mode: str):
         raise CLIError(f"--phase {' '.join(items)}: {exc}") from None
 
 
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != ".json":
+        raise CLIError(f"-o/--output {path!r} must end in .json (a plan is a JSON file)")
+    if out.is_dir():
+        raise CLIError(f"-o/--output {path!r} is a directory")
+    if not out.parent.is_dir():
+        raise CLIError(f"-o/--output {path!r}: its folder {str(out.parent)!r} does not exist (create it first)")
+    return out
+
+
 def run(args) -> int:
+    from dit_sparse.patterns import parse_pattern
     from dit_sparse.selection import check_mode
 
-    from . import CLIError
+    from . import generate as gen
 
-    from dit_sparse.patterns import parse_pattern
-
-    mode, _ = check_mode(args.max_error, args.budget)  # everything the user typed is checked before loading
+    # everything the user typed is checked before loading
+    mode, _ = check_mode(args.max_error, args.budget)
     phases = parse_phases(args.phase, mode)
-    prompts = read_prompts(args.prompts)
+    prompts = gen.prompts_from_args(args)
+    seeds = gen.seeds_from_args(args)
+    candidates = []
     for spec in args.candidate or ():
         try:
-            parse_pattern(spec)
+            candidates.append(parse_pattern(spec))
         except (TypeError, ValueError) as exc:
             raise CLIError(f"--candidate {spec!r}: {exc}") from None
     sample_steps = None
@@ -142,29 +112,52 @@ def run(args) -> int:
             sample_steps = [int(s) for s in args.sample_steps.split(",") if s.strip()]
         except ValueError:
             raise CLIError(f"--sample-steps {args.sample_steps!r} must be comma-separated ints") from None
-    out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {args.out!r} is a directory")
-    if not out.parent.exists() and str(out.parent):
-        raise CLIError(f"--out {args.out!r}: folder {str(out.parent)!r} does not exist")
+    out = _check_out(args.out)
+    gen.check_model_args(args)
 
     import dit_sparse as ds
 
-    pipe, name, defaults = load_pipeline(args.model)
-    call_kwargs = {}
-    guidance = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale")
-    if guidance is not None:
-        call_kwargs["guidance_scale"] = guidance
+    pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
+    settings = gen.prepare(args, pipe, embedded)
+    _warn_if_cannot_pay(pipe, candidates, settings, args.device, embedded)
+    from dit_sparse.pipelines.tiny import EMBEDDED_NAME
+
+    name = f"embedded:{EMBEDDED_NAME}" if embedded else args.model
+    call_kwargs = {"guidance_scale": settings.guidance} if settings.guidance is not None else {}
     plan = ds.profile(
         pipe, prompts, candidates=args.candidate, max_error=args.max_error, budget=args.budget,
-        num_inference_steps=args.steps if args.steps is not None else defaults.get("num_inference_steps"),
-        sample_steps=sample_steps, seeds=tuple(args.seed) if args.seed else (0,),
-        height=args.height if args.height is not None else defaults.get("height"),
-        width=args.width if args.width is not None else defaults.get("width"),
-        num_frames=args.frames if args.frames is not None else defaults.get("num_frames"),
+        num_inference_steps=settings.steps, sample_steps=sample_steps, seeds=tuple(seeds),
+        height=settings.height, width=settings.width, num_frames=settings.frames,
         progress=not args.quiet, dense_bound=args.dense_bound, model_name=name, call_kwargs=call_kwargs,
         per_head=not args.per_layer, cost=args.cost, phases=phases)
     plan.save(out)
     print(plan.summary())
     print(f"\nwrote {out}")
     return 0
+
+
+def _warn_if_cannot_pay(pipe, candidates, settings, device: str, embedded: bool) -> None:
+    """The note of :func:`generate.warn_if_cannot_pay` for the sparsest candidate: if even it
+    cannot beat dense attention at this size, no plan profiled here can."""
+    from dit_sparse import Full, TokenLayout
+    from dit_sparse.selection import default_candidates
+
+    from . import generate as gen
+
+    frames, height, width = settings.resolved_size(pipe)
+    grid = preflight.token_grid(pipe, frames, height, width, gen.size_rules(pipe))
+    layout = TokenLayout(grid=grid)
+    sparse = [p for p in (candidates or default_candidates(grid)) if not isinstance(p, Full)]
+    if not sparse:
+        return
+    def density(pattern) -> float:
+        try:
+            return pattern.density(layout)
+        except ValueError:  # data-dependent (a BlockSparse threshold)
+            return 1.0
+
+    sparsest = min(sparse, key=density)
+    note = preflight.pay_note(pipe, sparsest, 0.0, grid, device, embedded)
+    if note:
+        print(f"dit-sparse {NAME}: note: {note} (checked with the sparsest candidate, "
+              f"{sparsest.spec})", file=sys.stderr, flush=True)
