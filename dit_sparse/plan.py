@@ -99,7 +99,7 @@ def pattern_spec(pattern: Pattern) -> str:
             parts.append(f"stride={triple(pattern.stride)}")
         return "neighborhood:" + ",".join(parts)
     if isinstance(pattern, BlockSparse):
-        sel = f"topk={pattern.topk:g}" if pattern.topk is not None else f"threshold={pattern.threshold:g}"
+        sel = f"topk={pattern.topk!r}" if pattern.topk is not None else f"threshold={pattern.threshold!r}"
         return f"block-sparse:block={triple(pattern.block)},{sel}"
     return json.dumps(pattern.to_dict(), sort_keys=True)
 
