@@ -163,13 +163,27 @@ def test_pay_note_at_a_tiny_grid_and_not_at_a_large_one():
     import dit_sparse as ds
 
     tile = ds.SlidingTile(tile=(1, 4, 4), window=(1, 3, 3))
-    note = preflight.pay_note(_fake_pipe(), tile, 0.0, (3, 4, 4), "cpu", embedded=True)
-    assert note and "cannot pay" in note and "48 tokens" in note and "--height 128 --width 128" in note
+    note = preflight.pay_note(_fake_pipe(), tile, 0.0, (5, 16, 16), "cpu", embedded=True)
+    assert note and "cannot pay" in note and "1,280 tokens (grid 5x16x16)" in note
+    assert "--height 128 --width 128" in note
     assert preflight.pay_note(_fake_pipe(), tile, 0.0, (4, 32, 64), "cpu", embedded=True) is None
     dense = preflight.pay_note(_fake_pipe(), ds.Full(), 0.0, (4, 32, 64), "cpu", embedded=False)
     assert dense and "dense" in dense
     # every step dense: nothing to gain whatever the kernel does
-    assert preflight.pay_note(_fake_pipe(), tile, 1.0, (4, 32, 64), "cpu", embedded=False)
+    assert "every step runs dense" in preflight.pay_note(_fake_pipe(), tile, 1.0, (4, 32, 64), "cpu", embedded=False)
+    # a pattern that keeps every tile: measured, no faster than dense
+    wide = ds.SlidingTile(tile=(4, 8, 8), window=(3, 9, 17))
+    note = preflight.pay_note(_fake_pipe(), wide, 0.0, (4, 32, 64), "cpu", embedded=False)
+    assert note and "the time of dense (measured on one layer here)" in note
+
+
+def test_token_grid_of_the_embedded_pipeline():
+    """64 x 64 pixels, 9 frames: VAE factors 2 (space) and 2 (time), patch 1 x 2 x 2."""
+    from dit_sparse.pipelines.tiny import load_embedded_pipeline
+
+    pipe = load_embedded_pipeline()
+    assert preflight.token_grid(pipe, 9, 64, 64, gen.size_rules(pipe)) == (5, 16, 16)
+    assert preflight.token_grid(pipe, 9, 128, 96, gen.size_rules(pipe)) == (5, 32, 24)
 
 
 def test_generate_says_when_sparsity_cannot_pay(tmp_path, capsys):

@@ -629,10 +629,7 @@ def dense_share(sparsity: "Sparsity", steps: Optional[int]) -> float:
 
     dense = sparsity.dense_steps
     if dense is None and isinstance(sparsity.spec, Plan):
-        dense = sparsity.spec.dense_steps
-        profiled = sparsity.spec.profile.get("num_inference_steps")
-        if steps and profiled:
-            dense = round(dense * steps / profiled)
+        dense = sparsity.spec.dense_steps  # steps are absolute (dit_sparse.plan.PlanStepsWarning)
     if dense is None or not steps:
         return 0.0
     return float(dense) if isinstance(dense, float) else min(1.0, dense / steps)

@@ -29,6 +29,12 @@ MAX_STEPS = 1000  # diffusers' schedulers are trained on 1,000 timesteps
 MAX_GUIDANCE = 100.0
 MAX_FPS = 1000.0
 MAX_REPEAT = 1000
+#: Token counts below which sparse attention cannot pay on a device type, whatever it skips:
+#: per call, the sparse path's fixed costs (the runtime hook, layout lookups, gathers) outweigh
+#: the pairs it does not compute. CPU: the embedded model ran 0.85x-1.09x of dense at 1,280
+#: tokens and 1.4x-1.7x at 5,120 (docs/benchmarks.md); one layer's kernel alone looks faster
+#: at 1,280 tokens than the pipeline is. No figure for GPUs: nothing was measured on one.
+MIN_TOKENS = {"cpu": 4096}
 #: Decoder channels at full resolution assumed when a VAE config does not say (SD-style VAEs).
 DEFAULT_VAE_CHANNELS = 128
 #: Frames a video VAE decodes at once (Wan, HunyuanVideo and LTX decode a few frames at a time).
@@ -256,15 +262,28 @@ def choose_threads(requested: Optional[int]) -> Tuple[int, Optional[str]]:
 
 
 def token_grid(pipe, frames: Optional[int], height: int, width: int, rules: SizeRules) -> Tuple[int, int, int]:
-    """The transformer's token grid ``(T, H, W)`` for a call at these sizes."""
+    """The transformer's token grid ``(T, H, W)`` for a call at these sizes: the VAE's
+    factors, then the transformer's patch (a FLUX-style pipeline packs 2 x 2 latents itself)."""
     cfg = pipe.transformer.config
-    patch = cfg.get("patch_size", 1) if hasattr(cfg, "get") else getattr(cfg, "patch_size", 1)
-    pt = int(patch[0]) if isinstance(patch, (list, tuple)) and len(patch) == 3 else \
-        int((cfg.get("patch_size_t", 1) if hasattr(cfg, "get") else 1) or 1)
+    get = cfg.get if hasattr(cfg, "get") else (lambda key, default=None: getattr(cfg, key, default))
+    patch = get("patch_size", 1) or 1
+    if isinstance(patch, (list, tuple)):
+        pt, ph, pw = (int(patch[0]), int(patch[-2]), int(patch[-1])) if len(patch) == 3 else \
+            (1, int(patch[-2]), int(patch[-1]))
+    else:
+        pt, ph, pw = int(get("patch_size_t", 1) or 1), int(patch), int(patch)
+    if type(pipe.transformer).__name__ == "FluxTransformer2DModel":
+        ph = pw = 2
+    vs = 8
+    for name in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor"):
+        value = getattr(pipe, name, None)
+        if isinstance(value, int) and value > 0:
+            vs = value
+            break
     t = 1
     if rules.temporal is not None and frames:
         t = max(1, ((frames - 1) // rules.temporal + 1) // pt)
-    return t, height // rules.spatial, width // rules.spatial
+    return t, max(1, height // (vs * ph)), max(1, width // (vs * pw))
 
 
 def _weighted_patterns(spec) -> List[Tuple[Any, int]]:
@@ -285,24 +304,34 @@ def _weighted_patterns(spec) -> List[Tuple[Any, int]]:
 def pay_note(pipe, spec, dense_steps_share: float, grid: Tuple[int, int, int], device: str,
              embedded: bool) -> Optional[str]:
     """One line when sparse attention cannot be faster than dense at ``grid`` on ``device``,
-    else None. The sparse kernel's time relative to dense SDPA is measured on one layer's
-    shape (random q, k, v; :func:`dit_sparse.pipelines.profiling.time_candidates`) up to
-    16,384 tokens; above that the tile-bound estimate (:func:`dit_sparse.estimate_speedup`)
-    stands in, since the kernel's fixed costs no longer matter there."""
+    else None: when every step runs dense, when the token count is below what the device
+    needs (:data:`MIN_TOKENS`), or when the kernel is not faster than dense SDPA on one
+    layer's shape (random q, k, v, at most 8 heads;
+    :func:`dit_sparse.pipelines.profiling.time_candidates`), measured up to 16,384 tokens;
+    above that the tile-bound estimate (:func:`dit_sparse.estimate_speedup`) stands in,
+    since fixed costs no longer matter there."""
     import dit_sparse as ds
     from dit_sparse.pipelines.profiling import time_candidates
 
+    layout = ds.TokenLayout(grid=grid)
+    tokens = layout.seq_len
+    hint = " (e.g. --height 128 --width 128 for the embedded model)" if embedded else ""
+    where = f"{tokens:,} tokens (grid {'x'.join(map(str, grid))})"
+    weighted = _weighted_patterns(spec)
+    if all(isinstance(p, ds.Full) for p, _ in weighted):
+        return f"every layer of {_label(spec)} is dense: it cannot be faster than dense attention"
+    if dense_steps_share >= 1:
+        return f"every step runs dense (the warm-up covers all of them): {_label(spec)} cannot be faster than dense"
+    minimum = MIN_TOKENS.get(device.split(":")[0])
+    if minimum is not None and tokens < minimum:
+        return (f"sparsity cannot pay at this size on {device}: at {where} the sparse path's fixed costs per call "
+                f"outweigh the pairs it skips (it pays from about {minimum:,} tokens here); use a larger size{hint}")
     cfg = pipe.transformer.config
     heads = cfg.get("num_attention_heads") if hasattr(cfg, "get") else None
     head_dim = cfg.get("attention_head_dim") if hasattr(cfg, "get") else None
-    layout = ds.TokenLayout(grid=grid)
-    weighted = [(p, n) for p, n in _weighted_patterns(spec)]
-    if not weighted or all(isinstance(p, ds.Full) for p, _ in weighted):
-        return f"every layer of {_label(spec)} is dense: it cannot be faster than dense attention"
-    tokens = layout.seq_len
     total = sum(n for _, n in weighted)
     if tokens <= 16384 and isinstance(heads, int) and isinstance(head_dim, int):
-        times = time_candidates([p for p, _ in weighted], layout, heads, head_dim, device=device)
+        times = time_candidates([p for p, _ in weighted], layout, min(heads, 8), head_dim, device=device)
         ratio = sum(float(t) * n for t, (_, n) in zip(times, weighted)) / total
         how = "measured on one layer here"
     else:
@@ -311,9 +340,8 @@ def pay_note(pipe, spec, dense_steps_share: float, grid: Tuple[int, int, int], d
     ratio = dense_steps_share + (1 - dense_steps_share) * ratio
     if ratio < 0.95:
         return None
-    hint = " (e.g. --height 128 --width 128 for the embedded model)" if embedded else ""
-    return (f"sparsity cannot pay at this size on {device}: {tokens:,} tokens (grid {'x'.join(map(str, grid))}), "
-            f"where sparse attention takes {ratio:.2f}x the time of dense ({how}); use a larger size{hint}")
+    return (f"sparsity cannot pay at this size on {device}: at {where} sparse attention takes {ratio:.2f}x the "
+            f"time of dense ({how}); use a larger size{hint}")
 
 
 def _label(spec) -> str:
