@@ -5,10 +5,21 @@ For every (prompt, seed) the pipeline runs once dense and once per sparse config
 that gets busier mid-run penalises every configuration alike. Reported per configuration:
 mean wall time of a pipeline call, the self-attention part of it
 (:class:`~dit_sparse.cli.generate.AttentionMeter`), end-to-end and attention speedups
-against dense, PSNR and SSIM of the decoded frames against the dense frames of the same
-prompt and seed (:mod:`dit_sparse.metrics`, averaged over frames, then runs; ``psnr_min`` is
-the worst run's PSNR, so that an easy prompt cannot hide a hard one in the mean), and the mean
-density.
+against dense, the quality of the decoded clip against the dense clip of the same prompt and
+seed, and the mean density.
+
+Quality (:mod:`dit_sparse.metrics`, pixels in [0, 1]), as video papers report it:
+
+* ``psnr_db``: the clip PSNR, ``10 log10(1 / MSE)`` with the MSE over every pixel of every
+  frame of the clip, averaged over the (prompt, seed) runs. Not the mean of the frames' dB
+  values, in which frames that barely differ (70+ dB) hide the frames that do.
+* ``psnr_min``: the worst run's clip PSNR, so that an easy prompt cannot hide a hard one.
+* ``frame_min``: the worst single frame's PSNR over all runs.
+* ``ssim``: the clip SSIM (the mean of its frames' SSIM, itself a mean of local statistics),
+  averaged over the runs.
+
+Identical clips have an infinite PSNR (``inf``; ``null`` in the JSON). The JSON has the table's
+fields and, per run, the clip PSNR (``run_psnr``) and every frame's PSNR (``run_frame_psnr``).
 
 ``--repeat N`` runs every configuration N times per (prompt, seed), round-robin, and keeps
 the fastest call's times (the least disturbed by other work on a shared machine); quality
@@ -22,6 +33,13 @@ first.
 ``--out`` writes the decoded videos side by side: a GIF/MP4 whose rows are the
 (prompt, seed) runs and whose columns are the configurations (dense first), or a PNG whose
 rows are the runs x configurations, each row one clip's frames left to right.
+
+``--frontier PATH.png`` draws the quality-speed frontier with Pillow: per configuration, its
+mean clip PSNR against its end-to-end speedup, with a whisker down to its worst run's clip
+PSNR, numbered and keyed below the plot; dense sits at 1.0x on the top edge, which stands for
+an infinite PSNR. The picture is :data:`FRONTIER_WIDTH` pixels wide and
+``frontier_height(configurations)`` high. Every output path is checked before the model loads,
+and every file is written atomically (:mod:`dit_sparse.atomic`).
 """
 
 from __future__ import annotations
@@ -29,10 +47,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import report
 from . import generate as gen
@@ -40,19 +59,42 @@ from . import preflight
 from .generate import CLIError, fail
 
 NAME = "bench"
-HELP = "compare dense and sparse attention: wall time, speedup, PSNR, SSIM"
+HELP = "compare dense and sparse attention: wall time, speedup, clip PSNR, SSIM"
+
+QUALITY_HELP = """\
+quality, against the dense clip of the same prompt and seed (pixels in [0, 1]):
+  psnr_db    clip PSNR: 10 log10(1 / MSE), the MSE over every pixel of every frame,
+             averaged over the (prompt, seed) runs (not a mean of per-frame dB)
+  psnr_min   the worst run's clip PSNR
+  frame_min  the worst single frame's PSNR over all runs
+  ssim       clip SSIM (mean over its frames), averaged over the runs
+"""
 
 
 def epilog() -> str:
-    """The pattern spec syntax, shown under ``--help`` (torch is imported only then)."""
+    """The quality columns and the pattern spec syntax, shown under ``--help`` (torch is
+    imported only then)."""
     from dit_sparse.patterns import PATTERN_SPEC_HELP
 
-    return PATTERN_SPEC_HELP
+    return QUALITY_HELP + "\n" + PATTERN_SPEC_HELP
 
-#: Prompts for the embedded model when --prompts is not given (captions of its training data).
+
+#: Prompts for the embedded model when --prompts is not given: the 9 of its 360 possible
+#: captions (scripts/tiny_clips.py: 6 shape colours x 5 background colours x 3 shapes x 4
+#: directions) that no training clip has (scripts/train_tiny.py's record: dataset seed 0,
+#: clips 0-1,199 at 64 px and 10,000,000-10,000,159 at 128 px). The plans' profiling prompts
+#: (docs/plans/calib.txt) are training captions, so none of these. tests/test_cli_bench.py
+#: checks all of it.
 EMBEDDED_PROMPTS = (
-    "a red circle moving left on a blue background",
-    "a yellow triangle moving up on a black background",
+    "a red circle moving up on a yellow background",
+    "a green circle moving up on a black background",
+    "a green square moving up on a black background",
+    "a green triangle moving left on a red background",
+    "a yellow circle moving left on a white background",
+    "a yellow circle moving right on a green background",
+    "a yellow square moving left on a green background",
+    "a yellow triangle moving up on a blue background",
+    "a white triangle moving right on a green background",
 )
 
 
@@ -64,12 +106,14 @@ class Row:
     attention_seconds: float
     speedup: float = 1.0
     attention_speedup: float = 1.0
-    psnr: float = math.inf
-    ssim: float = 1.0
+    psnr: float = math.inf  # clip PSNR, mean over the runs
+    ssim: float = 1.0  # clip SSIM, mean over the runs
     runs: int = 0
-    psnr_min: float = math.inf  # the worst (prompt, seed): a mean over prompts can hide a bad one
+    psnr_min: float = math.inf  # the worst run's clip PSNR: a mean over prompts can hide a bad one
+    frame_min: float = math.inf  # the worst single frame's PSNR over all runs
     run_seconds: List[float] = field(default_factory=list)
-    run_psnr: List[Optional[float]] = field(default_factory=list)  # per (prompt, seed); None where identical
+    run_psnr: List[Optional[float]] = field(default_factory=list)  # clip PSNR per run; None where identical
+    run_frame_psnr: List[List[Optional[float]]] = field(default_factory=list)  # per run, per frame
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +123,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one pattern for every self-attention layer, e.g. sliding-tile:tile=4x4x4,window=3x3x3 "
                              "(repeatable)")
     gen.add_prompts_argument(parser, required=False,
-                             default_help="default for the embedded model: two captions of its training data")
+                             default_help=f"default for the embedded model: {len(EMBEDDED_PROMPTS)} captions that "
+                                          "none of its training clips has")
     gen.add_seeds_argument(parser)
     parser.add_argument("-o", "--output", "--out", dest="out", metavar="PATH",
                         help="side-by-side video or image of all runs (.gif, .mp4, .png)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--frontier", metavar="PATH.png",
+                        help="draw clip PSNR (mean over runs, whisker to the worst run) against end-to-end speedup, "
+                             f"one point per configuration; dense at 1.0x on the top edge (inf dB); "
+                             f"{FRONTIER_WIDTH} px wide")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="time every configuration N times per prompt and seed, round-robin, and keep the fastest "
                              f"(1 to {preflight.MAX_REPEAT}; default 1)")
@@ -120,6 +169,18 @@ def _check_outputs(args) -> None:
             fail(f"--json {args.json!r} must end in .json")
         if not path.parent.is_dir():
             fail(f"--json: folder {str(path.parent)!r} does not exist")
+    if args.frontier is not None:
+        path = Path(args.frontier)
+        if path.suffix.lower() != ".png":
+            fail(f"--frontier {args.frontier!r} must end in .png")
+        if path.is_dir():
+            fail(f"--frontier {args.frontier!r} is a folder; give a file name ending in .png")
+        if not path.parent.is_dir():
+            fail(f"--frontier: folder {str(path.parent)!r} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            fail(f"--frontier: folder {str(path.parent)!r} is not writable")
+        if args.out is not None and path.resolve() == Path(args.out).resolve():
+            fail(f"--frontier {args.frontier!r} is also the --out file")
 
 
 def _run_config(pipe, config: gen.Sparsity, prompt: str, seed: int, kwargs: Dict):
@@ -158,11 +219,125 @@ def _fmt(x: float, digits: int) -> str:
     return "inf" if math.isinf(x) else f"{x:.{digits}f}"
 
 
+def _rounded(x: float, digits: int = 3) -> Optional[float]:
+    return round(x, digits) if math.isfinite(x) else None
+
+
 def format_table(rows: List[Row]) -> str:
-    header = ("config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "psnr_min", "ssim")
+    header = ("config", "density", "time_s", "attn_s", "speedup", "attn_speedup", "psnr_db", "psnr_min", "frame_min",
+              "ssim")
     body = [(r.config, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.attention_seconds:.2f}", f"{r.speedup:.2f}x",
-             f"{r.attention_speedup:.2f}x", _fmt(r.psnr, 2), _fmt(r.psnr_min, 2), f"{r.ssim:.4f}") for r in rows]
+             f"{r.attention_speedup:.2f}x", _fmt(r.psnr, 2), _fmt(r.psnr_min, 2), _fmt(r.frame_min, 2),
+             f"{r.ssim:.4f}") for r in rows]
     return report.format_table([header, *body])
+
+
+FRONTIER_WIDTH = 800
+_PLOT = (70, 66, FRONTIER_WIDTH - 24, 406)  # left, top (the inf edge), right, bottom of the plot area
+_LINE = 18  # height of a legend or key line
+_LEGEND_LINES = 3
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def frontier_height(configs: int) -> int:
+    """Height in pixels of the frontier picture of ``configs`` configurations (dense included)."""
+    return _PLOT[3] + 48 + _LINE * (_LEGEND_LINES + configs) + 8
+
+
+def _ticks(lo: float, hi: float, target: int = 6) -> List[float]:
+    """Round tick values in ``[lo, hi]``: a step of 1, 2, 2.5 or 5 times a power of ten."""
+    raw = (hi - lo) / target
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _font(size: int):
+    from PIL import ImageFont, features
+
+    return ImageFont.load_default(size) if features.check("freetype2") else ImageFont.load_default()
+
+
+def frontier_picture(rows: Sequence[Row], title: str):
+    """A Pillow image of clip PSNR against end-to-end speedup (module docstring); ``rows[0]`` is
+    dense. A row whose mean PSNR is infinite (its clips equal dense) is drawn on the top edge."""
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = _PLOT
+    img = Image.new("RGB", (FRONTIER_WIDTH, frontier_height(len(rows))), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font, small = _font(13), _font(11)
+    ink, grey = (0, 0, 0), (200, 200, 200)
+
+    speeds = [r.speedup for r in rows if math.isfinite(r.speedup)] + [1.0]
+    pad = max(0.05, 0.1 * (max(speeds) - min(speeds)))
+    x_lo, x_hi = min(speeds) - pad, max(speeds) + pad
+    finite = [v for r in rows[1:] for v in (r.psnr, r.psnr_min) if math.isfinite(v)]
+    y_lo, y_hi = (min(finite) - 2.0, max(finite) + 2.0) if finite else (0.0, 50.0)
+    y_hi = max(y_hi, y_lo + 1.0)
+    finite_top = top + 28  # the band between the finite range and the top edge keeps inf apart
+
+    def px(speed: float) -> float:
+        return left + (speed - x_lo) / (x_hi - x_lo) * (right - left)
+
+    def py(db: float) -> float:
+        return top if math.isinf(db) else bottom - (db - y_lo) / (y_hi - y_lo) * (bottom - finite_top)
+
+    draw.text((left, 8), title, fill=ink, font=font)
+    draw.text((8, 28), "clip PSNR against dense (dB)", fill=ink, font=font)
+    for v in _ticks(y_lo, y_hi):
+        y = py(v)
+        draw.line([left, y, right, y], fill=grey)
+        label = f"{v:g}"
+        draw.text((left - 6 - draw.textlength(label, font=small), y - 7), label, fill=ink, font=small)
+    draw.text((left - 6 - draw.textlength("inf", font=small), top - 7), "inf", fill=ink, font=small)
+    for v in _ticks(x_lo, x_hi):
+        x = px(v)
+        draw.line([x, top, x, bottom], fill=grey)
+        label = f"{v:.2f}".rstrip("0").rstrip(".") + ("x" if v % 1 else ".0x")
+        draw.text((x - draw.textlength(label, font=small) / 2, bottom + 6), label, fill=ink, font=small)
+    for y in range(top, bottom, 8):  # dense speed, dashed
+        draw.line([px(1.0), y, px(1.0), min(y + 4, bottom)], fill=(120, 120, 120))
+    draw.rectangle([left, top, right, bottom], outline=ink)
+    axis = "end-to-end speedup against dense (x)"
+    draw.text(((left + right - draw.textlength(axis, font=font)) / 2, bottom + 24), axis, fill=ink, font=font)
+
+    def colour(i: int) -> Tuple[int, int, int]:
+        return ink if i == 0 else _COLOURS[(i - 1) % len(_COLOURS)]
+
+    for i, r in enumerate(rows):
+        x, y, c = px(r.speedup), py(r.psnr), colour(i)
+        if i == 0:
+            draw.rectangle([x - 6, y - 6, x + 6, y + 6], outline=ink, width=2)
+        else:
+            if math.isfinite(r.psnr_min) and r.psnr_min < r.psnr:
+                low = py(r.psnr_min)
+                draw.line([x, y, x, low], fill=c, width=2)
+                draw.line([x - 6, low, x + 6, low], fill=c, width=2)
+            draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=c)
+        draw.text((x + 8, y - 17), str(i + 1), fill=c, font=font)
+
+    y = bottom + 48
+    legend = ["mean clip PSNR over the runs (prompt x seed)", "whisker: down to the worst run's clip PSNR",
+              "dense: identical to itself (inf dB), drawn at the top edge, as is any configuration equal to it"]
+    for j, text in enumerate(legend):
+        cy = y + j * _LINE + 8
+        if j == 0:
+            draw.ellipse([14, cy - 5, 24, cy + 5], fill=(90, 90, 90))
+        elif j == 1:
+            draw.line([19, cy - 7, 19, cy + 7], fill=(90, 90, 90), width=2)
+            draw.line([13, cy + 7, 25, cy + 7], fill=(90, 90, 90), width=2)
+        else:
+            draw.rectangle([13, cy - 6, 25, cy + 6], outline=ink, width=2)
+        draw.text((34, cy - 8), text, fill=ink, font=font)
+    y += _LINE * _LEGEND_LINES
+    for i, r in enumerate(rows):
+        worst = "" if i == 0 else f" (worst run {_fmt(r.psnr_min, 2)} dB)"
+        text = f"{i + 1}  {r.config}: {r.speedup:.2f}x, {_fmt(r.psnr, 2)} dB{worst}"
+        draw.text((14, y + i * _LINE), text, fill=colour(i), font=font)
+    return img
 
 
 def _side_by_side(path: str, videos: List[List], fps: float) -> None:
@@ -181,7 +356,7 @@ def run(args) -> int:
     """Run ``bench`` from parsed arguments; returns the exit code."""
     import torch
 
-    from dit_sparse.metrics import psnr, ssim, to_images
+    from dit_sparse.metrics import clip_quality, to_images
 
     try:
         _check_outputs(args)
@@ -208,7 +383,7 @@ def run(args) -> int:
         times = {c.label: [] for c in configs}
         attn = {c.label: [] for c in configs}
         dens = {c.label: [] for c in configs}
-        quality = {c.label: ([], []) for c in configs}
+        quality = {c.label: [] for c in configs}
         videos = []
         total = len(runs) * len(configs) * args.repeat
         with tqdm(total=total, desc="bench", unit="run", disable=args.quiet, leave=False) as bar:
@@ -228,9 +403,7 @@ def run(args) -> int:
                         dens[config.label].append(density)
                         if dense_frames is None:
                             dense_frames = frames
-                        ref, got = to_images(dense_frames), to_images(frames)
-                        quality[config.label][0].append(psnr(got, ref))
-                        quality[config.label][1].append(ssim(got, ref))
+                        quality[config.label].append(clip_quality(to_images(frames), to_images(dense_frames)))
                         row.append(frames)
                 videos.append(row)
         if args.out is not None:
@@ -247,13 +420,16 @@ def run(args) -> int:
     rows = []
     for c in configs:
         t, a = mean(times[c.label]), mean(attn[c.label])
-        psnrs, ssims = quality[c.label]
+        clips = quality[c.label]
+        psnrs = [q.psnr for q in clips]
         rows.append(Row(config=c.label, density=mean(dens[c.label]), seconds=t, attention_seconds=a,
                         speedup=mean(times[dense]) / t,
                         attention_speedup=mean(attn[dense]) / a if a > 0 else math.nan,
-                        psnr=mean(psnrs), ssim=mean(ssims), runs=len(times[c.label]), psnr_min=min(psnrs),
+                        psnr=mean(psnrs), ssim=mean([q.ssim for q in clips]), runs=len(times[c.label]),
+                        psnr_min=min(psnrs), frame_min=min(q.frame_min for q in clips),
                         run_seconds=[round(x, 4) for x in times[c.label]],
-                        run_psnr=[round(x, 3) if math.isfinite(x) else None for x in psnrs]))
+                        run_psnr=[_rounded(x) for x in psnrs],
+                        run_frame_psnr=[[_rounded(x) for x in q.frame_psnr] for q in clips]))
     f, h, w, _ = videos[0][0].shape
     conv3d, device = None, args.device  # conv3d: which kernel ran the Conv3d layers on CPU (pipelines/cpu_conv.py)
     if args.device.startswith("cpu"):
@@ -262,13 +438,22 @@ def run(args) -> int:
         done, total = switched(pipe)
         conv3d = None if total == 0 else "oneDNN" if done else "native"
         device += f", {torch.get_num_threads()} threads" + ("" if conv3d is None else f", conv3d {conv3d}")
+    steps = kwargs.get("num_inference_steps", "default")
     print(f"dit-sparse bench: {pipe.__class__.__name__} {'(embedded tiny-wan)' if embedded else args.model}, "
-          f"{f} frames {h}x{w}, {kwargs.get('num_inference_steps', 'default')} steps, {len(prompts)} prompt(s) x "
+          f"{f} frames {h}x{w}, {steps} steps, {len(prompts)} prompt(s) x "
           f"{len(seeds)} seed(s), {device}, {args.dtype}"
           + (f", fastest of {args.repeat} calls" if args.repeat > 1 else ""))
     print(format_table(rows))
     if args.out is not None:
         print(f"side by side: {args.out} (columns: {', '.join(c.label for c in configs)})")
+    if args.frontier is not None:
+        from dit_sparse.atomic import atomic_path
+
+        img = frontier_picture(rows, f"clip PSNR against speedup: {f} frames {h}x{w}, {steps} steps, "
+                                     f"{len(prompts)} prompt(s) x {len(seeds)} seed(s), {args.dtype}")
+        with atomic_path(args.frontier, "--frontier") as tmp:
+            img.save(tmp, format="PNG")
+        print(f"frontier: {args.frontier}")
     if args.json is not None:
         doc = {"model": "embedded" if embedded else args.model, "frames": f, "height": h, "width": w,
                "repeat": args.repeat, "conv3d": conv3d,
