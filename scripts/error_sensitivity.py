@@ -4,13 +4,16 @@ Generates dense once, then once per ``alpha`` with every sparsified self-attenti
 returning ``full + alpha * (sparse - full)``: the plan's (or pattern's) own error direction,
 scaled. ``alpha = 1`` is the plan as it runs; ``alpha = 0.1`` is an imagined pattern ten times
 as accurate. Prints, per alpha, the measured relative error of each sparsified layer
-(``||out - full|| / ||full||`` over its calls in the sparse steps), the mean PSNR / SSIM of the
-frames against dense, and a least-squares line ``PSNR = a - b * log10(error)`` through the
-points, with the mean layer error that the line gives for ``--target`` dB.
+(``||out - full|| / ||full||`` over its calls in the sparse steps), the clip PSNR / SSIM
+against dense (``eval_plan.quality``: the MSE over every pixel of every frame of a clip, as
+``dit-sparse bench``), averaged over the prompts and seeds, and a least-squares line
+``PSNR = a - b * log10(error)`` through the points, with the mean layer error that the line
+gives for ``--target`` dB.
 
 The line tells whether a quality target is a matter of a better pattern (and how much better)
-or out of reach: on the embedded tiny Wan at 9x128x128 the budget-0.25 plan's layers err by
-0.17-0.37 and PSNR falls about 17 dB per decade of error, so 28 dB needs about a fifth of it.
+or out of reach: on the previous embedded tiny Wan at 9x128x128 the budget-0.25 plan's layers err by
+0.17-0.37 and PSNR (then the mean of per-frame PSNRs) fell about 17 dB per decade of error, so
+28 dB needed about a fifth of it (docs/benchmarks.md).
 
     python scripts/error_sensitivity.py --plan docs/plans/plan128_b25.json --height 128 --width 128
     python scripts/error_sensitivity.py --pattern sliding-tile:tile=1x8x8,window=5x1x3 --alphas 1 0.3 0.1

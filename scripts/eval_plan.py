@@ -7,8 +7,10 @@ Generates the same evaluation prompts and seeds (never the calibration prompts) 
   (c) the best single pattern applied to every layer and head with the same warm-up: the
       candidate with the lowest measured error among those at most as dense as the budget,
 
-and prints the mean PSNR and SSIM of (b) and (c) against (a) (:mod:`dit_sparse.metrics`),
-the mean density and the wall time. The plan is profiled here with ``budget`` = the
+and prints the quality of (b) and (c) against (a), as ``dit-sparse bench`` measures it: the
+clip PSNR (the MSE over every pixel of every frame of a clip) and the clip SSIM (the mean over
+its frames) of each (prompt, seed), averaged over them (:mod:`dit_sparse.metrics`); then the
+mean density and the wall time. The plan is profiled here with ``budget`` = the
 uniform pattern's density (so the plan is never denser than (c)) unless ``--plan`` is given.
 The uniform pattern's error is measured on the same profiling run (the warm-up steps apart).
 
@@ -30,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import dit_sparse as ds
-from dit_sparse.metrics import psnr, ssim, to_images
+from dit_sparse.metrics import clip_psnr, clip_ssim, to_images
 from dit_sparse.plan import pattern_spec
 from dit_sparse.report import format_table
 from dit_sparse.patterns import Pattern
@@ -84,8 +86,9 @@ def video_size(args, defaults: Dict) -> Dict[str, int]:
 
 
 def quality(frames: List[torch.Tensor], reference: List[torch.Tensor]):
-    p = [psnr(x, r) for x, r in zip(frames, reference)]
-    s = [ssim(x, r) for x, r in zip(frames, reference)]
+    """``(clip PSNR, clip SSIM)`` of ``[F, C, H, W]`` clips against theirs, averaged over the clips."""
+    p = [clip_psnr(x, r) for x, r in zip(frames, reference)]
+    s = [clip_ssim(x, r) for x, r in zip(frames, reference)]
     return sum(p) / len(p), sum(s) / len(s)
 
 
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
              uniform["error"])]
     print(f"model {name}; {len(EVALUATION)} evaluation prompts x {len(args.seeds)} seeds (not used for profiling); "
           f"{steps} steps, {plan.dense_steps} dense warm-up step(s) for plan and uniform; size {size}")
-    header = ("run", "attention", "density", "PSNR dB", "SSIM", "time s", "profiled err")
+    header = ("run", "attention", "density", "clip PSNR dB", "SSIM", "time s", "profiled err")
     table = [header] + [(r[0], r[1], f"{r[2]:.3f}", "inf" if r[3] == float("inf") else f"{r[3]:.2f}",
                          f"{r[4]:.4f}", f"{r[5]:.1f}", "" if r[6] is None else f"{r[6]:.4f}") for r in rows]
     print(format_table(table, left=2))
