@@ -11,9 +11,9 @@ against dense (``eval_plan.quality``: the MSE over every pixel of every frame of
 gives for ``--target`` dB.
 
 The line tells whether a quality target is a matter of a better pattern (and how much better)
-or out of reach: on the previous embedded tiny Wan at 9x128x128 the budget-0.25 plan's layers err by
-0.17-0.37 and PSNR (then the mean of per-frame PSNRs) fell about 17 dB per decade of error, so
-28 dB needed about a fifth of it (docs/benchmarks.md).
+or out of reach: on the previous embedded tiny Wan at 9x128x128 the budget-0.25 plan's layers
+erred by 0.17-0.37 and PSNR (then the mean of per-frame PSNRs) fell about 17 dB per decade of
+error, so 28 dB needed about a fifth of it (docs/benchmarks.md).
 
     python scripts/error_sensitivity.py --plan docs/plans/plan128_b25.json --height 128 --width 128
     python scripts/error_sensitivity.py --pattern sliding-tile:tile=1x8x8,window=5x1x3 --alphas 1 0.3 0.1
