@@ -119,6 +119,10 @@ def reference_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, 
     """
     _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if pattern.far is not None:
+        from .farfield import reference_far_attention
+
+        return reference_far_attention(q, k, v, pattern, layout, key_mask, scale)
     qd, kd, vd = (t.double().transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
     mask = pattern.mask(layout, q, k).to(q.device)
     mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
@@ -184,9 +188,22 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
                                           text_index, _text_range(layout), key_mask, scale, pack=ragged)
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
-        tiling = tiling_for(pattern, layout)
+        tiling = tiling_for(pattern.exact_part(), layout)
         groups = tiling.kernel_groups(q.dtype)
-    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale)
+        far = None
+        if pattern.far is not None:
+            from .farfield import far_field_for, pooled_keys
+
+            far = (*pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask),
+                   _far_groups(pattern, layout))
+    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, far)
+
+
+@functools.lru_cache(maxsize=128)
+def _far_groups(pattern: Pattern, layout: TokenLayout):
+    from .farfield import group_tables
+
+    return group_tables(pattern, layout, [g.q_index for g in tiling_for(pattern.exact_part(), layout).groups])
 
 
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
@@ -276,6 +293,11 @@ def sparse_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, bac
     """
     _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
     chosen = choose_backend(q, backend)
+    if chosen == "triton" and pattern.far is not None:
+        if backend == "triton":
+            raise ValueError(f"backend='triton' does not run far fields yet (pattern {pattern.spec!r}); "
+                             "backend='cpu' runs them, on CUDA tensors too")
+        chosen = "cpu"
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     spec = _encode(pattern, layout)
     if torch.compiler.is_compiling():

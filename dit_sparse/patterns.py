@@ -24,6 +24,10 @@ Every pattern is a frozen dataclass that round-trips through ``to_dict()``/``fro
   pooled softmax mass reaches ``threshold``. A query block always keeps its own block.
 
 Text tokens (``layout.text_len``) are global for every pattern.
+
+A :class:`FarField` (``far=`` on :class:`Neighborhood` and :class:`SlidingTile`) summarises
+the keys a pattern does not compute exactly instead of dropping them: pooled boxes, one
+key each (PSA's coarse levels; :mod:`dit_sparse.farfield` has the exact rule).
 """
 
 from __future__ import annotations
@@ -69,6 +73,54 @@ def axis_mask(lo: torch.Tensor, hi: torch.Tensor, dilation: int) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------------------
+# The far field
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FarField:
+    """Keys outside a pattern's exact set, summarised by pooled boxes instead of dropped.
+
+    The video grid is cut into boxes of ``pool`` tokens per axis (ragged at the far ends; a
+    pool larger than an axis covers it). For a query in box ``Qb``, every key box ``Kb``
+    that holds no exactly attended key of any query of ``Qb`` contributes one pooled key:
+    the mean key and mean value of its tokens, with the logit bias ``log(count)``, so that a
+    box of equal keys weighs exactly what its members would. Boxes that do hold exact keys
+    contribute nothing pooled (no key is ever counted twice); text keys stay exact.
+
+    The idea is Pyramid Sparse Attention's (Li et al., 2025: pooled coarse levels instead
+    of pruned blocks) and the block-mean far field of MInference-style "pooled" attention;
+    the ``log(count)`` bias is what makes a pooled key the exact stand-in for identical keys.
+    """
+
+    pool: Triple = (1, 8, 8)
+
+    def __post_init__(self):
+        object.__setattr__(self, "pool", as_triple("pool", self.pool))
+
+    @staticmethod
+    def of(value) -> Optional["FarField"]:
+        """A FarField from a FarField, its ``to_dict`` form, a pool size (int or 3 ints), or None."""
+        if value is None or isinstance(value, FarField):
+            return value
+        if isinstance(value, dict):
+            extra = set(value) - {"pool"}
+            if extra:
+                raise ValueError(f"far={value!r}: unknown far-field fields {sorted(extra)}; allowed: ['pool']")
+            return FarField(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        if isinstance(value, (int, tuple, list)) and not isinstance(value, bool):
+            return FarField(tuple(value) if isinstance(value, list) else value)
+        raise TypeError(f"far={value!r} must be a FarField, a dict like {{'pool': [1, 8, 8]}}, a pool size or None")
+
+    def to_dict(self) -> dict:
+        return {"pool": list(self.pool)}
+
+    @property
+    def spec(self) -> str:
+        return "x".join(map(str, self.pool))
+
+
+# --------------------------------------------------------------------------------------
 # Patterns
 # --------------------------------------------------------------------------------------
 
@@ -93,7 +145,10 @@ class Pattern:
         for key, value in sorted(self.to_dict().items()):
             if key == "kind" or value is None:
                 continue
-            text = "x".join(map(str, value)) if isinstance(value, list) else repr(value)
+            if isinstance(value, dict):  # a far field: its pool size
+                text = "x".join(map(str, value["pool"]))
+            else:
+                text = "x".join(map(str, value)) if isinstance(value, list) else repr(value)
             items.append(f"{key}={text}")
         spec = self.kind.replace("_", "-") + (":" + ",".join(items) if items else "")
         object.__setattr__(self, "spec", spec)
@@ -102,6 +157,10 @@ class Pattern:
         out = {"kind": self.kind}
         for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
             value = getattr(self, name)
+            if name == "far" and value is None:
+                continue  # no far field: the dict of earlier versions, unchanged
+            if isinstance(value, FarField):
+                value = value.to_dict()
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -139,15 +198,29 @@ class Pattern:
         full[..., v0:v0 + n, v0:v0 + n] = video
         return full
 
+    #: The far field (None: keys outside the pattern are dropped).
+    far: Optional[FarField] = None
+
+    def exact_part(self) -> "Pattern":
+        """This pattern without its far field (what the kernels compute exactly)."""
+        return self
+
     def density(self, layout: TokenLayout, *, exact: bool = False) -> float:
-        """Fraction of the ``S x S`` query-key pairs that are computed.
+        """Fraction of the ``S x S`` query-key pairs that are computed (a pooled key of the
+        far field counts as one key).
 
         By default counted at the block granularity that the kernels compute (a partly
         kept block costs the whole block); ``exact=True`` counts the attended pairs.
         """
         from .tiling import tiling_for
 
-        return tiling_for(self, layout).density(exact=exact)
+        dense = tiling_for(self.exact_part(), layout).density(exact=exact)
+        if self.far is None:
+            return dense
+        from .farfield import far_field_for
+
+        s = layout.seq_len
+        return dense + far_field_for(self, layout).pooled_pairs() / (s * s)
 
 
 @dataclass(frozen=True)
@@ -189,8 +262,10 @@ class Neighborhood(Pattern):
     kernel: Triple
     dilation: Triple = (1, 1, 1)
     stride: Triple = (1, 1, 1)
+    far: Optional[FarField] = None
 
     def __post_init__(self):
+        object.__setattr__(self, "far", FarField.of(self.far))
         kernel = as_triple("kernel", self.kernel)
         dilation = as_triple("dilation", self.dilation)
         stride = as_triple("stride", self.stride)
@@ -202,6 +277,11 @@ class Neighborhood(Pattern):
         object.__setattr__(self, "dilation", dilation)
         object.__setattr__(self, "stride", stride)
         self._set_spec()
+
+    def exact_part(self) -> "Neighborhood":
+        if self.far is None:
+            return self
+        return Neighborhood(kernel=self.kernel, dilation=self.dilation, stride=self.stride)
 
     def windows(self, layout: TokenLayout):
         """Per axis ``(lo, hi, dilation)`` window tables for ``layout.grid``."""
@@ -222,28 +302,36 @@ class SlidingTile(Neighborhood):
     """Sliding tile attention: tiles of ``tile`` tokens attend to ``window`` tiles around them.
 
     Identical to ``Neighborhood(kernel=tile * window, stride=tile)``; on a grid that the tile
-    divides and with odd windows, every block it touches is kept whole.
+    divides and with odd windows, every block it touches is kept whole. ``far``: a
+    :class:`FarField` for the tiles outside the window.
     """
 
     kind: ClassVar[str] = "sliding_tile"
     tile: Triple = (1, 1, 1)
     window: Triple = (1, 1, 1)
 
-    def __init__(self, tile, window):
+    def __init__(self, tile, window, far=None):
         tile = as_triple("tile", tile)
         window = as_triple("window", window)
         object.__setattr__(self, "tile", tile)
         object.__setattr__(self, "window", window)
-        super().__init__(kernel=tuple(t * w for t, w in zip(tile, window)), stride=tile)
+        super().__init__(kernel=tuple(t * w for t, w in zip(tile, window)), stride=tile, far=far)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "tile": list(self.tile), "window": list(self.window)}
+        out = {"kind": self.kind, "tile": list(self.tile), "window": list(self.window)}
+        if self.far is not None:
+            out["far"] = self.far.to_dict()
+        return out
 
     def __repr__(self):
-        return f"SlidingTile(tile={self.tile}, window={self.window})"
+        far = "" if self.far is None else f", far={self.far!r}"
+        return f"SlidingTile(tile={self.tile}, window={self.window}{far})"
+
+    def exact_part(self) -> "SlidingTile":
+        return self if self.far is None else SlidingTile(self.tile, self.window)
 
     def as_neighborhood(self) -> Neighborhood:
-        return Neighborhood(kernel=self.kernel, stride=self.stride)
+        return Neighborhood(kernel=self.kernel, stride=self.stride, far=self.far)
 
 
 @dataclass(frozen=True)
@@ -316,6 +404,9 @@ ints joined by x, each >= 1; a fraction is a number in (0, 1].
   neighborhood:kernel=3x9x9,stride=1x3x3   a window of kernel tokens around each query;
                                            dilation= and stride= sizes are optional
   sliding-tile:tile=4x8x8,window=3x3x3     tiles of tile tokens attend to window tiles
+  neighborhood:kernel=3x9x9,far=1x8x8      far=POOL (neighborhood, sliding-tile): keys
+                                           outside the window count as one pooled key
+                                           per box of POOL tokens instead of none
   block-sparse:block=4x8x8,topk=0.2        per query block, the top 20% of key blocks;
                                            or threshold=0.9: the fewest key blocks that
                                            hold 90% of the pooled softmax mass
@@ -332,10 +423,11 @@ class _SpecKind(NamedTuple):
 _SPEC_KINDS: Dict[str, _SpecKind] = {
     "full": _SpecKind({}, ()),
     "neighborhood": _SpecKind(
-        {"kernel": ("size", "3x9x9"), "dilation": ("size", "1x2x2"), "stride": ("size", "1x3x3")},
+        {"kernel": ("size", "3x9x9"), "dilation": ("size", "1x2x2"), "stride": ("size", "1x3x3"),
+         "far": ("size", "1x8x8")},
         (("kernel",),)),
     "sliding_tile": _SpecKind(
-        {"tile": ("size", "4x8x8"), "window": ("size", "3x3x3")},
+        {"tile": ("size", "4x8x8"), "window": ("size", "3x3x3"), "far": ("size", "1x8x8")},
         (("tile",), ("window",))),
     "block_sparse": _SpecKind(
         {"block": ("size", "4x8x8"), "topk": ("fraction", "0.2"), "threshold": ("fraction", "0.9")},

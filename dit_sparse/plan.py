@@ -3,8 +3,9 @@
 A plan says, for every self-attention layer of one model (and optionally for every head),
 which pattern to run, with the error and density measured when it was chosen, plus how many
 early denoising steps stay dense, and optionally later phases of the schedule with patterns
-of their own. It is plain JSON (format ``"dit-sparse-plan"``, version 1, or 2 when it has
-phases), written atomically, validated field by field on load, never pickled::
+of their own. It is plain JSON (format ``"dit-sparse-plan"``, version 1; 2 when it has
+phases; 3 when a pattern has a far field, ``"far": {"pool": [1, 8, 8]}``), written
+atomically, validated field by field on load, never pickled::
 
     {
       "format": "dit-sparse-plan", "version": 1,
@@ -66,7 +67,7 @@ from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
 from .report import format_table
 
 FORMAT = "dit-sparse-plan"
-VERSION = 2  # the newest version read; a plan without phases is written as version 1
+VERSION = 3  # the newest version read; a plan is written with the oldest version that holds it
 
 
 class PlanGridWarning(UserWarning):
@@ -446,13 +447,19 @@ class Plan:
 
     # --- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
-        out = {"format": FORMAT, "version": 2 if self.phases else 1, "model": self.model.to_dict(),
+        out = {"format": FORMAT, "version": self.version, "model": self.model.to_dict(),
                "profile": self.profile, "dense_steps": self.dense_steps,
                "layers": [layer.to_dict() for layer in self.layers.values()]}
         if self.phases:
             out["phases"] = [{"start_step": start, "layers": [layer.to_dict() for layer in layers.values()]}
                              for start, layers in self.phases]
         return out
+
+    @property
+    def version(self) -> int:
+        """The oldest format version that holds this plan: 3 with far fields, 2 with phases, else 1."""
+        far = any(p.far is not None for layers in self._tables() for layer in layers.values() for p in layer.patterns)
+        return 3 if far else 2 if self.phases else 1
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
@@ -463,8 +470,8 @@ class Plan:
         data = _dict(data, "", ("format", "version", "model", "profile", "dense_steps", "layers"), ("phases",))
         if data["format"] != FORMAT:
             _fail("['format']", f"is {data['format']!r}, expected {FORMAT!r} (not a dit-sparse plan)")
-        if isinstance(data["version"], bool) or data["version"] not in (1, 2):
-            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads versions 1 and 2")
+        if isinstance(data["version"], bool) or data["version"] not in (1, 2, 3):
+            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads versions 1 to 3")
         if "phases" in data and data["version"] < 2:
             _fail("['phases']", "needs ['version'] 2 (version 1 plans have no phases)")
         m = _dict(data["model"], "['model']", ("class", "name_or_path", "heads", "head_dim", "layers"))
@@ -487,7 +494,10 @@ class Plan:
             phase = _dict(phase, where, ("start_step", "layers"))
             phases.append((_int(phase["start_step"], f"{where}['start_step']", 1),
                            _layer_entries(phase["layers"], f"{where}['layers']", model)))
-        return cls(model, profile, dense_steps, layers, phases)
+        plan = cls(model, profile, dense_steps, layers, phases)
+        if plan.version == 3 and data["version"] < 3:
+            _fail("['layers']", f"hold far fields, which need ['version'] 3 (the plan says {data['version']})")
+        return plan
 
     @staticmethod
     def _check_profile(value) -> dict:

@@ -61,7 +61,7 @@ def test_round_trip_through_a_file(tmp_path):
     assert again.to_dict() == plan.to_dict() == plan_dict()
     assert again.dense_steps == 1 and again.grid == (3, 8, 8)
     assert again.layers[LAYERS[1]].patterns == (ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25))
-    assert FORMAT == "dit-sparse-plan" and VERSION == 2
+    assert FORMAT == "dit-sparse-plan" and VERSION == 3
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temporary file left behind
 
 
@@ -96,7 +96,7 @@ def test_grid_warning_once_per_grid():
 
 @pytest.mark.parametrize("changes, match", [
     ({"format": "other-plan"}, r"\['format'\].*'other-plan'"),
-    ({"version": 3}, r"\['version'\]: is 3, this dit-sparse reads versions 1 and 2"),
+    ({"version": 4}, r"\['version'\]: is 4, this dit-sparse reads versions 1 to 3"),
     ({"phases": []}, r"\['phases'\]: needs \['version'\] 2"),
     ({"version": 2, "phases": [{"start_step": 0, "layers": []}]},
      r"\['phases'\]\[0\]\['start_step'\]: must be an int >= 1"),
@@ -309,3 +309,33 @@ def test_other_step_counts_warn_and_rescale():
         Plan.from_dict(plan_dict()).check_steps(40)  # no phases: absolute steps as documented
     with pytest.raises(ValueError, match="num_steps=0 must be an int >= 1"):
         plan.rescaled(0)
+
+
+def _far_layers():
+    """The hand-written layers of plan_dict with a far field on the first layer's neighbourhood."""
+    layers = plan_dict()["layers"]
+    layers[0] = dict(layers[0], pattern=dict(layers[0]["pattern"], far={"pool": [1, 4, 4]}))
+    return layers
+
+
+def test_far_fields_are_version_3_and_round_trip(tmp_path):
+    doc = plan_dict(version=3, layers=_far_layers())
+    plan = Plan.from_dict(doc)
+    assert plan.patterns_for(LAYERS[0], 2) == [ds.Neighborhood((1, 3, 3), far=(1, 4, 4))] * 2
+    again = Plan.load(plan.save(tmp_path / "far.json"))
+    assert again.to_dict() == doc and json.loads((tmp_path / "far.json").read_text())["version"] == 3
+    assert Plan.from_dict(plan_dict()).to_dict()["version"] == 1  # plans without far fields stay version 1
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_far_fields_in_an_older_version_are_refused(version):
+    with pytest.raises(ValueError, match=rf"\['layers'\]: hold far fields, which need \['version'\] 3 \(the plan "
+                                         rf"says {version}\)"):
+        Plan.from_dict(plan_dict(version=version, layers=_far_layers()))
+
+
+def test_unknown_far_field_keys_are_named():
+    layers = _far_layers()
+    layers[0]["pattern"]["far"]["levels"] = 2
+    with pytest.raises(ValueError, match=r"unknown far-field fields \['levels'\]"):
+        Plan.from_dict(plan_dict(version=3, layers=layers))

@@ -129,6 +129,42 @@ def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, sc
     out[:, t0:t1] = o.transpose(1, 2)
 
 
+Far = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]]]
+
+
+def _far_keys(far: Far, i: int, b: int, h: int, d: int):
+    """Group ``i``'s pooled keys and values ``[B, H, n_far, D]`` and their additive mask
+    ``[B, 1, 1 or nq, n_far]`` (the ``log(count)`` bias; ``-inf`` where a row does not see a
+    key)."""
+    kp, vp, log_count, groups = far
+    ids, rows = groups[i]
+    nb = kp.shape[1]
+    r = token_rows(b, nb, ids)
+    n = ids.numel()
+    kg = heads_view(kp.view(b * nb, h * d).index_select(0, r).view(b, n, h, d))
+    vg = heads_view(vp.view(b * nb, h * d).index_select(0, r).view(b, n, h, d))
+    bias = log_count.index_select(1, ids)[:, None, None, :]  # [B, 1, 1, n_far]
+    if rows is not None:
+        bias = bias.masked_fill(~rows[None, None], float("-inf"))
+    return kg, vg, bias
+
+
+def _with_far(kg, vg, mask, far_k, far_v, far_bias, nq: int, dtype):
+    """Exact keys followed by the pooled ones, with one additive mask over both."""
+    b, h, nk, _ = kg.shape
+    if mask is None:
+        exact = torch.zeros(1, 1, 1, nk, dtype=dtype)
+    elif mask.dtype == torch.bool:
+        exact = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
+    else:
+        exact = mask
+    exact = exact.view((1,) * (4 - exact.dim()) + tuple(exact.shape))
+    rows = max(exact.shape[2], far_bias.shape[2])
+    batch = max(exact.shape[0], far_bias.shape[0])
+    full = torch.cat([exact.expand(batch, 1, rows, nk), far_bias.to(dtype).expand(batch, 1, rows, -1)], dim=-1)
+    return torch.cat([kg, far_k], dim=2), torch.cat([vg, far_v], dim=2), full
+
+
 def grouped_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -137,6 +173,7 @@ def grouped_attention(
     text_range: Tuple[int, int],
     key_mask: Optional[torch.Tensor],
     scale: float,
+    far: Optional[Far] = None,
 ) -> torch.Tensor:
     """Static sparse attention (neighborhood, sliding tile, dense).
 
@@ -156,6 +193,10 @@ def grouped_attention(
             groups' queries cover every video token once.
         text_range: ``(start, stop)`` of the text queries (attend to everything).
         key_mask: ``[B, S]`` bool (True = keep) or None.
+        far: a far field, ``(kp, vp, log_count, per_group)``: pooled keys and values
+            ``[B, nb, H, D]``, ``[B, nb]`` log token counts, and per group (in the order of
+            ``groups``) ``(far_ids [n_far], rows [nq, n_far] bool or None)``: the pooled keys
+            the group's queries see besides their exact keys, with bias ``log(count)``.
     Returns:
         ``[B, S, H, D]``.
     """
@@ -164,7 +205,7 @@ def grouped_attention(
     k1, v1 = k.view(-1, d), v.view(-1, d)
     out = Output(q)
 
-    def group(q_index, kv_index, masks, text_keys):
+    def group(i, q_index, kv_index, masks, text_keys):
         mask = factor_mask(masks, text_keys, q.dtype) if isinstance(masks, tuple) else masks
         if key_mask is not None:
             km = key_mask.index_select(1, kv_index)[:, None, None, :]
@@ -183,11 +224,13 @@ def grouped_attention(
         else:
             ki = token_rows(b, s, kv_index)
             kg, vg = gather(k2, ki, nk), gather(v2, ki, nk)
+        if far is not None and far[3][i][0].numel():
+            kg, vg, mask = _with_far(kg, vg, mask, *_far_keys(far, i, b, h, d), nq, q.dtype)
         o = _sdpa_heads(gather(q2, token_rows(b, s, q_index), nq), kg, vg, mask, scale,
                         may_have_empty_rows=key_mask is not None)
         out.put_tokens(q_index, o)
 
-    parallel.run([functools.partial(group, *g) for g in groups], q, k, v)
+    parallel.run([functools.partial(group, i, *g) for i, g in enumerate(groups)], q, k, v)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
     return out.out
 
