@@ -14,6 +14,11 @@ T-major like the tokens. For every query block (and, after them, every block of
 
 Tables have a leading ``Z`` dimension: 1 for static patterns, ``B * heads`` for
 data-dependent ones. Text keys are not listed: they are global and the kernel appends them.
+
+A pattern with a far field (:mod:`dit_sparse.farfield`) also gets :class:`FarBlocks`: per
+query block, the pooled key boxes its rows see, split like the key blocks into boxes every
+row sees (no check) and boxes only some rows see (a query block can span several pool
+boxes; each row checks its own box against the per-axis near tables).
 """
 
 from __future__ import annotations
@@ -30,6 +35,44 @@ from .patterns import BlockSparse, Full, Neighborhood, Pattern, axis_mask
 from .tiling import BlockGrid, block_sparse_select
 
 Triple = Tuple[int, int, int]
+
+
+@dataclass
+class FarBlocks:
+    """The far field of a static pattern, per query block of the kernel.
+
+    Pool boxes are numbered T-major over ``boxes_per_axis`` (those of
+    :class:`~dit_sparse.farfield.FarFieldTables`). For query block ``i`` the kernel walks
+
+    * ``full_far_indices[0, i, :full_far_num_boxes[0, i]]``: boxes that no row of the block
+      is near - every row sees their pooled key, no check;
+    * ``far_indices[0, i, :far_num_boxes[0, i]]``: boxes that some rows are near and others
+      not - a row sees box ``(x, y, z)`` iff its own box ``(a, b, c)`` is not near it,
+      ``near_t[a, x] & near_h[b, y] & near_w[c, z]`` false.
+
+    Text query blocks list nothing (text queries attend every key exactly). ``near`` is the
+    three per-axis tables flattened and concatenated, int8 ``[nt*nt + nh*nh + nw*nw]``: a
+    neighborhood's mask is the AND of per-axis masks, so its near relation is too, and the
+    kernel reads three tiny tables instead of an ``nb x nb`` one. Shapes of the lists as in
+    :class:`BlockMask` (``Z = 1``).
+    """
+
+    pool: Triple
+    boxes_per_axis: Triple
+    full_far_num_boxes: torch.Tensor
+    full_far_indices: torch.Tensor
+    far_num_boxes: torch.Tensor
+    far_indices: torch.Tensor
+    near: torch.Tensor
+
+    @property
+    def num_boxes(self) -> int:
+        return math.prod(self.boxes_per_axis)
+
+    def to(self, device) -> "FarBlocks":
+        moved = {name: getattr(self, name).to(device) for name in
+                 ("full_far_num_boxes", "full_far_indices", "far_num_boxes", "far_indices", "near")}
+        return FarBlocks(**{**self.__dict__, **moved})
 
 
 @dataclass
@@ -55,6 +98,7 @@ class BlockMask:
     dilation: Triple = (1, 1, 1)
     selection: Optional[torch.Tensor] = None               # [Z, nb, nb] bool (block-sparse)
     selection_block: Triple = (1, 1, 1)
+    far: Optional[FarBlocks] = None                        # pooled key boxes (far-field patterns)
 
     @property
     def q_tokens(self) -> int:
@@ -87,6 +131,11 @@ class BlockMask:
         rows = ["".join(chars[int(x)] for x in row[:96]) for row in dense[:48]]
         head = (f"BlockMask(grid={self.layout.grid}, q_block={self.q_block}, kv_block={self.kv_block}, "
                 f"Z={self.kv_num_blocks.shape[0]}, sparsity={self.sparsity():.3f}) '#' full, '+' partial")
+        if self.far is not None:
+            f = self.far
+            seen = (f.full_far_num_boxes + f.far_num_boxes)[0, : self.num_video_q_blocks].float()
+            head += (f"\nfar field: pool={f.pool}, {f.num_boxes} boxes, {float(seen.mean()):.1f} pooled keys "
+                     f"per query block ({float(f.far_num_boxes.sum() / seen.sum().clamp_min(1)):.0%} row-checked)")
         return "\n".join([head] + rows)
 
     def to(self, device) -> "BlockMask":
@@ -95,7 +144,8 @@ class BlockMask:
             t = getattr(self, name)
             moved[name] = None if t is None else t.to(device)
         windows = None if self.windows is None else tuple(t.to(device) for t in self.windows)
-        return BlockMask(**{**self.__dict__, **moved, "windows": windows})
+        far = None if self.far is None else self.far.to(device)
+        return BlockMask(**{**self.__dict__, **moved, "windows": windows, "far": far})
 
 
 def _axis_block_relation(m: torch.Tensor, bq: int, bk: int):
@@ -149,13 +199,59 @@ def _whole_blocks(grid: Triple, block: Triple) -> torch.Tensor:
     return _outer3(*[a[:, None] for a in ax]).reshape(-1)
 
 
+def _axis_cover(n: int, q: int, p: int) -> torch.Tensor:
+    """``[n_q_blocks, n_boxes]`` bool of one axis: the pool boxes (of ``p`` tokens) that the
+    valid tokens of each query block (of ``q`` tokens) fall in."""
+    c = torch.arange(n)
+    cover = torch.zeros(-(-n // q), -(-n // p), dtype=torch.bool)
+    cover[c // q, c // p] = True
+    return cover
+
+
+def _separable_near(near: torch.Tensor, boxes: Triple):
+    """The per-axis factors of a ``[nb, nb]`` near table that is an AND of per-axis tables
+    (each projection is exact because every axis table holds its diagonal)."""
+    nt, nh, nw = boxes
+    n6 = near.reshape(nt, nh, nw, nt, nh, nw)
+    at, ah, aw = n6.any(5).any(4).any(2).any(1), n6.any(5).any(3).any(2).any(0), n6.any(4).any(3).any(1).any(0)
+    if not torch.equal(_outer3(at, ah, aw), near):
+        raise RuntimeError(f"the far field's near table on boxes={boxes} is not separable per axis; "
+                           "the Triton kernel's far loop assumes it is")
+    return at, ah, aw
+
+
+def far_blocks(pattern: Pattern, layout: TokenLayout, q_block: Triple) -> FarBlocks:
+    """:class:`FarBlocks` of a far-field pattern for the kernel's query blocks."""
+    from .farfield import far_field_for
+
+    tables = far_field_for(pattern, layout)
+    boxes = tables.boxes.blocks_per_axis
+    pool = tables.boxes.block
+    per_axis = _separable_near(tables.near, boxes)
+    any_near, all_near = [], []
+    for a, n, qb, p in zip(per_axis, layout.grid, q_block, pool):
+        cover = _axis_cover(n, qb, p).float()
+        hits = cover @ a.float()  # [n_q_blocks, n_boxes]: covered query boxes near each key box
+        any_near.append(hits > 0)
+        all_near.append(hits == cover.sum(1, keepdim=True))
+    # Some row sees a box unless every row's box is near it; every row sees it unless one is.
+    some_see = ~_outer3(*all_near)
+    all_see = ~_outer3(*any_near)
+    n_text = -(-layout.text_len // math.prod(q_block)) if layout.text_len else 0
+    none = torch.zeros(n_text, some_see.shape[1], dtype=torch.bool)
+    num, idx, fnum, fidx = _tables(torch.cat([some_see, none])[None], torch.cat([all_see, none])[None])
+    near = torch.cat([a.reshape(-1) for a in per_axis]).to(torch.int8)
+    return FarBlocks(pool, boxes, fnum, fidx, num, idx, near)
+
+
 @functools.lru_cache(maxsize=256)
 def static_block_mask(pattern: Pattern, layout: TokenLayout, q_block: Triple, kv_block: Triple) -> BlockMask:
-    """Block mask of a static pattern (``Full``, ``Neighborhood``, ``SlidingTile``), cached."""
+    """Block mask of a static pattern (``Full``, ``Neighborhood``, ``SlidingTile``), cached;
+    with its :class:`FarBlocks` when the pattern has a far field."""
     grid = layout.grid
     if not isinstance(pattern, (Full, Neighborhood)):
         raise TypeError(f"static_block_mask needs a static pattern, got {pattern!r}")
-    windows = pattern.windows(layout)
+    windows = pattern.exact_part().windows(layout)
     rels = [_axis_block_relation(axis_mask(lo, hi, d), bq, bk)
             for (lo, hi, d), bq, bk in zip(windows, q_block, kv_block)]
     any_rel = _outer3(*[r[0] for r in rels])[None]
@@ -165,8 +261,9 @@ def static_block_mask(pattern: Pattern, layout: TokenLayout, q_block: Triple, kv
                                         _whole_blocks(grid, kv_block))
     num, idx, fnum, fidx = _tables(any_rel, full_rel)
     tables = tuple(t.to(torch.int32) for lo, hi, _ in windows for t in (lo, hi))
+    far = far_blocks(pattern, layout, q_block) if pattern.far is not None else None
     return BlockMask(layout, q_block, kv_block, num, idx, fnum, fidx, nvq, any_rel.shape[-1],
-                     windows=tables, dilation=tuple(d for _, _, d in windows))
+                     windows=tables, dilation=tuple(d for _, _, d in windows), far=far)
 
 
 def _overlap(grid: Triple, kernel_block: Triple, pattern_block: Triple) -> torch.Tensor:

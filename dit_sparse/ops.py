@@ -227,14 +227,24 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
         bm = block_sparse_block_mask(pattern, layout, q, k, q_block, kv_block, scale).to(q.device)
         windows, selection = None, bm.selection.to(torch.int8).contiguous()
     else:
-        bm = _device_block_mask(pattern, layout, q_block, kv_block, q.device)
+        with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
+            bm = _device_block_mask(pattern, layout, q_block, kv_block, q.device)
         windows, selection = torch.cat(bm.windows).contiguous(), None
+    far = {}
+    if bm.far is not None:
+        from .farfield import far_field_for, pooled_keys
+
+        fb = bm.far
+        far = dict(far_keys=pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask),
+                   far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices, fb.near),
+                   pool=fb.pool, boxes=fb.boxes_per_axis)
     return launch(
         q, k, v, key_mask, bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
         windows, selection, grid=layout.grid, text_len=layout.text_len, text_start=layout.text_start,
         video_start=layout.video_start, num_video_q_blocks=bm.num_video_q_blocks,
         num_q_blocks=bm.kv_num_blocks.shape[1], q_block=q_block, kv_block=kv_block, dilation=bm.dilation,
-        selection_block=bm.selection_block, scale=scale, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        selection_block=bm.selection_block, **far, scale=scale, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
 
@@ -293,11 +303,6 @@ def sparse_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, bac
     """
     _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
     chosen = choose_backend(q, backend)
-    if chosen == "triton" and pattern.far is not None:
-        if backend == "triton":
-            raise ValueError(f"backend='triton' does not run far fields yet (pattern {pattern.spec!r}); "
-                             "backend='cpu' runs them, on CUDA tensors too")
-        chosen = "cpu"
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     spec = _encode(pattern, layout)
     if torch.compiler.is_compiling():

@@ -10,7 +10,11 @@ FlashAttention 1/2), with ``log2(e)`` folded into the scale so that ``exp2`` is 
 2. the partly kept key blocks - the token mask is computed here from token coordinates:
    NATTEN-rule window tables per axis (``MASK_MODE = 0``) or the block selection of a
    block-sparse pattern (``MASK_MODE = 1``);
-3. the text keys (global), ``BLOCK_N`` at a time.
+3. the text keys (global), ``BLOCK_N`` at a time;
+4. with a far field (``HAS_FAR``, compiled only then), the pooled keys of the block's row of
+   the far tables, ``BLOCK_N`` at a time, with their additive ``log2(count)`` bias (``-inf``
+   for boxes the key mask empties): first the boxes every row sees, unmasked; then the boxes
+   only some rows see, each row checking its own pool box against the per-axis near tables.
 
 Token coordinates come from the block index and the offset inside the block, so tokens stay
 in diffusers' natural order: no permutation pass. Rows whose every key is masked return 0.
@@ -66,15 +70,32 @@ def _in_window(kc, qc, lo, hi, DIL, HAS_DILATION: tl.constexpr):
 
 
 @triton.jit
+def _far_near(NEAR, qbt, qbh, qbw, f, f_valid, q_valid, NBX_T, NBX_H, NBX_W):
+    """``[BLOCK_M, BLOCK_N]`` bool: the query row's pool box is near pooled box ``f`` (the
+    per-axis near tables, flattened one after another in ``NEAR``)."""
+    ft = f // (NBX_H * NBX_W)
+    fh = (f // NBX_W) % NBX_H
+    fw = f % NBX_W
+    m = q_valid[:, None] & f_valid[None, :]
+    near = tl.load(NEAR + qbt[:, None] * NBX_T + ft[None, :], mask=m, other=1) != 0
+    near = near & (tl.load(NEAR + NBX_T * NBX_T + qbh[:, None] * NBX_H + fh[None, :], mask=m, other=1) != 0)
+    near = near & (tl.load(NEAR + NBX_T * NBX_T + NBX_H * NBX_H + qbw[:, None] * NBX_W + fw[None, :],
+                           mask=m, other=1) != 0)
+    return near
+
+
+@triton.jit
 def sparse_attention_fwd(
     Q, K, V, O, KM,
     KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
     WIN, SEL,
+    KP, VP, LC, FAR_FULL_NUM, FAR_FULL_IDX, FAR_NUM, FAR_IDX, NEAR,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
     stride_kmb,
+    stride_pb, stride_ps, stride_ph,
     qk_scale,
     HEADS, GT, GH, GW,
     TEXT_LEN, TEXT_START, VIDEO_START,
@@ -82,11 +103,12 @@ def sparse_attention_fwd(
     NQB_H, NQB_W, NKB_H, NKB_W,
     DIL_T, DIL_H, DIL_W,
     SEL_NB, SEL_NB_H, SEL_NB_W, PB_T, PB_H, PB_W,
+    MAXF_F, MAXF_P, POOL_T, POOL_H, POOL_W, NBX_T, NBX_H, NBX_W,
     QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     LUT_PER_HEAD: tl.constexpr, MASK_MODE: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    HAS_DILATION: tl.constexpr,
+    HAS_DILATION: tl.constexpr, HAS_FAR: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = QT * QH * QW
@@ -173,6 +195,33 @@ def sparse_attention_fwd(
         qk, v = _scores(q, Kb, Vb, k_tok, k_valid, qk_scale, offs_d, stride_ks, stride_vs, HEAD_DIM, PRECISION)
         qk = tl.where(keep[None, :], qk, float("-inf"))
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
+
+    # --- 4. far field: pooled keys, log2(count) bias ---------------------------------------
+    if HAS_FAR:
+        KPb = KP + b.to(tl.int64) * stride_pb + h * stride_ph
+        VPb = VP + b.to(tl.int64) * stride_pb + h * stride_ph
+        LCb = LC + b * (NBX_T * NBX_H * NBX_W)
+        n_far_full = tl.load(FAR_FULL_NUM + pid_m)
+        for start in range(0, n_far_full, BLOCK_N):
+            c = start + tl.arange(0, BLOCK_N)
+            f_valid = c < n_far_full
+            f = tl.load(FAR_FULL_IDX + pid_m * MAXF_F + c, mask=f_valid, other=0)
+            qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
+            qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
+            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
+        qbt = qt // POOL_T
+        qbh = qh // POOL_H
+        qbw = qw // POOL_W
+        n_far = tl.load(FAR_NUM + pid_m)
+        for start in range(0, n_far, BLOCK_N):
+            c = start + tl.arange(0, BLOCK_N)
+            f_valid = c < n_far
+            f = tl.load(FAR_IDX + pid_m * MAXF_P + c, mask=f_valid, other=0)
+            qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
+            qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
+            near = _far_near(NEAR, qbt, qbh, qbw, f, f_valid, q_valid, NBX_T, NBX_H, NBX_W)
+            qk = tl.where(near, float("-inf"), qk)
+            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]

@@ -32,6 +32,9 @@ def launch(
     q_block: Tuple[int, int, int], kv_block: Tuple[int, int, int],
     dilation: Tuple[int, int, int] = (1, 1, 1),
     selection_block: Tuple[int, int, int] = (1, 1, 1),
+    far_keys: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+    far_lut: Optional[Tuple[torch.Tensor, ...]] = None,
+    pool: Tuple[int, int, int] = (1, 1, 1), boxes: Tuple[int, int, int] = (1, 1, 1),
     scale: float, num_warps: int = 4, num_stages: int = 2,
 ) -> torch.Tensor:
     """Run the kernel. q, k, v: ``[B, S, H, D]`` (last dim contiguous); returns ``[B, S, H, D]``.
@@ -39,12 +42,22 @@ def launch(
     ``windows`` is the int32 concatenation ``lo_t, hi_t, lo_h, hi_h, lo_w, hi_w`` (neighborhood
     masks); ``selection`` the ``[Z, nb, nb]`` int8 block selection (block-sparse masks); exactly
     one of them. LUTs are ``[Z, NQ]`` / ``[Z, NQ, width]`` int32 with ``Z`` 1 or ``B * H``.
+
+    A far field (windows only) is ``far_keys = (kp, vp, log_count)``: pooled keys and values
+    ``[B, nb, H, D]`` in q's dtype and the natural-log bias ``[B, nb]`` float32; and
+    ``far_lut = (full_num, full_idx, num, idx, near)``: the ``[1, NQ]`` / ``[1, NQ, width]``
+    int32 box lists and the int8 per-axis near tables of ``dit_sparse.blockmask.FarBlocks``,
+    over ``boxes`` pool boxes per axis of ``pool`` tokens.
     """
     from .kernel import sparse_attention_fwd
 
     b, s, h, d = q.shape
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("q, k, v must have a contiguous last (head_dim) dimension")
+    if (far_keys is None) != (far_lut is None):
+        raise ValueError("far_keys and far_lut come together (a far field needs both)")
+    if far_keys is not None and windows is None:
+        raise ValueError("a far field runs with window masks only (neighborhood patterns)")
     out = torch.empty_like(q)
     mask_mode = 0 if windows is not None else 1
     dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
@@ -56,16 +69,35 @@ def launch(
     nqb = [-(-n // p) for n, p in zip(grid, q_block)]
     nkb = [-(-n // p) for n, p in zip(grid, kv_block)]
     lut_per_head = kv_num.shape[0] > 1
+    if far_keys is not None:
+        kp, vp, log_count = far_keys
+        nb = math.prod(boxes)
+        if kp.shape != (b, nb, h, d) or vp.shape != kp.shape or log_count.shape != (b, nb):
+            raise ValueError(f"far_keys shapes kp={tuple(kp.shape)}, vp={tuple(vp.shape)}, "
+                             f"log_count={tuple(log_count.shape)} must be [B, nb, H, D] x2 and [B, nb] "
+                             f"with B={b}, nb={nb} (boxes={boxes}), H={h}, D={d}")
+        kp, vp = kp.to(q.dtype).contiguous(), vp.to(q.dtype).contiguous()
+        bias = (log_count.float() * LOG2E).contiguous()  # the kernel's scores are in log2 units
+        far_full_num, far_full_idx, far_num, far_idx, near = far_lut
+        pooled_strides = (kp.stride(0), kp.stride(1), kp.stride(2))
+    else:
+        kp = vp = dummy.to(q.dtype)
+        bias = dummy.float()
+        far_full_num = far_full_idx = far_num = far_idx = dummy
+        near = dummy.to(torch.int8)
+        pooled_strides = (0, 0, 0)
     sparse_attention_fwd[(num_q_blocks, b * h)](
         q, k, v, out, km,
         kv_num, kv_idx, full_num, full_idx,
         windows if windows is not None else dummy,
         selection if selection is not None else dummy.to(torch.int8),
+        kp, vp, bias, far_full_num, far_full_idx, far_num, far_idx, near,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         km.stride(0) if key_mask is not None else 0,
+        *pooled_strides,
         scale * LOG2E,
         h, grid[0], grid[1], grid[2],
         text_len, text_start, video_start,
@@ -73,29 +105,34 @@ def launch(
         nqb[1], nqb[2], nkb[1], nkb[2],
         dilation[0], dilation[1], dilation[2],
         sel_nb, sel_nb_h, sel_nb_w, selection_block[0], selection_block[1], selection_block[2],
+        far_full_idx.shape[-1], far_idx.shape[-1], pool[0], pool[1], pool[2], boxes[0], boxes[1], boxes[2],
         QT=q_block[0], QH=q_block[1], QW=q_block[2],
         KT=kv_block[0], KH=kv_block[1], KW=kv_block[2],
         HEAD_DIM=d, BLOCK_D=head_dim_bucket(d),
         LUT_PER_HEAD=lut_per_head, MASK_MODE=mask_mode, HAS_KEY_MASK=key_mask is not None,
-        HAS_DILATION=max(dilation) > 1,
+        HAS_DILATION=max(dilation) > 1, HAS_FAR=far_keys is not None,
         PRECISION="tf32",
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
 
 
-_POINTER_ARGS = ("Q", "K", "V", "O")
-_INT32_POINTERS = ("KV_NUM", "KV_IDX", "FULL_NUM", "FULL_IDX", "WIN")
+_POINTER_ARGS = ("Q", "K", "V", "O", "KP", "VP")
+_INT32_POINTERS = ("KV_NUM", "KV_IDX", "FULL_NUM", "FULL_IDX", "WIN",
+                   "FAR_FULL_NUM", "FAR_FULL_IDX", "FAR_NUM", "FAR_IDX")
 _INT_ARGS = (
     "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
     "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh", "stride_kmb",
     "HEADS", "GT", "GH", "GW", "TEXT_LEN", "TEXT_START", "VIDEO_START",
     "NQ", "NVQ", "MAXK_P", "MAXK_F", "NQB_H", "NQB_W", "NKB_H", "NKB_W",
     "DIL_T", "DIL_H", "DIL_W", "SEL_NB", "SEL_NB_H", "SEL_NB_W", "PB_T", "PB_H", "PB_W",
+    "stride_pb", "stride_ps", "stride_ph",
+    "MAXF_F", "MAXF_P", "POOL_T", "POOL_H", "POOL_W", "NBX_T", "NBX_H", "NBX_W",
 )
 
 _ALIGNED_INTS = ("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
-                 "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh")
+                 "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh",
+                 "stride_pb", "stride_ps", "stride_ph")
 
 
 def block_shape(tokens: int, prefer: Sequence[int] = (1, 8, 8)) -> Tuple[int, int, int]:
@@ -116,9 +153,10 @@ def block_shape(tokens: int, prefer: Sequence[int] = (1, 8, 8)) -> Tuple[int, in
 
 
 def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0, key_mask: bool = False,
-                config=None, q_block=None, kv_block=None):
+                far: bool = False, config=None, q_block=None, kv_block=None):
     """Compile the kernel ahead of time for ``sm_<arch>`` without a GPU; returns the
-    ``CompiledKernel`` (``.asm['ptx']``, ``.asm['cubin']``, ``.metadata.shared``)."""
+    ``CompiledKernel`` (``.asm['ptx']``, ``.asm['cubin']``, ``.metadata.shared``). ``far``
+    compiles the far-field loop in (window masks only)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -132,6 +170,8 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
     signature["KM"] = "*i8"
     signature.update({name: "*i32" for name in _INT32_POINTERS})
     signature["SEL"] = "*i8"
+    signature["LC"] = "*fp32"
+    signature["NEAR"] = "*i8"
     signature.update({name: "i32" for name in _INT_ARGS})
     signature["qk_scale"] = "fp32"
     constexprs = {
@@ -139,7 +179,7 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
         "KT": kv_block[0], "KH": kv_block[1], "KW": kv_block[2],
         "HEAD_DIM": head_dim, "BLOCK_D": head_dim_bucket(head_dim),
         "LUT_PER_HEAD": mask_mode == 1, "MASK_MODE": mask_mode, "HAS_KEY_MASK": key_mask,
-        "HAS_DILATION": False,
+        "HAS_DILATION": False, "HAS_FAR": far,
         "PRECISION": "tf32",
     }
     signature.update({name: "constexpr" for name in constexprs})
