@@ -104,17 +104,20 @@ def pooled_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, tables: F
     b, _, h, d = k.shape
     nb = tables.num_boxes
     box = tables.token_box.to(k.device)
-    kv = torch.cat([k[:, v0:v0 + n], v[:, v0:v0 + n]], dim=2).float()  # [B, n, 2H, D]
-    if key_mask is None:
+    keep = None if key_mask is None else key_mask[:, v0:v0 + n].float()
+    if keep is None:
         counts = tables.box_sizes.to(k.device, torch.float32).expand(b, nb)
     else:
-        keep = key_mask[:, v0:v0 + n].float()
-        kv = kv * keep[:, :, None, None]
         counts = torch.zeros(b, nb, device=k.device).index_add_(1, box, keep)
-    sums = torch.zeros(b, nb, 2 * h, d, device=k.device, dtype=torch.float32).index_add_(1, box, kv)
-    means = sums / counts.clamp_min(1.0)[:, :, None, None]
-    kp, vp = means[:, :, :h].to(k.dtype), means[:, :, h:].to(k.dtype)
-    return kp.contiguous(), vp.contiguous(), counts.log()
+
+    def mean(x):  # [B, n, H, D] video tokens -> [B, nb, H, D] box means, summed in float32
+        x = x[:, v0:v0 + n].float()
+        if keep is not None:
+            x = x * keep[:, :, None, None]
+        sums = torch.zeros(b, nb, h, d, device=k.device, dtype=torch.float32).index_add_(1, box, x)
+        return (sums / counts.clamp_min(1.0)[:, :, None, None]).to(k.dtype)
+
+    return mean(k), mean(v), counts.log()
 
 
 def group_tables(pattern: Pattern, layout: TokenLayout, q_indices: List[torch.Tensor]):

@@ -195,15 +195,36 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
             from .farfield import far_field_for, pooled_keys
 
             far = (*pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask),
-                   _far_groups(pattern, layout))
+                   _far_groups(pattern, layout, q.dtype))
     return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, far)
 
 
 @functools.lru_cache(maxsize=128)
-def _far_groups(pattern: Pattern, layout: TokenLayout):
-    from .farfield import group_tables
+def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
+    """Per CPU group ``(far_ids, rows, ready)``: its pooled keys, which rows see them, and
+    the whole additive mask (exact keys, then pooled keys with their ``log(count)`` bias)
+    for calls without a key mask, built once."""
+    from .farfield import far_field_for, group_tables
+    from .kernels.cpu.attention import factor_mask, far_mask
 
-    return group_tables(pattern, layout, [g.q_index for g in tiling_for(pattern.exact_part(), layout).groups])
+    from .tiling import MASK_CACHE_ELEMENTS
+
+    tiling = tiling_for(pattern.exact_part(), layout)
+    log_sizes = far_field_for(pattern, layout).box_sizes.double().log()
+    tables = group_tables(pattern, layout, [g.q_index for g in tiling.groups])
+    size = sum((g.q_index.numel() if rows is not None or g.masks is not None else 1) * (g.kv_index.numel() + ids.numel())
+               for g, (ids, rows) in zip(tiling.groups, tables))
+    if size > MASK_CACHE_ELEMENTS:  # too big to keep: built at every call instead
+        return [(ids, rows, None) for ids, rows in tables]
+    out = []
+    for g, (ids, rows) in zip(tiling.groups, tables):
+        bias = log_sizes[ids][None, None, None, :]
+        if rows is not None:
+            bias = bias.masked_fill(~rows[None, None], float("-inf"))
+        exact = None if g.masks is None else factor_mask(g.masks, g.text_keys, dtype)
+        ready = far_mask(exact, bias, g.kv_index.numel(), dtype) if ids.numel() else None
+        out.append((ids, rows, ready))
+    return out
 
 
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
@@ -236,7 +257,8 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
 
         fb = bm.far
         far = dict(far_keys=pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask),
-                   far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices, fb.near),
+                   far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices,
+                            fb.far_query_boxes),
                    pool=fb.pool, boxes=fb.boxes_per_axis)
     return launch(
         q, k, v, key_mask, bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,

@@ -14,6 +14,10 @@ that encodes the identical attention (window tables, or the same block selection
 
     python scripts/bench_attention.py                      # the full table (long: ~1 h here)
     python scripts/bench_attention.py --grids 8x32x32 --head-dims 64 --dtypes float32 --no-flex
+    python scripts/bench_attention.py --grids 16x32x32 --patterns neighborhood sliding_tile --far 1x8x8 --no-flex
+
+``--far POOL`` adds a column: the same pattern with a far field of that pool
+(``far_ms``, and ``far_cost``: its time over the pattern's own); block-sparse rows have none.
 
 Absolute times move by ~30% from run to run on this machine; ratios within a run count,
 and only on an otherwise idle machine.
@@ -253,6 +257,8 @@ def main(argv=None):
     parser.add_argument("--flex-max-density", type=float, default=1.0,
                         help="run FlexAttention only on rows up to this density (it is slow on CPU)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--far", default=None, metavar="POOL",
+                        help="also time every static pattern with a far field of this pool, e.g. 1x8x8")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,7 +267,7 @@ def main(argv=None):
     print(f"# dit-sparse {ds.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.heads} heads, batch 1; times in ms (fastest of {args.reps} after a warm-up)")
     cols = ("grid", "S", "hd", "dtype", "pattern", "density", "ideal", "dense_ms", "ds_ms", "speedup",
-            "%ideal", "flex_ms", "flex_x", "flex_compile_s", "ds_peak_MiB")
+            "%ideal", "flex_ms", "flex_x", "flex_compile_s", "ds_peak_MiB") + (("far_ms", "far_cost") if args.far else ())
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     torch.manual_seed(0)
@@ -313,6 +319,13 @@ def main(argv=None):
                    f"{density:.3f}", f"{1 / density:.2f}", f"{t_dense * 1e3:.0f}", f"{t_ds * 1e3:.0f}",
                    f"{speed:.2f}", f"{100 * speed * density:.0f}%", f"{flex_ms:.0f}", f"{flex_x:.2f}",
                    f"{flex_compile:.1f}", f"{peak:.0f}")
+            if args.far:
+                far_ms = far_cost = float("nan")
+                if not isinstance(p, ds.BlockSparse):
+                    with_far = ds.Pattern.from_dict(dict(p.to_dict(), far={"pool": list(parse_grid(args.far))}))
+                    t_far = timed(lambda: ds.sparse_attention(q, k, v, with_far, layout, backend="cpu"), args.reps)
+                    far_ms, far_cost = t_far * 1e3, t_far / t_ds
+                row += (f"{far_ms:.0f}", f"{far_cost:.2f}x")
             print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 

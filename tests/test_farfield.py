@@ -213,3 +213,28 @@ def test_explicit_triton_backend_equals_reference():
     pattern = ds.Neighborhood((1, 3, 3), far=(1, 2, 2))
     out = ds.sparse_attention(q, k, v, pattern, layout, backend="triton")
     assert (out - ds.reference_attention(q, k, v, pattern, layout)).abs().max() <= TOL[torch.float32]
+
+
+def test_memory_at_65k_tokens_stays_under_2_gb(tmp_path):
+    """A far-field call at 65,536 tokens (16 x 64 x 64) in a fresh process: peak memory grows
+    by far less than an S x S tensor would take (17 GB in fp32)."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch, dit_sparse as ds
+layout = ds.TokenLayout(grid=(16, 64, 64))
+pattern = ds.SlidingTile((4, 8, 8), (1, 3, 3), far=(1, 8, 8))
+q, k, v = (torch.randn(1, layout.seq_len, 1, 16) for _ in range(3))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    out = ds.sparse_attention(q, k, v, pattern, layout)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert torch.isfinite(out).all()
+print((after - before) * 1024)
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    grown = int(proc.stdout.strip().splitlines()[-1])
+    assert grown < 2 * 2 ** 30, f"peak memory grew by {grown / 2 ** 30:.2f} GiB"

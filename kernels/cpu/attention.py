@@ -129,7 +129,8 @@ def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, sc
     out[:, t0:t1] = o.transpose(1, 2)
 
 
-Far = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]]]
+Far = Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+            Sequence[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]]
 
 
 def _far_keys(far: Far, i: int, b: int, h: int, d: int):
@@ -137,7 +138,7 @@ def _far_keys(far: Far, i: int, b: int, h: int, d: int):
     ``[B, 1, 1 or nq, n_far]`` (the ``log(count)`` bias; ``-inf`` where a row does not see a
     key)."""
     kp, vp, log_count, groups = far
-    ids, rows = groups[i]
+    ids, rows, _ = groups[i]
     nb = kp.shape[1]
     r = token_rows(b, nb, ids)
     n = ids.numel()
@@ -149,9 +150,9 @@ def _far_keys(far: Far, i: int, b: int, h: int, d: int):
     return kg, vg, bias
 
 
-def _with_far(kg, vg, mask, far_k, far_v, far_bias, nq: int, dtype):
-    """Exact keys followed by the pooled ones, with one additive mask over both."""
-    b, h, nk, _ = kg.shape
+def far_mask(mask, far_bias, nk: int, dtype) -> torch.Tensor:
+    """One additive mask over a group's exact keys (``mask``: None, bool or additive) and
+    its pooled keys (``far_bias``: ``[B or 1, 1, 1 or nq, n_far]``)."""
     if mask is None:
         exact = torch.zeros(1, 1, 1, nk, dtype=dtype)
     elif mask.dtype == torch.bool:
@@ -161,8 +162,7 @@ def _with_far(kg, vg, mask, far_k, far_v, far_bias, nq: int, dtype):
     exact = exact.view((1,) * (4 - exact.dim()) + tuple(exact.shape))
     rows = max(exact.shape[2], far_bias.shape[2])
     batch = max(exact.shape[0], far_bias.shape[0])
-    full = torch.cat([exact.expand(batch, 1, rows, nk), far_bias.to(dtype).expand(batch, 1, rows, -1)], dim=-1)
-    return torch.cat([kg, far_k], dim=2), torch.cat([vg, far_v], dim=2), full
+    return torch.cat([exact.expand(batch, 1, rows, nk), far_bias.to(dtype).expand(batch, 1, rows, -1)], dim=-1)
 
 
 def grouped_attention(
@@ -195,8 +195,10 @@ def grouped_attention(
         key_mask: ``[B, S]`` bool (True = keep) or None.
         far: a far field, ``(kp, vp, log_count, per_group)``: pooled keys and values
             ``[B, nb, H, D]``, ``[B, nb]`` log token counts, and per group (in the order of
-            ``groups``) ``(far_ids [n_far], rows [nq, n_far] bool or None)``: the pooled keys
-            the group's queries see besides their exact keys, with bias ``log(count)``.
+            ``groups``) ``(far_ids [n_far], rows [nq, n_far] bool or None, ready)``: the
+            pooled keys the group's queries see besides their exact keys, with bias
+            ``log(count)``; ``ready`` is the whole additive mask over exact and pooled keys
+            when no key mask is in play (built once per layout), or None.
     Returns:
         ``[B, S, H, D]``.
     """
@@ -225,7 +227,10 @@ def grouped_attention(
             ki = token_rows(b, s, kv_index)
             kg, vg = gather(k2, ki, nk), gather(v2, ki, nk)
         if far is not None and far[3][i][0].numel():
-            kg, vg, mask = _with_far(kg, vg, mask, *_far_keys(far, i, b, h, d), nq, q.dtype)
+            far_k, far_v, far_bias = _far_keys(far, i, b, h, d)
+            ready = far[3][i][2]
+            mask = ready if ready is not None and key_mask is None else far_mask(mask, far_bias, nk, q.dtype)
+            kg, vg = torch.cat([kg, far_k], dim=2), torch.cat([vg, far_v], dim=2)
         o = _sdpa_heads(gather(q2, token_rows(b, s, q_index), nq), kg, vg, mask, scale,
                         may_have_empty_rows=key_mask is not None)
         out.put_tokens(q_index, o)
