@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # of the way of the core.
 _EXPORTS = {
     "layout": ["TokenLayout"],
-    "patterns": ["Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "parse_pattern"],
+    "patterns": ["Pattern", "Full", "Neighborhood", "SlidingTile", "BlockSparse", "FarField", "parse_pattern"],
     "ops": ["sparse_attention", "reference_attention", "estimate_speedup", "SpeedupEstimate", "choose_backend",
             "can_run_cpu", "can_run_triton"],
     "blockmask": ["BlockMask"],

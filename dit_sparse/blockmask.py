@@ -18,7 +18,7 @@ data-dependent ones. Text keys are not listed: they are global and the kernel ap
 A pattern with a far field (:mod:`dit_sparse.farfield`) also gets :class:`FarBlocks`: per
 query block, the pooled key boxes its rows see, split like the key blocks into boxes every
 row sees (no check) and boxes only some rows see (a query block can span several pool
-boxes; each row checks its own box against the per-axis near tables).
+boxes), listed with the query box that sees them so that each row only compares box ids.
 """
 
 from __future__ import annotations
@@ -42,18 +42,19 @@ class FarBlocks:
     """The far field of a static pattern, per query block of the kernel.
 
     Pool boxes are numbered T-major over ``boxes_per_axis`` (those of
-    :class:`~dit_sparse.farfield.FarFieldTables`). For query block ``i`` the kernel walks
+    :class:`~dit_sparse.farfield.FarFieldTables`), and so are the query boxes (the same
+    boxes). For query block ``i`` the kernel walks
 
     * ``full_far_indices[0, i, :full_far_num_boxes[0, i]]``: boxes that no row of the block
       is near - every row sees their pooled key, no check;
-    * ``far_indices[0, i, :far_num_boxes[0, i]]``: boxes that some rows are near and others
-      not - a row sees box ``(x, y, z)`` iff its own box ``(a, b, c)`` is not near it,
-      ``near_t[a, x] & near_h[b, y] & near_w[c, z]`` false.
+    * ``far_indices[0, i, :far_num_boxes[0, i]]`` with ``far_query_boxes`` beside it: pairs
+      (far box, query box) for the boxes that some rows of the block see and others do not
+      (a block can span several query boxes), one pair per query box that sees the far box;
+      a row keeps a pair iff its own box (from its coordinates) is the pair's query box.
 
-    Text query blocks list nothing (text queries attend every key exactly). ``near`` is the
-    three per-axis tables flattened and concatenated, int8 ``[nt*nt + nh*nh + nw*nw]``: a
-    neighborhood's mask is the AND of per-axis masks, so its near relation is too, and the
-    kernel reads three tiny tables instead of an ``nb x nb`` one. Shapes of the lists as in
+    Pairs keep the per-row check to an integer compare (no gathered table in the kernel);
+    a box that k of the block's query boxes see (and not all) is listed k times. Text query
+    blocks list nothing (text queries attend every key exactly). Shapes as in
     :class:`BlockMask` (``Z = 1``).
     """
 
@@ -63,7 +64,7 @@ class FarBlocks:
     full_far_indices: torch.Tensor
     far_num_boxes: torch.Tensor
     far_indices: torch.Tensor
-    near: torch.Tensor
+    far_query_boxes: torch.Tensor
 
     @property
     def num_boxes(self) -> int:
@@ -71,7 +72,7 @@ class FarBlocks:
 
     def to(self, device) -> "FarBlocks":
         moved = {name: getattr(self, name).to(device) for name in
-                 ("full_far_num_boxes", "full_far_indices", "far_num_boxes", "far_indices", "near")}
+                 ("full_far_num_boxes", "full_far_indices", "far_num_boxes", "far_indices", "far_query_boxes")}
         return FarBlocks(**{**self.__dict__, **moved})
 
 
@@ -134,8 +135,9 @@ class BlockMask:
         if self.far is not None:
             f = self.far
             seen = (f.full_far_num_boxes + f.far_num_boxes)[0, : self.num_video_q_blocks].float()
-            head += (f"\nfar field: pool={f.pool}, {f.num_boxes} boxes, {float(seen.mean()):.1f} pooled keys "
-                     f"per query block ({float(f.far_num_boxes.sum() / seen.sum().clamp_min(1)):.0%} row-checked)")
+            head += (f"\nfar field: pool={f.pool}, {f.num_boxes} boxes, {float(seen.mean()):.1f} pooled-key "
+                     f"columns per query block ({float(f.far_num_boxes.sum() / seen.sum().clamp_min(1)):.0%} "
+                     "checked per row)")
         return "\n".join([head] + rows)
 
     def to(self, device) -> "BlockMask":
@@ -199,25 +201,18 @@ def _whole_blocks(grid: Triple, block: Triple) -> torch.Tensor:
     return _outer3(*[a[:, None] for a in ax]).reshape(-1)
 
 
-def _axis_cover(n: int, q: int, p: int) -> torch.Tensor:
-    """``[n_q_blocks, n_boxes]`` bool of one axis: the pool boxes (of ``p`` tokens) that the
-    valid tokens of each query block (of ``q`` tokens) fall in."""
-    c = torch.arange(n)
-    cover = torch.zeros(-(-n // q), -(-n // p), dtype=torch.bool)
-    cover[c // q, c // p] = True
-    return cover
-
-
-def _separable_near(near: torch.Tensor, boxes: Triple):
-    """The per-axis factors of a ``[nb, nb]`` near table that is an AND of per-axis tables
-    (each projection is exact because every axis table holds its diagonal)."""
-    nt, nh, nw = boxes
-    n6 = near.reshape(nt, nh, nw, nt, nh, nw)
-    at, ah, aw = n6.any(5).any(4).any(2).any(1), n6.any(5).any(3).any(2).any(0), n6.any(4).any(3).any(1).any(0)
-    if not torch.equal(_outer3(at, ah, aw), near):
-        raise RuntimeError(f"the far field's near table on boxes={boxes} is not separable per axis; "
-                           "the Triton kernel's far loop assumes it is")
-    return at, ah, aw
+def _padded_rows(row: torch.Tensor, values: Tuple[torch.Tensor, ...], n_rows: int):
+    """Lists from entries sorted by ``row``: ``[1, n_rows]`` counts and one
+    ``[1, n_rows, max(1, widest)]`` int32 table per tensor of ``values`` (0-padded)."""
+    num = torch.bincount(row, minlength=n_rows)
+    width = max(1, int(num.max()) if num.numel() else 1)
+    col = torch.arange(row.numel()) - (torch.cumsum(num, 0) - num)[row]
+    tables = []
+    for value in values:
+        table = torch.zeros(n_rows, width, dtype=torch.int32)
+        table[row, col] = value.to(torch.int32)
+        tables.append(table[None])
+    return num.to(torch.int32)[None], tables
 
 
 def far_blocks(pattern: Pattern, layout: TokenLayout, q_block: Triple) -> FarBlocks:
@@ -225,23 +220,22 @@ def far_blocks(pattern: Pattern, layout: TokenLayout, q_block: Triple) -> FarBlo
     from .farfield import far_field_for
 
     tables = far_field_for(pattern, layout)
-    boxes = tables.boxes.blocks_per_axis
-    pool = tables.boxes.block
-    per_axis = _separable_near(tables.near, boxes)
-    any_near, all_near = [], []
-    for a, n, qb, p in zip(per_axis, layout.grid, q_block, pool):
-        cover = _axis_cover(n, qb, p).float()
-        hits = cover @ a.float()  # [n_q_blocks, n_boxes]: covered query boxes near each key box
-        any_near.append(hits > 0)
-        all_near.append(hits == cover.sum(1, keepdim=True))
-    # Some row sees a box unless every row's box is near it; every row sees it unless one is.
-    some_see = ~_outer3(*all_near)
-    all_see = ~_outer3(*any_near)
-    n_text = -(-layout.text_len // math.prod(q_block)) if layout.text_len else 0
-    none = torch.zeros(n_text, some_see.shape[1], dtype=torch.bool)
-    num, idx, fnum, fidx = _tables(torch.cat([some_see, none])[None], torch.cat([all_see, none])[None])
-    near = torch.cat([a.reshape(-1) for a in per_axis]).to(torch.int8)
-    return FarBlocks(pool, boxes, fnum, fidx, num, idx, near)
+    nb = tables.num_boxes
+    q_grid = BlockGrid(layout.grid, q_block)
+    nvq = q_grid.num_blocks
+    n_q = nvq + (-(-layout.text_len // math.prod(q_block)) if layout.text_len else 0)
+    # (query block, query box) pairs that hold a video token, sorted by block then box.
+    pairs = torch.unique(q_grid.token_block() * nb + tables.token_box)
+    pair_block, pair_box = pairs // nb, pairs % nb
+    near = tables.near[pair_box]                                            # [pairs, nb]
+    # A row of block i sees box f unless its own box is near f: all rows see f iff no pair
+    # of block i is near f; the others seen by some rows go to the checked list, per pair.
+    some_near = torch.zeros(nvq, nb, dtype=torch.int32).index_add_(0, pair_block, near.to(torch.int32)) > 0
+    full_block, full_box = (~some_near).nonzero(as_tuple=True)
+    fnum, (fidx,) = _padded_rows(full_block, (full_box,), n_q)
+    pair, far_box = (~near & some_near[pair_block]).nonzero(as_tuple=True)
+    num, (idx, qbox) = _padded_rows(pair_block[pair], (far_box, pair_box[pair]), n_q)
+    return FarBlocks(tables.boxes.block, tables.boxes.blocks_per_axis, fnum, fidx, num, idx, qbox)
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,6 +8,11 @@ key per box that is not near ``Qb``: the mean of the box's keys and values (over
 the key mask keeps), with the logit bias ``log(count)``. Text queries attend to every key
 exactly, as without a far field.
 
+Sinks (``FarField.sinks = N``): per batch and head, the N video keys (of those the key mask
+keeps) with the highest score ``mean(video q) . k`` (ties to the lower token) are taken out
+of their boxes' means and counts, and every video query whose box is not near a sink's box
+sees that sink as an exact key. A box left without keys contributes nothing.
+
 Because a neighborhood's mask is the AND of three per-axis masks, "some pair of ``Qb x Kb``
 is attended" is the AND of the same question per axis: the near table of the whole grid
 comes from three small per-axis tables, never from an ``S x S`` mask.
@@ -60,6 +65,12 @@ class FarFieldTables:
         """``[T*H*W, nb]`` bool: the boxes each video query sees pooled (for the reference)."""
         return ~self.near[self.token_box]
 
+    def group_boxes(self, video_q: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(boxes [u], which [nq] or None)``: the query boxes of a group and each row's
+        position among them (None when the group lies in one box)."""
+        unique, which = torch.unique(self.token_box[video_q], return_inverse=True)
+        return unique, (None if unique.numel() == 1 else which)
+
     def group_far(self, video_q: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The pooled keys of a query group (``video_q``: ``[nq]`` video token indices):
         ``(far_ids [n_far], rows)``, where ``rows`` is the ``[nq, n_far]`` bool of which row
@@ -92,13 +103,29 @@ def far_field_for(pattern: Pattern, layout: TokenLayout) -> FarFieldTables:
     return FarFieldTables(boxes, near, boxes.token_block(), boxes.block_sizes())
 
 
+def select_sinks(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, n: int,
+                 key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(idx, valid)``: ``[B, H, n]`` video token indices of the sinks of every batch and
+    head (highest ``mean(video q) . k`` first, ties to the lower token) and whether each is a
+    kept key (False only where the key mask keeps fewer than ``n`` video keys)."""
+    v0, nv = layout.video_start, layout.video_len
+    n = min(n, nv)
+    qm = q[:, v0:v0 + nv].float().mean(1)  # [B, H, D]
+    score = torch.einsum("bhd,bshd->bhs", qm, k[:, v0:v0 + nv].float())
+    if key_mask is not None:
+        score = score.masked_fill(~key_mask[:, None, v0:v0 + nv], float("-inf"))
+    order = torch.sort(score, dim=-1, descending=True, stable=True)
+    return order.indices[..., :n], order.values[..., :n] > float("-inf")
+
+
 def pooled_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, tables: FarFieldTables,
-                key_mask: Optional[torch.Tensor] = None):
+                key_mask: Optional[torch.Tensor] = None, sinks: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
     """Mean key and value of every box and the log of its (kept) token count.
 
-    ``k, v``: ``[B, S, H, D]``. Returns ``(kp, vp, log_count)``: ``[B, nb, H, D]`` in k's
-    dtype (summed in float32) and ``[B, nb]`` float32 (``-inf`` for a box whose keys the key
-    mask all drops).
+    ``k, v``: ``[B, S, H, D]``; ``sinks``: :func:`select_sinks`' ``(idx, valid)``, taken out
+    of their boxes. Returns ``(kp, vp, log_count)``: ``[B, nb, H, D]`` in k's dtype (summed in
+    float32) and ``[B, nb]`` float32, or ``[B, H, nb]`` with sinks (``-inf`` for a box left
+    without keys).
     """
     v0, n = layout.video_start, layout.video_len
     b, _, h, d = k.shape
@@ -109,12 +136,26 @@ def pooled_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, tables: F
         counts = tables.box_sizes.to(k.device, torch.float32).expand(b, nb)
     else:
         counts = torch.zeros(b, nb, device=k.device).index_add_(1, box, keep)
+    if sinks is not None:
+        idx, valid = sinks  # [B, H, N]
+        heads = torch.arange(h, device=k.device)[None, :, None]
+        batch = torch.arange(b, device=k.device)[:, None, None]
+        sink_box = box[idx]
+        taken = torch.zeros(b, h, nb, device=k.device).index_put_((batch.expand_as(idx), heads.expand_as(idx),
+                                                                   sink_box), valid.float(), accumulate=True)
+        counts = counts[:, None, :] - taken  # [B, H, nb]
+        flat = ((batch * nb + sink_box) * h + heads).reshape(-1)  # rows of a [B * nb * H, D] view
 
     def mean(x):  # [B, n, H, D] video tokens -> [B, nb, H, D] box means, summed in float32
         x = x[:, v0:v0 + n].float()
         if keep is not None:
             x = x * keep[:, :, None, None]
         sums = torch.zeros(b, nb, h, d, device=k.device, dtype=torch.float32).index_add_(1, box, x)
+        if sinks is not None:
+            picked = x.gather(1, idx.transpose(1, 2)[..., None].expand(b, -1, h, d))  # [B, N, H, D]
+            picked = picked.transpose(1, 2) * valid[..., None].float()  # [B, H, N, D]
+            sums.view(-1, d).index_add_(0, flat, -picked.reshape(-1, d))
+            return (sums / counts.transpose(1, 2).clamp_min(1.0)[..., None]).to(k.dtype)
         return (sums / counts.clamp_min(1.0)[:, :, None, None]).to(k.dtype)
 
     return mean(k), mean(v), counts.log()
@@ -136,17 +177,29 @@ def reference_far_attention(q, k, v, pattern: Pattern, layout: TokenLayout, key_
     mask = pattern.exact_part().mask(layout).to(q.device)[None, None]
     if key_mask is not None:
         mask = mask & key_mask[:, None, None, :]
-    kp, vp, log_count = pooled_keys(k.double(), v.double(), layout, tables, key_mask)
+    v0, nv = layout.video_start, layout.video_len
+    sinks = select_sinks(q, k, layout, pattern.far.sinks, key_mask) if pattern.far.sinks else None
+    kp, vp, log_count = pooled_keys(k.double(), v.double(), layout, tables, key_mask, sinks)
     kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, H, nb, D]
+    log_count = log_count.double().view(b, -1, 1, tables.num_boxes)  # [B, 1 or H, 1, nb]
     far = torch.zeros(s, tables.num_boxes, dtype=torch.bool, device=q.device)
-    v0 = layout.video_start
-    far[v0:v0 + layout.video_len] = tables.token_far().to(q.device)
+    far[v0:v0 + nv] = tables.token_far().to(q.device)
     exact = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~mask, -math.inf)
-    pooled = qd @ kp.transpose(-1, -2) * scale + log_count.double()[:, None, None, :]
-    pooled = pooled.masked_fill(~far[None, None], -math.inf)
-    probs = torch.softmax(torch.cat([exact, pooled], dim=-1), dim=-1).nan_to_num(0.0)
-    out = probs[..., :s] @ vd + probs[..., s:] @ vp
+    pooled = (qd @ kp.transpose(-1, -2) * scale + log_count).masked_fill(~far[None, None], -math.inf)
+    logits, values = [exact, pooled], [vd, vp]
+    if sinks is not None:
+        idx, valid = sinks
+        gather = idx[..., None].expand(-1, -1, -1, kd.shape[-1]) + v0
+        ks, vs = kd.gather(2, gather), vd.gather(2, gather)  # [B, H, N, D]
+        seen = far[:, tables.token_box.to(q.device)[idx]].permute(1, 2, 0, 3)  # [B, H, S, N]
+        logits.append((qd @ ks.transpose(-1, -2) * scale).masked_fill(~(seen & valid[:, :, None, :]), -math.inf))
+        values.append(vs)
+    probs = torch.softmax(torch.cat(logits, dim=-1), dim=-1).nan_to_num(0.0)
+    out, start = 0, 0
+    for part, value in zip(logits, values):
+        out = out + probs[..., start:start + part.shape[-1]] @ value
+        start += part.shape[-1]
     return out.transpose(1, 2).to(q.dtype)
 
 
-__all__ = ["FarFieldTables", "far_field_for", "pooled_keys", "group_tables", "reference_far_attention"]
+__all__ = ["FarFieldTables", "far_field_for", "select_sinks", "pooled_keys", "group_tables", "reference_far_attention"]

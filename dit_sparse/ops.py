@@ -192,18 +192,35 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         groups = tiling.kernel_groups(q.dtype)
         far = None
         if pattern.far is not None:
-            from .farfield import far_field_for, pooled_keys
-
-            far = (*pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask),
-                   _far_groups(pattern, layout, q.dtype))
+            far = _far_inputs(q, k, v, pattern, layout, key_mask)
     return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, far)
+
+
+def _far_inputs(q, k, v, pattern: Pattern, layout: TokenLayout, key_mask):
+    """The CPU kernel's far-field argument (see ``kernels.cpu.attention.grouped_attention``)."""
+    from .farfield import far_field_for, pooled_keys, select_sinks
+
+    tables = far_field_for(pattern, layout)
+    n = pattern.far.sinks
+    chosen = select_sinks(q, k, layout, n, key_mask) if n else None
+    kp, vp, log_count = pooled_keys(k, v, layout, tables, key_mask, chosen)
+    sinks = None
+    if chosen is not None:
+        idx, valid = chosen
+        rows = idx + layout.video_start
+        heads = k.transpose(1, 2)  # [B, H, S, D] view
+        gather = rows[..., None].expand(-1, -1, -1, k.shape[-1])
+        sink_bias = torch.zeros(valid.shape, dtype=q.dtype).masked_fill_(~valid, float("-inf"))
+        sinks = (heads.gather(2, gather), v.transpose(1, 2).gather(2, gather), tables.token_box[idx], sink_bias,
+                 tables.near)
+    return kp, vp, log_count, _far_groups(pattern, layout, q.dtype), sinks
 
 
 @functools.lru_cache(maxsize=128)
 def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
-    """Per CPU group ``(far_ids, rows, ready)``: its pooled keys, which rows see them, and
-    the whole additive mask (exact keys, then pooled keys with their ``log(count)`` bias)
-    for calls without a key mask, built once."""
+    """Per CPU group ``(far_ids, rows, ready, qboxes, which)``: its pooled keys, which rows
+    see them, the whole additive mask (exact keys, then pooled keys with their ``log(count)``
+    bias) for calls without a key mask or sinks, built once, and its query boxes."""
     from .farfield import far_field_for, group_tables
     from .kernels.cpu.attention import factor_mask, far_mask
 
@@ -211,26 +228,30 @@ def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
 
     tiling = tiling_for(pattern.exact_part(), layout)
     log_sizes = far_field_for(pattern, layout).box_sizes.double().log()
+    far = far_field_for(pattern, layout)
+    boxes = [far.group_boxes(g.q_index - layout.video_start) for g in tiling.groups]
     tables = group_tables(pattern, layout, [g.q_index for g in tiling.groups])
+    if pattern.far.sinks:  # the mask depends on the call's sinks
+        return [(ids, rows, None, *qb) for (ids, rows), qb in zip(tables, boxes)]
     size = sum((g.q_index.numel() if rows is not None or g.masks is not None else 1) * (g.kv_index.numel() + ids.numel())
                for g, (ids, rows) in zip(tiling.groups, tables))
     if size > MASK_CACHE_ELEMENTS:  # too big to keep: built at every call instead
-        return [(ids, rows, None) for ids, rows in tables]
+        return [(ids, rows, None, *qb) for (ids, rows), qb in zip(tables, boxes)]
     out = []
-    for g, (ids, rows) in zip(tiling.groups, tables):
+    for g, (ids, rows), qb in zip(tiling.groups, tables, boxes):
         bias = log_sizes[ids][None, None, None, :]
         if rows is not None:
             bias = bias.masked_fill(~rows[None, None], float("-inf"))
         exact = None if g.masks is None else factor_mask(g.masks, g.text_keys, dtype)
         ready = far_mask(exact, bias, g.kv_index.numel(), dtype) if ids.numel() else None
-        out.append((ids, rows, ready))
+        out.append((ids, rows, ready, *qb))
     return out
 
 
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
     from .kernels.triton_attn.launcher import block_shape, kernel_config
 
-    cfg = kernel_config(q.dtype, q.shape[-1])
+    cfg = kernel_config(q.dtype, q.shape[-1], far=pattern.far is not None)
     if isinstance(pattern, Neighborhood):
         prefer = pattern.stride if max(pattern.stride) > 1 else (1, 8, 8)
     elif isinstance(pattern, BlockSparse):

@@ -88,15 +88,24 @@ class FarField:
     box of equal keys weighs exactly what its members would. Boxes that do hold exact keys
     contribute nothing pooled (no key is ever counted twice); text keys stay exact.
 
+    ``sinks``: per batch and head, the ``sinks`` video keys with the highest score against the
+    mean video query stay exact for every query whose box does not hold them near, and leave
+    the mean and count of their box: the single far tokens a mean would wash out (attention
+    sinks, Xiao et al. 2023; chosen at run time from pooled queries, the way SpargeAttn and
+    XAttention score blocks).
+
     The idea is Pyramid Sparse Attention's (Li et al., 2025: pooled coarse levels instead
     of pruned blocks) and the block-mean far field of MInference-style "pooled" attention;
     the ``log(count)`` bias is what makes a pooled key the exact stand-in for identical keys.
     """
 
     pool: Triple = (1, 8, 8)
+    sinks: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "pool", as_triple("pool", self.pool))
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
+            raise ValueError(f"sinks={self.sinks!r} must be an int >= 0")
 
     @staticmethod
     def of(value) -> Optional["FarField"]:
@@ -104,20 +113,21 @@ class FarField:
         if value is None or isinstance(value, FarField):
             return value
         if isinstance(value, dict):
-            extra = set(value) - {"pool"}
+            extra = set(value) - {"pool", "sinks"}
             if extra:
-                raise ValueError(f"far={value!r}: unknown far-field fields {sorted(extra)}; allowed: ['pool']")
+                raise ValueError(f"far={value!r}: unknown far-field fields {sorted(extra)}; allowed: ['pool', 'sinks']")
             return FarField(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
         if isinstance(value, (int, tuple, list)) and not isinstance(value, bool):
             return FarField(tuple(value) if isinstance(value, list) else value)
         raise TypeError(f"far={value!r} must be a FarField, a dict like {{'pool': [1, 8, 8]}}, a pool size or None")
 
     def to_dict(self) -> dict:
-        return {"pool": list(self.pool)}
+        return {"pool": list(self.pool), **({"sinks": self.sinks} if self.sinks else {})}
 
     @property
     def spec(self) -> str:
-        return "x".join(map(str, self.pool))
+        """``far=POOL[,sinks=N]`` of a pattern spec."""
+        return "far=" + "x".join(map(str, self.pool)) + (f",sinks={self.sinks}" if self.sinks else "")
 
 
 # --------------------------------------------------------------------------------------
@@ -145,10 +155,10 @@ class Pattern:
         for key, value in sorted(self.to_dict().items()):
             if key == "kind" or value is None:
                 continue
-            if isinstance(value, dict):  # a far field: its pool size
-                text = "x".join(map(str, value["pool"]))
-            else:
-                text = "x".join(map(str, value)) if isinstance(value, list) else repr(value)
+            if isinstance(value, dict):  # a far field: far=POOL[,sinks=N]
+                items.append(FarField.of(value).spec)
+                continue
+            text = "x".join(map(str, value)) if isinstance(value, list) else repr(value)
             items.append(f"{key}={text}")
         spec = self.kind.replace("_", "-") + (":" + ",".join(items) if items else "")
         object.__setattr__(self, "spec", spec)
@@ -406,7 +416,8 @@ ints joined by x, each >= 1; a fraction is a number in (0, 1].
   sliding-tile:tile=4x8x8,window=3x3x3     tiles of tile tokens attend to window tiles
   neighborhood:kernel=3x9x9,far=1x8x8      far=POOL (neighborhood, sliding-tile): keys
                                            outside the window count as one pooled key
-                                           per box of POOL tokens instead of none
+                                           per box of POOL tokens instead of none;
+                                           sinks=N keeps N far keys per head exact
   block-sparse:block=4x8x8,topk=0.2        per query block, the top 20% of key blocks;
                                            or threshold=0.9: the fewest key blocks that
                                            hold 90% of the pooled softmax mass
@@ -424,10 +435,11 @@ _SPEC_KINDS: Dict[str, _SpecKind] = {
     "full": _SpecKind({}, ()),
     "neighborhood": _SpecKind(
         {"kernel": ("size", "3x9x9"), "dilation": ("size", "1x2x2"), "stride": ("size", "1x3x3"),
-         "far": ("size", "1x8x8")},
+         "far": ("size", "1x8x8"), "sinks": ("count", "16")},
         (("kernel",),)),
     "sliding_tile": _SpecKind(
-        {"tile": ("size", "4x8x8"), "window": ("size", "3x3x3"), "far": ("size", "1x8x8")},
+        {"tile": ("size", "4x8x8"), "window": ("size", "3x3x3"), "far": ("size", "1x8x8"),
+         "sinks": ("count", "16")},
         (("tile",), ("window",))),
     "block_sparse": _SpecKind(
         {"block": ("size", "4x8x8"), "topk": ("fraction", "0.2"), "threshold": ("fraction", "0.9")},
@@ -460,7 +472,18 @@ def _spec_fraction(name: str, text: str, example: str) -> float:
     return value
 
 
-_SPEC_FORMS = {"size": _spec_size, "fraction": _spec_fraction}
+def _spec_count(name: str, text: str, example: str) -> int:
+    """``text`` as an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} must be an int >= 1 (e.g. {name}={example})") from None
+    if value < 1:
+        raise ValueError(f"{name}={text.strip()} must be >= 1")
+    return value
+
+
+_SPEC_FORMS = {"size": _spec_size, "fraction": _spec_fraction, "count": _spec_count}
 
 
 def _parse_spec(kind: str, rest: str) -> Pattern:
@@ -493,6 +516,10 @@ def _parse_spec(kind: str, rest: str) -> Pattern:
         given = [f"{f}=" for f in group if f in kwargs]
         if len(given) > 1:
             raise ValueError(f"{shown} takes only one of {' and '.join(given)}")
+    if "sinks" in kwargs:  # a part of the far field
+        if "far" not in kwargs:
+            raise ValueError(f"sinks={kwargs['sinks']} needs far= (sinks are exact keys of the far field)")
+        kwargs["far"] = FarField(kwargs["far"], kwargs.pop("sinks"))
     return _REGISTRY[kind](**kwargs)  # rules across fields (stride <= kernel) are the dataclass's
 
 

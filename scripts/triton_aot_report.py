@@ -1,5 +1,8 @@
 """Compile every shipped Triton tile config ahead of time for sm_80 and sm_90a (no GPU needed)
 and report registers, spills and shared memory (from Triton's bundled ``ptxas-blackwell -v``).
+Each config is built twice: the plain kernel, and with the far-field loop compiled in
+(``far`` column; window masks, as far-field patterns use; its own config where
+``FAR_CONFIGS`` has one).
 
     python scripts/triton_aot_report.py [--json out.json] [--jobs 2]
 
@@ -18,10 +21,11 @@ import sys
 import tempfile
 
 ARCHS = (80, 90)
+VARIANTS = (False, True)  # the far-field loop compiled in or not
 
 
 def compile_one(job):
-    dtype, head_dim, arch = job
+    dtype, head_dim, arch, far = job
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     import triton
@@ -29,8 +33,8 @@ def compile_one(job):
     from dit_sparse.kernels.triton_attn.configs import get_config
     from dit_sparse.kernels.triton_attn.launcher import aot_compile, block_shape
 
-    cfg = get_config(dtype, head_dim)
-    kernel = aot_compile(dtype, head_dim, arch)
+    cfg = get_config(dtype, head_dim, far)
+    kernel = aot_compile(dtype, head_dim, arch, far=far)
     gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,7 +47,7 @@ def compile_one(job):
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
     return {
-        "dtype": dtype, "head_dim": head_dim, "arch": gpu,
+        "dtype": dtype, "head_dim": head_dim, "arch": gpu, "far": far,
         "block_m": cfg.block_m, "block_n": cfg.block_n, "q_block": block_shape(cfg.block_m),
         "kv_block": block_shape(cfg.block_n), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
         "cubin_bytes": len(kernel.asm["cubin"]), "shared_bytes": kernel.metadata.shared,
@@ -62,13 +66,13 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    jobs = [(dtype, hd, arch) for (dtype, hd) in CONFIGS for arch in ARCHS]
+    jobs = [(dtype, hd, arch, far) for (dtype, hd) in CONFIGS for arch in ARCHS for far in VARIANTS]
     with cf.ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
-    header = f"{'dtype':9} {'hd':>4} {'arch':7} {'BM':>4} {'BN':>4} {'q_block':>11} {'kv_block':>11} {'warps':>5} {'stages':>6} {'regs':>5} {'spill st/ld':>11} {'smem':>7}"
+    header = f"{'dtype':9} {'hd':>4} {'arch':7} {'far':>3} {'BM':>4} {'BN':>4} {'q_block':>11} {'kv_block':>11} {'warps':>5} {'stages':>6} {'regs':>5} {'spill st/ld':>11} {'smem':>7}"
     print(header)
     for r in rows:
-        print(f"{r['dtype']:9} {r['head_dim']:>4} {r['arch']:7} {r['block_m']:>4} {r['block_n']:>4} "
+        print(f"{r['dtype']:9} {r['head_dim']:>4} {r['arch']:7} {'yes' if r['far'] else 'no':>3} {r['block_m']:>4} {r['block_n']:>4} "
               f"{'x'.join(map(str, r['q_block'])):>11} {'x'.join(map(str, r['kv_block'])):>11} {r['num_warps']:>5} "
               f"{r['num_stages']:>6} {r['registers']!s:>5} {str(r['spill_stores']) + '/' + str(r['spill_loads']):>11} "
               f"{r['shared_bytes']:>7}")

@@ -133,9 +133,9 @@ def _rows_of_blocks(layout, q_block):
 @pytest.mark.parametrize("q_tokens", [16, 64, 128])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_far_blocks_match_the_rows(case, q_tokens):
-    """Per query block: the unchecked list is exactly the boxes every row sees, the checked list
-    the boxes some rows (not all) see, in increasing order; the per-axis near tables
-    rebuild the far field's near table; text blocks list nothing."""
+    """Per query block: the unchecked list is exactly the boxes every row sees; the checked
+    pairs (far box, query box) are exactly the boxes some rows (not all) see, each with every
+    query box of the block that sees it; both in increasing order; text blocks list nothing."""
     layout, pattern = _layout(case), case[3]
     q_block = block_shape(q_tokens, (1, 8, 8))
     bm = static_block_mask(pattern, layout, q_block, q_block)
@@ -143,18 +143,18 @@ def test_far_blocks_match_the_rows(case, q_tokens):
     tables = far_field_for(pattern, layout)
     token_far = tables.token_far()  # [n, nb]
     assert fb.num_boxes == tables.num_boxes
-    nt, nh, nw = fb.boxes_per_axis
-    at, ah, aw = fb.near.bool().split([nt * nt, nh * nh, nw * nw])
-    rebuilt = (at.view(nt, 1, 1, nt, 1, 1) & ah.view(1, nh, 1, 1, nh, 1) & aw.view(1, 1, nw, 1, 1, nw))
-    assert torch.equal(rebuilt.reshape(tables.num_boxes, -1), tables.near)
     blocks = _rows_of_blocks(layout, q_block)
     assert bm.num_video_q_blocks == len(blocks)
     for i, rows in enumerate(blocks):
         seen = token_far[rows]
         full = fb.full_far_indices[0, i, :fb.full_far_num_boxes[0, i]].tolist()
-        part = fb.far_indices[0, i, :fb.far_num_boxes[0, i]].tolist()
         assert full == seen.all(0).nonzero().flatten().tolist()
-        assert part == (seen.any(0) & ~seen.all(0)).nonzero().flatten().tolist()
+        n = fb.far_num_boxes[0, i]
+        pairs = list(zip(fb.far_query_boxes[0, i, :n].tolist(), fb.far_indices[0, i, :n].tolist()))
+        partly = seen.any(0) & ~seen.all(0)
+        want = sorted({(int(tables.token_box[r]), f) for r in rows for f in range(tables.num_boxes)
+                       if partly[f] and token_far[r, f]})
+        assert pairs == want
     n_text_blocks = math.ceil(layout.text_len / math.prod(q_block))
     assert fb.far_num_boxes.shape[1] == len(blocks) + n_text_blocks
     assert not fb.far_num_boxes[0, len(blocks):].any() and not fb.full_far_num_boxes[0, len(blocks):].any()

@@ -46,6 +46,11 @@ def oracle(q, k, v, pattern, layout, key_mask=None):
     near = {}
     for qb, kb in itertools.product(members, members):
         near[qb, kb] = any(bool(exact[v0 + i, v0 + j]) for i in q_box_tokens[qb] for j in members[kb])
+    sinks = {}
+    for bi, hi in itertools.product(range(b), range(heads)):  # the top keys against the mean video query
+        qm = qd[bi, v0:v0 + n, hi].mean(0)
+        scored = [(-float(qm @ kd[bi, v0 + j, hi]), j) for j in range(n) if keep[bi, v0 + j]]
+        sinks[bi, hi] = {j for _, j in sorted(scored)[:pattern.far.sinks]}
     for bi, hi, i in itertools.product(range(b), range(heads), range(s)):
         logits, values = [], []
         for j in range(s):
@@ -56,7 +61,11 @@ def oracle(q, k, v, pattern, layout, key_mask=None):
             for kb, toks in members.items():
                 if near[box_of[i - v0], kb]:
                     continue
-                kept = [v0 + j for j in toks if keep[bi, v0 + j]]
+                for j in toks:
+                    if j in sinks[bi, hi]:  # a sink of a far box: exact
+                        logits.append(float(qd[bi, i, hi] @ kd[bi, v0 + j, hi]) * scale)
+                        values.append(vd[bi, v0 + j, hi])
+                kept = [v0 + j for j in toks if keep[bi, v0 + j] and j not in sinks[bi, hi]]
                 if not kept:
                     continue
                 kmean = torch.stack([kd[bi, j, hi] for j in kept]).mean(0)
@@ -74,6 +83,8 @@ CASES = [
     ((2, 9, 12), 5, "first", ds.SlidingTile((1, 3, 4), (1, 1, 1), far=(1, 3, 4))),
     ((4, 10, 13), 3, "last", ds.Neighborhood((1, 5, 5), stride=(1, 2, 2), far=(2, 4, 3))),
     ((3, 6, 7), 2, "last", ds.Neighborhood((2, 3, 4), dilation=(1, 2, 1), far=(3, 5, 2))),
+    ((3, 7, 9), 2, "first", ds.Neighborhood((3, 3, 3), far=ds.FarField((1, 4, 4), sinks=3))),
+    ((2, 9, 12), 0, "first", ds.SlidingTile((1, 3, 4), (1, 1, 1), far=ds.FarField((1, 3, 4), sinks=16))),
 ]
 
 
@@ -173,7 +184,8 @@ def test_density_counts_each_pooled_key_once():
 
 def test_serialisation_and_specs_round_trip(tmp_path):
     patterns = [ds.Neighborhood((3, 9, 9), far=(1, 8, 8)), ds.SlidingTile((4, 8, 8), (1, 3, 3), far=(2, 8, 8)),
-                ds.Neighborhood((3, 9, 9), far=FarField((1, 4, 4)))]
+                ds.Neighborhood((3, 9, 9), far=FarField((1, 4, 4))),
+                ds.SlidingTile((1, 8, 8), (5, 1, 3), far=FarField((1, 8, 8), sinks=16))]
     for p in patterns:
         assert ds.Pattern.from_dict(p.to_dict()) == p
         assert ds.parse_pattern(p.spec) == p
@@ -181,6 +193,8 @@ def test_serialisation_and_specs_round_trip(tmp_path):
     assert ds.parse_pattern("sliding-tile:tile=4x8x8,window=1x3x3,far=1x8x8") == patterns[1].__class__(
         (4, 8, 8), (1, 3, 3), far=(1, 8, 8))
     assert ds.parse_pattern("neighborhood:kernel=3x9x9").far is None
+    assert ds.parse_pattern("neighborhood:kernel=3x9x9,far=1x8x8,sinks=4").far == FarField((1, 8, 8), 4)
+    assert patterns[3].to_dict()["far"] == {"pool": [1, 8, 8], "sinks": 16}
     assert patterns[0] != patterns[0].exact_part() and patterns[0].exact_part().far is None
 
 
@@ -189,6 +203,9 @@ def test_serialisation_and_specs_round_trip(tmp_path):
     ("neighborhood:kernel=3x9x9,far=1x8", "far='1x8' has 2 entries"),
     ("full:far=1x8x8", "full takes no fields"),
     ("block-sparse:block=4x8x8,topk=0.2,far=1x8x8", "unknown field 'far'"),
+    ("neighborhood:kernel=3x9x9,sinks=4", "sinks=4 needs far="),
+    ("neighborhood:kernel=3x9x9,far=1x8x8,sinks=0", "sinks=0 must be >= 1"),
+    ("neighborhood:kernel=3x9x9,far=1x8x8,sinks=x", "sinks='x' must be an int >= 1"),
 ])
 def test_bad_far_fields_are_one_line_errors(spec, message):
     with pytest.raises(ValueError) as err:
@@ -197,7 +214,7 @@ def test_bad_far_fields_are_one_line_errors(spec, message):
 
 
 def test_bad_far_field_dicts():
-    with pytest.raises(ValueError, match=r"unknown far-field fields \['levels'\]; allowed: \['pool'\]"):
+    with pytest.raises(ValueError, match=r"unknown far-field fields \['levels'\]; allowed: \['pool', 'sinks'\]"):
         ds.Pattern.from_dict({"kind": "neighborhood", "kernel": [3, 3, 3], "far": {"pool": [1, 8, 8], "levels": 2}})
     with pytest.raises(ValueError, match="pool=.*every entry must be >= 1"):
         ds.Neighborhood((3, 3, 3), far=(1, -2, 8))
@@ -238,3 +255,15 @@ print((after - before) * 1024)
     assert proc.returncode == 0, proc.stderr
     grown = int(proc.stdout.strip().splitlines()[-1])
     assert grown < 2 * 2 ** 30, f"peak memory grew by {grown / 2 ** 30:.2f} GiB"
+
+
+def test_sinks_that_are_every_far_key_make_the_far_field_exact():
+    """With as many sinks as video tokens, every far key is exact and no box is left to
+    pool: the result is the exact pattern plus every far key, i.e. dense attention wherever
+    boxes are far (a window of whole boxes makes near boxes exact too)."""
+    layout = ds.TokenLayout(grid=(2, 8, 12), text_len=3)
+    q, k, v = _inputs(layout)
+    pattern = ds.SlidingTile((1, 4, 4), (1, 1, 1), far=ds.FarField((1, 4, 4), sinks=layout.video_len))
+    full = ds.reference_attention(q, k, v, ds.Full(), layout)
+    assert torch.allclose(ds.reference_attention(q, k, v, pattern, layout), full, atol=1e-6)
+    assert torch.allclose(ds.sparse_attention(q, k, v, pattern, layout), full, atol=1e-5)

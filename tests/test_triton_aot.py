@@ -1,8 +1,9 @@
-"""Every shipped Triton config compiles ahead of time for sm_80 and sm_90a, without a GPU.
+"""Every shipped Triton config compiles ahead of time for sm_80 and sm_90a, without a GPU,
+as the plain kernel and with the far-field loop compiled in.
 
 Runs ``scripts/triton_aot_report.py`` in a child process without TRITON_INTERPRET (an
 interpreted kernel cannot be compiled) and prints its report (registers, spills, shared
-memory). The head_dim 64 and 128 configs must not spill.
+memory). The head_dim 64 and 128 configs must not spill, nor any build with the far loop.
 """
 
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dit_sparse.kernels.triton_attn.configs import CONFIGS
+from dit_sparse.kernels.triton_attn.configs import CONFIGS, FAR_CONFIGS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "triton_aot_report.py"
 
@@ -30,8 +31,8 @@ def report(tmp_path_factory):
 
 
 def test_every_config_compiles_for_both_archs(report):
-    got = {(r["dtype"], r["head_dim"], r["arch"]) for r in report}
-    want = {(d, h, a) for (d, h) in CONFIGS for a in ("sm_80", "sm_90a")}
+    got = {(r["dtype"], r["head_dim"], r["arch"], r["far"]) for r in report}
+    want = {(d, h, a, far) for (d, h) in CONFIGS for a in ("sm_80", "sm_90a") for far in (False, True)}
     assert got == want
     for r in report:
         assert r["ptxas_ok"] and r["cubin_bytes"] > 0 and r["registers"] is not None, r
@@ -44,3 +45,16 @@ def test_default_configs_do_not_spill(report, head_dim):
     assert rows
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+
+
+def test_far_loop_builds_do_not_spill(report):
+    rows = [r for r in report if r["far"]]
+    assert len(rows) == 2 * len(CONFIGS)
+    for r in rows:
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+
+
+def test_far_configs_keep_the_tiles():
+    """A far-field override changes warps or stages only: the block masks stay the same."""
+    for key, cfg in FAR_CONFIGS.items():
+        assert (cfg.block_m, cfg.block_n) == (CONFIGS[key].block_m, CONFIGS[key].block_n), key

@@ -129,30 +129,43 @@ def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, sc
     out[:, t0:t1] = o.transpose(1, 2)
 
 
-Far = Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-            Sequence[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]]
+Far = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[tuple], Optional[tuple]]
 
 
 def _far_keys(far: Far, i: int, b: int, h: int, d: int):
     """Group ``i``'s pooled keys and values ``[B, H, n_far, D]`` and their additive mask
     ``[B, 1, 1 or nq, n_far]`` (the ``log(count)`` bias; ``-inf`` where a row does not see a
     key)."""
-    kp, vp, log_count, groups = far
-    ids, rows, _ = groups[i]
+    kp, vp, log_count, groups, _ = far
+    ids, rows = groups[i][:2]
     nb = kp.shape[1]
     r = token_rows(b, nb, ids)
     n = ids.numel()
     kg = heads_view(kp.view(b * nb, h * d).index_select(0, r).view(b, n, h, d))
     vg = heads_view(vp.view(b * nb, h * d).index_select(0, r).view(b, n, h, d))
-    bias = log_count.index_select(1, ids)[:, None, None, :]  # [B, 1, 1, n_far]
+    bias = log_count.index_select(-1, ids)  # [B, n_far], or [B, H, n_far] with sinks
+    bias = bias[:, None, None, :] if bias.dim() == 2 else bias[:, :, None, :]
     if rows is not None:
         bias = bias.masked_fill(~rows[None, None], float("-inf"))
     return kg, vg, bias
 
 
-def far_mask(mask, far_bias, nk: int, dtype) -> torch.Tensor:
-    """One additive mask over a group's exact keys (``mask``: None, bool or additive) and
-    its pooled keys (``far_bias``: ``[B or 1, 1, 1 or nq, n_far]``)."""
+def _sink_keys(far: Far, i: int):
+    """Group ``i``'s sink keys and values ``[B, H, N, D]`` and their additive mask
+    ``[B, H, 1 or nq, N]``: a row sees a sink whose box is not near the row's box."""
+    ks, vs, sink_box, sink_bias, near = far[4]
+    qboxes, which = far[3][i][3:5]
+    seen = ~near.index_select(0, qboxes)[:, sink_box]  # [u, B, H, N]
+    bias = sink_bias[None].masked_fill(~seen, float("-inf")).permute(1, 2, 0, 3)  # [B, H, u, N]
+    if which is not None:
+        bias = bias.index_select(2, which)
+    return ks, vs, bias
+
+
+def far_mask(mask, far_bias, nk: int, dtype, *more: torch.Tensor) -> torch.Tensor:
+    """One additive mask over a group's exact keys (``mask``: None, bool or additive), its
+    pooled keys (``far_bias``: ``[B or 1, H or 1, 1 or nq, n_far]``) and any ``more`` key
+    parts of the same form."""
     if mask is None:
         exact = torch.zeros(1, 1, 1, nk, dtype=dtype)
     elif mask.dtype == torch.bool:
@@ -160,9 +173,9 @@ def far_mask(mask, far_bias, nk: int, dtype) -> torch.Tensor:
     else:
         exact = mask
     exact = exact.view((1,) * (4 - exact.dim()) + tuple(exact.shape))
-    rows = max(exact.shape[2], far_bias.shape[2])
-    batch = max(exact.shape[0], far_bias.shape[0])
-    return torch.cat([exact.expand(batch, 1, rows, nk), far_bias.to(dtype).expand(batch, 1, rows, -1)], dim=-1)
+    parts = [exact, far_bias, *more]
+    batch, heads, rows = (max(p.shape[i] for p in parts) for i in range(3))
+    return torch.cat([p.to(dtype).expand(batch, heads, rows, p.shape[-1]) for p in parts], dim=-1)
 
 
 def grouped_attention(
@@ -193,12 +206,16 @@ def grouped_attention(
             groups' queries cover every video token once.
         text_range: ``(start, stop)`` of the text queries (attend to everything).
         key_mask: ``[B, S]`` bool (True = keep) or None.
-        far: a far field, ``(kp, vp, log_count, per_group)``: pooled keys and values
-            ``[B, nb, H, D]``, ``[B, nb]`` log token counts, and per group (in the order of
-            ``groups``) ``(far_ids [n_far], rows [nq, n_far] bool or None, ready)``: the
-            pooled keys the group's queries see besides their exact keys, with bias
-            ``log(count)``; ``ready`` is the whole additive mask over exact and pooled keys
-            when no key mask is in play (built once per layout), or None.
+        far: a far field, ``(kp, vp, log_count, per_group, sinks)``: pooled keys and values
+            ``[B, nb, H, D]``, log token counts ``[B, nb]`` (``[B, H, nb]`` with sinks), and
+            per group (in the order of ``groups``) ``(far_ids [n_far], rows [nq, n_far] bool
+            or None, ready, qboxes [u], which [nq] or None)``: the pooled keys the group's
+            queries see besides their exact keys, with bias ``log(count)``; ``ready`` is the
+            whole additive mask over exact and pooled keys for calls without key mask or
+            sinks (built once per layout), or None; the group's query boxes and each row's
+            among them. ``sinks``: None, or ``(ks, vs [B, H, N, D], sink_box [B, H, N],
+            sink_bias [B, H, N] (0, or -inf for no sink), near [nb, nb] bool)``: exact keys
+            that a row sees when its box is not near the sink's.
     Returns:
         ``[B, S, H, D]``.
     """
@@ -229,8 +246,13 @@ def grouped_attention(
         if far is not None and far[3][i][0].numel():
             far_k, far_v, far_bias = _far_keys(far, i, b, h, d)
             ready = far[3][i][2]
-            mask = ready if ready is not None and key_mask is None else far_mask(mask, far_bias, nk, q.dtype)
-            kg, vg = torch.cat([kg, far_k], dim=2), torch.cat([vg, far_v], dim=2)
+            if far[4] is not None:
+                sink_k, sink_v, sink_bias = _sink_keys(far, i)
+                mask = far_mask(mask, far_bias, nk, q.dtype, sink_bias)
+                kg, vg = torch.cat([kg, far_k, sink_k], dim=2), torch.cat([vg, far_v, sink_v], dim=2)
+            else:
+                mask = ready if ready is not None and key_mask is None else far_mask(mask, far_bias, nk, q.dtype)
+                kg, vg = torch.cat([kg, far_k], dim=2), torch.cat([vg, far_v], dim=2)
         o = _sdpa_heads(gather(q2, token_rows(b, s, q_index), nq), kg, vg, mask, scale,
                         may_have_empty_rows=key_mask is not None)
         out.put_tokens(q_index, o)

@@ -39,6 +39,14 @@ CONFIGS = {
 }
 
 
+# The kernel with the far-field loop compiled in (HAS_FAR) uses CONFIGS too, except where
+# that spills; then the entry here, with the same tile sizes (so the same block masks and far
+# tables). fp32 / 64: four warps need more than 255 registers on sm_80 with the far loop.
+FAR_CONFIGS = {
+    ("float32", 64): TileConfig(64, 64, 8, 2),
+}
+
+
 def head_dim_bucket(head_dim: int) -> int:
     """Smallest bucket >= head_dim (the kernel pads the head dimension to it)."""
     for bucket in HEAD_DIM_BUCKETS:
@@ -47,10 +55,11 @@ def head_dim_bucket(head_dim: int) -> int:
     raise ValueError(f"head_dim={head_dim} exceeds the largest supported {HEAD_DIM_BUCKETS[-1]}")
 
 
-def get_config(dtype_name: str, head_dim: int) -> TileConfig:
-    """The shipped config for a dtype and head_dim; lists the valid keys when there is none."""
+def get_config(dtype_name: str, head_dim: int, far: bool = False) -> TileConfig:
+    """The shipped config for a dtype and head_dim (``far``: of the kernel with the far-field
+    loop); lists the valid keys when there is none."""
     key = (dtype_name, head_dim_bucket(head_dim))
     if key not in CONFIGS:
         raise ValueError(f"no Triton tile config for dtype={dtype_name!r}, head_dim={head_dim}; "
                          f"valid (dtype, head_dim) keys: {sorted(CONFIGS)}")
-    return CONFIGS[key]
+    return FAR_CONFIGS.get(key, CONFIGS[key]) if far else CONFIGS[key]

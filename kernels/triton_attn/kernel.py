@@ -13,8 +13,9 @@ FlashAttention 1/2), with ``log2(e)`` folded into the scale so that ``exp2`` is 
 3. the text keys (global), ``BLOCK_N`` at a time;
 4. with a far field (``HAS_FAR``, compiled only then), the pooled keys of the block's row of
    the far tables, ``BLOCK_N`` at a time, with their additive ``log2(count)`` bias (``-inf``
-   for boxes the key mask empties): first the boxes every row sees, unmasked; then the boxes
-   only some rows see, each row checking its own pool box against the per-axis near tables.
+   for boxes the key mask empties): first the boxes every row sees, unmasked; then
+   (far box, query box) pairs for the boxes only some rows see, which a row keeps iff the
+   pair's query box is its own pool box (computed from its coordinates).
 
 Token coordinates come from the block index and the offset inside the block, so tokens stay
 in diffusers' natural order: no permutation pass. Rows whose every key is masked return 0.
@@ -70,26 +71,11 @@ def _in_window(kc, qc, lo, hi, DIL, HAS_DILATION: tl.constexpr):
 
 
 @triton.jit
-def _far_near(NEAR, qbt, qbh, qbw, f, f_valid, q_valid, NBX_T, NBX_H, NBX_W):
-    """``[BLOCK_M, BLOCK_N]`` bool: the query row's pool box is near pooled box ``f`` (the
-    per-axis near tables, flattened one after another in ``NEAR``)."""
-    ft = f // (NBX_H * NBX_W)
-    fh = (f // NBX_W) % NBX_H
-    fw = f % NBX_W
-    m = q_valid[:, None] & f_valid[None, :]
-    near = tl.load(NEAR + qbt[:, None] * NBX_T + ft[None, :], mask=m, other=1) != 0
-    near = near & (tl.load(NEAR + NBX_T * NBX_T + qbh[:, None] * NBX_H + fh[None, :], mask=m, other=1) != 0)
-    near = near & (tl.load(NEAR + NBX_T * NBX_T + NBX_H * NBX_H + qbw[:, None] * NBX_W + fw[None, :],
-                           mask=m, other=1) != 0)
-    return near
-
-
-@triton.jit
 def sparse_attention_fwd(
     Q, K, V, O, KM,
     KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
     WIN, SEL,
-    KP, VP, LC, FAR_FULL_NUM, FAR_FULL_IDX, FAR_NUM, FAR_IDX, NEAR,
+    KP, VP, LC, FAR_FULL_NUM, FAR_FULL_IDX, FAR_NUM, FAR_IDX, FAR_QBOX,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -125,6 +111,8 @@ def sparse_attention_fwd(
     q_valid = tl.where(is_video_q, (qt < GT) & (qh < GH) & (qw < GW), (text_row >= 0) & (text_row < TEXT_LEN))
     q_tok = tl.where(is_video_q, VIDEO_START + (qt * GH + qh) * GW + qw, TEXT_START + text_row)
     q_tok = tl.where(q_valid, q_tok, 0).to(tl.int64)
+    # The row's pool box (the far loop's per-row check; -1 for padded rows).
+    q_box = tl.where(q_valid, ((qt // POOL_T) * NBX_H + qh // POOL_H) * NBX_W + qw // POOL_W, -1)
 
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d[None, :] < HEAD_DIM
@@ -209,18 +197,15 @@ def sparse_attention_fwd(
             qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
             qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
             acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
-        qbt = qt // POOL_T
-        qbh = qh // POOL_H
-        qbw = qw // POOL_W
         n_far = tl.load(FAR_NUM + pid_m)
         for start in range(0, n_far, BLOCK_N):
             c = start + tl.arange(0, BLOCK_N)
             f_valid = c < n_far
             f = tl.load(FAR_IDX + pid_m * MAXF_P + c, mask=f_valid, other=0)
+            f_q_box = tl.load(FAR_QBOX + pid_m * MAXF_P + c, mask=f_valid, other=-2)
             qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
             qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
-            near = _far_near(NEAR, qbt, qbh, qbw, f, f_valid, q_valid, NBX_T, NBX_H, NBX_W)
-            qk = tl.where(near, float("-inf"), qk)
+            qk = tl.where(q_box[:, None] == f_q_box[None, :], qk, float("-inf"))
             acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

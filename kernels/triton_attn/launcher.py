@@ -17,8 +17,8 @@ _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.floa
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def kernel_config(dtype: torch.dtype, head_dim: int):
-    return get_config(_DTYPE_NAMES[dtype], head_dim)
+def kernel_config(dtype: torch.dtype, head_dim: int, far: bool = False):
+    return get_config(_DTYPE_NAMES[dtype], head_dim, far)
 
 
 def launch(
@@ -45,9 +45,9 @@ def launch(
 
     A far field (windows only) is ``far_keys = (kp, vp, log_count)``: pooled keys and values
     ``[B, nb, H, D]`` in q's dtype and the natural-log bias ``[B, nb]`` float32; and
-    ``far_lut = (full_num, full_idx, num, idx, near)``: the ``[1, NQ]`` / ``[1, NQ, width]``
-    int32 box lists and the int8 per-axis near tables of ``dit_sparse.blockmask.FarBlocks``,
-    over ``boxes`` pool boxes per axis of ``pool`` tokens.
+    ``far_lut = (full_num, full_idx, num, idx, query_boxes)``: the ``[1, NQ]`` /
+    ``[1, NQ, width]`` int32 lists of ``dit_sparse.blockmask.FarBlocks``, over ``boxes`` pool
+    boxes per axis of ``pool`` tokens.
     """
     from .kernel import sparse_attention_fwd
 
@@ -78,20 +78,19 @@ def launch(
                              f"with B={b}, nb={nb} (boxes={boxes}), H={h}, D={d}")
         kp, vp = kp.to(q.dtype).contiguous(), vp.to(q.dtype).contiguous()
         bias = (log_count.float() * LOG2E).contiguous()  # the kernel's scores are in log2 units
-        far_full_num, far_full_idx, far_num, far_idx, near = far_lut
+        far_full_num, far_full_idx, far_num, far_idx, far_qbox = far_lut
         pooled_strides = (kp.stride(0), kp.stride(1), kp.stride(2))
     else:
         kp = vp = dummy.to(q.dtype)
         bias = dummy.float()
-        far_full_num = far_full_idx = far_num = far_idx = dummy
-        near = dummy.to(torch.int8)
+        far_full_num = far_full_idx = far_num = far_idx = far_qbox = dummy
         pooled_strides = (0, 0, 0)
     sparse_attention_fwd[(num_q_blocks, b * h)](
         q, k, v, out, km,
         kv_num, kv_idx, full_num, full_idx,
         windows if windows is not None else dummy,
         selection if selection is not None else dummy.to(torch.int8),
-        kp, vp, bias, far_full_num, far_full_idx, far_num, far_idx, near,
+        kp, vp, bias, far_full_num, far_full_idx, far_num, far_idx, far_qbox,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -119,7 +118,7 @@ def launch(
 
 _POINTER_ARGS = ("Q", "K", "V", "O", "KP", "VP")
 _INT32_POINTERS = ("KV_NUM", "KV_IDX", "FULL_NUM", "FULL_IDX", "WIN",
-                   "FAR_FULL_NUM", "FAR_FULL_IDX", "FAR_NUM", "FAR_IDX")
+                   "FAR_FULL_NUM", "FAR_FULL_IDX", "FAR_NUM", "FAR_IDX", "FAR_QBOX")
 _INT_ARGS = (
     "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
     "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh", "stride_kmb",
@@ -162,7 +161,7 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
 
     from .kernel import sparse_attention_fwd
 
-    cfg = config or get_config(dtype_name, head_dim)
+    cfg = config or get_config(dtype_name, head_dim, far)
     q_block = q_block or block_shape(cfg.block_m)
     kv_block = kv_block or block_shape(cfg.block_n)
     ty = _TRITON_TYPES[dtype_name]
@@ -171,7 +170,6 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
     signature.update({name: "*i32" for name in _INT32_POINTERS})
     signature["SEL"] = "*i8"
     signature["LC"] = "*fp32"
-    signature["NEAR"] = "*i8"
     signature.update({name: "i32" for name in _INT_ARGS})
     signature["qk_scale"] = "fp32"
     constexprs = {
