@@ -346,6 +346,11 @@ def sparse_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, bac
     """
     _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
     chosen = choose_backend(q, backend)
+    if chosen == "triton" and pattern.far is not None and pattern.far.sinks:
+        if backend == "triton":
+            raise ValueError(f"backend='triton' does not run far-field sinks yet (pattern {pattern.spec!r}); "
+                             "backend='cpu' runs them, on CUDA tensors too")
+        chosen = "cpu"
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     spec = _encode(pattern, layout)
     if torch.compiler.is_compiling():
