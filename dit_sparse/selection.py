@@ -556,6 +556,9 @@ def default_candidates(grid) -> List[Pattern]:
     * :class:`BlockSparse` over blocks of one frame and ~1/2 of H and W (at most 8 x 8
       tokens), keeping the top
       12.5 %, 25 % and 50 % of key blocks;
+    * the sliding tiles and the spatially local 3D neighbourhoods again with a
+      :class:`~dit_sparse.patterns.FarField` of one-frame boxes of ~1/4 of H and W (powers
+      of two), so that a layer (or head) whose attention reaches far keeps it pooled;
     * :class:`Full` (always last).
 
     Duplicates (after clamping to the grid) are dropped.
@@ -581,6 +584,13 @@ def default_candidates(grid) -> List[Pattern]:
     for window in ((1, 3, 3), (3, 3, 3)):
         reach = tuple(min(a * b, n) for a, b, n in zip(tile, window, (t, h, w)))
         add(SlidingTile(tile=tile, window=window), ("st", tile, reach))
+    pool = (1, _pow2_at_most(h / 4), _pow2_at_most(w / 4))
+    for p in list(out):
+        local = isinstance(p, SlidingTile) or (isinstance(p, Neighborhood) and (p.kernel[0] > 1 or t == 1)
+                                               and p.kernel[1] < h and p.kernel[2] < w)
+        if local:
+            add(p.__class__(p.tile, p.window, far=pool) if isinstance(p, SlidingTile)
+                else Neighborhood(kernel=p.kernel, far=pool), ("far", p.spec, pool))
     # Blocks of one frame and up to 8 x 8 tokens: smaller blocks make the data-dependent
     # selection (and the CPU kernel's gathers) cost more than they save.
     block = (1, min(8, _pow2_at_most(h / 2)), min(8, _pow2_at_most(w / 2)))

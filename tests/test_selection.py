@@ -277,3 +277,17 @@ def test_time_cost_ranks_candidates_by_measured_kernel_time():
         select(table, max_error=0.05, cost="flops")
     with pytest.raises(ValueError, match="time must be"):
         ErrorTable(("a", "b"), 2, (ds.Full(),) * 4, (0,), ERRORS[None], DENSITY, time=_t([0.1, 0.0, 0.5, 1.0]))
+
+
+def test_default_candidates_offer_far_fields_on_local_patterns():
+    from dit_sparse.selection import default_candidates
+
+    cands = default_candidates((5, 32, 32))
+    far = [p for p in cands if p.far is not None]
+    plain = {p.spec for p in cands if p.far is None}
+    assert far and all(p.far.pool == (1, 8, 8) for p in far)
+    for p in far:  # each is a local candidate of the list, again with a far field
+        assert p.exact_part().spec in plain
+        assert p.exact_part().kernel[1] < 32 and p.exact_part().kernel[2] < 32
+    assert not any(isinstance(p, ds.BlockSparse) and p.far for p in cands)
+    assert isinstance(cands[-1], ds.Full)
