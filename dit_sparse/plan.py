@@ -90,15 +90,16 @@ def pattern_spec(pattern: Pattern) -> str:
 
     if isinstance(pattern, Full):
         return "full"
+    far = "" if pattern.far is None else "," + pattern.far.spec
     if isinstance(pattern, SlidingTile):
-        return f"sliding-tile:tile={triple(pattern.tile)},window={triple(pattern.window)}"
+        return f"sliding-tile:tile={triple(pattern.tile)},window={triple(pattern.window)}{far}"
     if isinstance(pattern, Neighborhood):
         parts = [f"kernel={triple(pattern.kernel)}"]
         if pattern.dilation != (1, 1, 1):
             parts.append(f"dilation={triple(pattern.dilation)}")
         if pattern.stride != (1, 1, 1):
             parts.append(f"stride={triple(pattern.stride)}")
-        return "neighborhood:" + ",".join(parts)
+        return "neighborhood:" + ",".join(parts) + far
     if isinstance(pattern, BlockSparse):
         sel = f"topk={pattern.topk!r}" if pattern.topk is not None else f"threshold={pattern.threshold!r}"
         return f"block-sparse:block={triple(pattern.block)},{sel}"

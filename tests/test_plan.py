@@ -339,3 +339,11 @@ def test_unknown_far_field_keys_are_named():
     layers[0]["pattern"]["far"]["levels"] = 2
     with pytest.raises(ValueError, match=r"unknown far-field fields \['levels'\]"):
         Plan.from_dict(plan_dict(version=3, layers=layers))
+
+
+def test_pattern_spec_shows_and_round_trips_far_fields():
+    from dit_sparse.plan import pattern_spec
+
+    for p in (ds.Neighborhood((5, 3, 3), far=(1, 8, 8)), ds.SlidingTile((1, 8, 8), (1, 3, 3), far=ds.FarField((1, 4, 4), 4))):
+        assert "far=" in pattern_spec(p)
+        assert ds.parse_pattern(pattern_spec(p)) == p
