@@ -315,7 +315,7 @@ def main(argv=None):
             speed = t_dense / t_ds
             row = (grid_text, s, hd, dtype_name, repr(p).replace("Neighborhood", "NA").replace("SlidingTile", "STA")
                    .replace("BlockSparse", "BS").replace(", dilation=(1, 1, 1), stride=(1, 1, 1)", "")
-                   .replace(", threshold=None", ""),
+                   .replace(", threshold=None", "").replace(", far=None", ""),
                    f"{density:.3f}", f"{1 / density:.2f}", f"{t_dense * 1e3:.0f}", f"{t_ds * 1e3:.0f}",
                    f"{speed:.2f}", f"{100 * speed * density:.0f}%", f"{flex_ms:.0f}", f"{flex_x:.2f}",
                    f"{flex_compile:.1f}", f"{peak:.0f}")
