@@ -1,12 +1,18 @@
 """The op: ``sparse_attention`` and its float64 reference, backend choice, speed estimates.
 
-Backends, chosen by :func:`choose_backend` (each has a ``can_run_*`` predicate that says why
-not):
+Backends: an ordered table (:data:`BACKEND_TABLE`) of :class:`Backend` entries, each with a
+name, a ``why_not`` predicate (None when it can run a call, else the reason), a ``prepare``
+step (the cached tables of a (pattern, layout)) and ``run``. :func:`choose_backend` runs the
+requested one if it can, else walks the table in order and takes the first that can run the
+call automatically; its error lists every backend tried and why each could not run.
 
+* ``"xformers"`` - xformers' memory-efficient kernel, for dense calls (``Full``, no key mask)
+  on CUDA tensors, when the optional ``gpu`` extra is installed.
 * ``"triton"`` - the block-mask flash-attention kernel of ``dit_sparse.kernels.triton_attn``
   on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``,
-  which is how it is tested here).
-* ``"cpu"`` - gathered groups on PyTorch's fused SDPA (``dit_sparse.kernels.cpu``).
+  which is how it is tested here; chosen automatically only on CUDA).
+* ``"cpu"`` - gathered groups on PyTorch's fused SDPA (``dit_sparse.kernels.cpu``); it runs
+  wherever PyTorch's SDPA runs, CUDA tensors included.
 
 The kernels are wrapped as one torch custom op (``dit_sparse::sparse_attention``), so that
 ``torch.compile`` treats a call as one opaque node instead of breaking the graph.
@@ -17,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +34,7 @@ from .layout import TokenLayout
 from .patterns import BlockSparse, Full, Neighborhood, Pattern, parse_pattern
 from .tiling import BlockGrid, block_sparse_select, tiling_for
 
-BACKENDS = ("cpu", "triton")
+BACKENDS = ("xformers", "triton", "cpu")  # the names of BACKEND_TABLE, in its order
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
 
@@ -73,37 +79,96 @@ def _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend):
         raise ValueError(f"backend={backend!r} is unknown; allowed: None (by device), {', '.join(map(repr, BACKENDS))}")
 
 
-def can_run_triton(q: torch.Tensor, raise_error: bool = False) -> bool:
-    """Triton runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
-    reason = None
+def _why_not_triton(q: torch.Tensor, pattern: Optional[Pattern] = None, key_mask=None) -> Optional[str]:
     if q.device.type == "cpu" and not env.triton_interpret():
-        reason = ("backend='triton' on CPU tensors needs the Triton interpreter "
-                  "(set TRITON_INTERPRET=1 before importing triton) or CUDA tensors")
-    elif q.device.type not in ("cpu", "cuda"):
-        reason = f"backend='triton' does not run on device {q.device}"
-    else:
-        try:
-            import triton  # noqa: F401
-        except ImportError:  # pragma: no cover - triton is a dependency
-            reason = "triton is not installed"
+        return "on CPU tensors it needs the Triton interpreter (set TRITON_INTERPRET=1 before importing triton)"
+    if q.device.type not in ("cpu", "cuda"):
+        return f"it does not run on device {q.device}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - triton is a dependency
+        return "triton is not installed"
+    if pattern is not None and pattern.far is not None and pattern.far.sinks:
+        return f"far-field sinks are not in the Triton kernel yet (pattern {pattern.spec!r})"
+    return None
+
+
+def _why_not_cpu(q: torch.Tensor, pattern: Optional[Pattern] = None, key_mask=None) -> Optional[str]:
+    if q.device.type not in ("cpu", "cuda", "xpu", "mps"):
+        return f"PyTorch's fused SDPA does not run on device {q.device}"
+    return None
+
+
+def _why_not_xformers(q: torch.Tensor, pattern: Optional[Pattern] = None, key_mask=None) -> Optional[str]:
+    if q.device.type != "cuda":
+        return f"it runs on CUDA tensors only, got {q.device}"
+    if pattern is not None and not isinstance(pattern, Full):
+        return "it runs dense attention only (pattern Full)"
+    if key_mask is not None:
+        return "it is not used with a key mask"
+    if _xformers_ops() is None:
+        return "xformers is not installed (the optional extra: pip install 'dit-sparse[gpu]')"
+    return None
+
+
+def can_run_triton(q: torch.Tensor, raise_error: bool = False, *, pattern: Optional[Pattern] = None,
+                   key_mask=None) -> bool:
+    """Triton runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    return _answer("triton", _why_not_triton(q, pattern, key_mask), raise_error)
+
+
+def can_run_cpu(q: torch.Tensor, raise_error: bool = False, *, pattern: Optional[Pattern] = None,
+                key_mask=None) -> bool:
+    """The SDPA-based path runs wherever PyTorch's fused SDPA does (CPU, CUDA, XPU, MPS)."""
+    return _answer("cpu", _why_not_cpu(q, pattern, key_mask), raise_error)
+
+
+def _answer(name: str, reason: Optional[str], raise_error: bool) -> bool:
     if reason and raise_error:
-        raise ValueError(reason)
+        raise ValueError(f"backend={name!r} cannot run this call: {reason}")
     return reason is None
 
 
-def can_run_cpu(q: torch.Tensor, raise_error: bool = False) -> bool:
-    """The SDPA-based path runs on any device PyTorch's SDPA supports; it is meant for CPU."""
-    return True
+@dataclass(frozen=True)
+class Backend:
+    """One way to run :func:`sparse_attention`.
+
+    ``why_not(q, pattern, key_mask)``: None when it can run the call, else the reason.
+    ``prepare(pattern, layout, q, k, scale)``: what ``run`` needs; every backend today passes
+    the (pattern, layout) on and takes its tables from per-(pattern, layout) caches in ``run``
+    (nothing is rebuilt per call for static patterns).
+    ``run(q, k, v, prepared, key_mask, scale)``: the ``[B, S, H, D]`` output.
+    ``auto(q)``: whether :func:`choose_backend` may pick it when no backend is requested.
+    """
+
+    name: str
+    why_not: Callable[..., Optional[str]]
+    prepare: Callable[..., Any]
+    run: Callable[..., torch.Tensor]
+    auto: Callable[[torch.Tensor], bool]
 
 
-def choose_backend(q: torch.Tensor, backend: Optional[str] = None) -> str:
-    """The backend a call uses: the requested one (checked), else Triton on CUDA, else CPU."""
-    if backend == "triton":
-        can_run_triton(q, raise_error=True)
-        return "triton"
-    if backend == "cpu":
-        return "cpu"
-    return "triton" if q.device.type == "cuda" and can_run_triton(q) else "cpu"
+def choose_backend(q: torch.Tensor, backend: Optional[str] = None, *, pattern: Optional[Pattern] = None,
+                   key_mask=None) -> str:
+    """The backend a call uses: the requested one, if it can run the call, else the first of
+    :data:`BACKEND_TABLE` that runs automatically and can. Raises ValueError naming every
+    backend tried and why it could not run."""
+    if backend is not None:
+        if backend not in _BY_NAME:
+            raise ValueError(f"backend={backend!r} is unknown; allowed: None (by device), "
+                             f"{', '.join(map(repr, BACKENDS))}")
+        _answer(backend, _BY_NAME[backend].why_not(q, pattern, key_mask), raise_error=True)
+        return backend
+    tried = []
+    for entry in BACKEND_TABLE:
+        if not entry.auto(q):
+            tried.append(f"{entry.name}: only when asked for on {q.device.type} tensors")
+            continue
+        reason = entry.why_not(q, pattern, key_mask)
+        if reason is None:
+            return entry.name
+        tried.append(f"{entry.name}: {reason}")
+    raise ValueError("no backend can run this call; tried " + "; ".join(tried))
 
 
 # --------------------------------------------------------------------------------------
@@ -306,16 +371,33 @@ def _xformers_ops():
     return xops
 
 
+def _run_xformers(q, k, v, prepared, key_mask, scale):
+    # xformers' kernel takes diffusers' [B, S, H, D] as it is
+    return _xformers_ops().memory_efficient_attention(q, k, v, scale=scale)
+
+
+def _prepare_pair(pattern, layout, q, k, scale):
+    return pattern, layout
+
+
+BACKEND_TABLE: Tuple[Backend, ...] = (
+    Backend("xformers", _why_not_xformers, _prepare_pair, _run_xformers, auto=lambda q: True),
+    Backend("triton", _why_not_triton, _prepare_pair,
+            lambda q, k, v, prepared, key_mask, scale: _run_triton(q, k, v, *prepared, key_mask, scale),
+            auto=lambda q: q.device.type == "cuda"),  # the interpreter is for tests: asked for only
+    Backend("cpu", _why_not_cpu, _prepare_pair,
+            lambda q, k, v, prepared, key_mask, scale: _run_cpu(q, k, v, *prepared, key_mask, scale),
+            auto=lambda q: True),
+)
+_BY_NAME = {entry.name: entry for entry in BACKEND_TABLE}
+assert tuple(_BY_NAME) == BACKENDS
+
+
 def _dispatch(q, k, v, key_mask, spec: str, scale: float, backend: str) -> torch.Tensor:
     pattern, layout = _decode(spec)
     q, k, v = (t if t.stride(-1) == 1 and t.is_contiguous() else t.contiguous() for t in (q, k, v))
-    if backend == "triton" and isinstance(pattern, Full) and key_mask is None and q.is_cuda:
-        xops = _xformers_ops()
-        if xops is not None:  # dense on GPU: xformers' kernel takes diffusers' [B, S, H, D] as is
-            return xops.memory_efficient_attention(q, k, v, scale=scale)
-    if backend == "triton":
-        return _run_triton(q, k, v, pattern, layout, key_mask, scale)
-    return _run_cpu(q, k, v, pattern, layout, key_mask, scale)
+    entry = _BY_NAME[backend]
+    return entry.run(q, k, v, entry.prepare(pattern, layout, q, k, scale), key_mask, scale)
 
 
 @torch.library.custom_op("dit_sparse::sparse_attention", mutates_args=())
@@ -340,17 +422,14 @@ def sparse_attention(q, k, v, pattern, layout, *, key_mask=None, scale=None, bac
         layout: the :class:`~dit_sparse.TokenLayout` of the sequence.
         key_mask: optional ``[B, S]`` bool, True = keep (padded text keys are False).
         scale: softmax scale, default ``head_dim ** -0.5``.
-        backend: ``None`` (Triton on CUDA, the CPU kernel on CPU), ``"triton"`` or ``"cpu"``.
+        backend: ``None`` (the first of :data:`BACKEND_TABLE` that can run the call:
+            xformers for dense calls on CUDA, Triton on CUDA, the CPU kernel), or one of
+            ``"xformers"``, ``"triton"``, ``"cpu"`` (an error says why it cannot run).
     Returns:
         ``[B, S, heads, head_dim]`` with q's dtype. Rows whose keys are all masked are 0.
     """
     _check_inputs(q, k, v, pattern, layout, key_mask, scale, backend)
-    chosen = choose_backend(q, backend)
-    if chosen == "triton" and pattern.far is not None and pattern.far.sinks:
-        if backend == "triton":
-            raise ValueError(f"backend='triton' does not run far-field sinks yet (pattern {pattern.spec!r}); "
-                             "backend='cpu' runs them, on CUDA tensors too")
-        chosen = "cpu"
+    chosen = choose_backend(q, backend, pattern=pattern, key_mask=key_mask)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     spec = _encode(pattern, layout)
     if torch.compiler.is_compiling():

@@ -121,7 +121,7 @@ def test_explicit_triton_backend_refuses_sinks_clearly():
     layout = ds.TokenLayout((2, 6, 8), text_len=3)
     q, k, v = make_qkv(layout, batch=1, heads=2, head_dim=32)
     pattern = ds.Neighborhood((1, 3, 3), far=ds.FarField((1, 3, 4), sinks=2))
-    with pytest.raises(ValueError, match="backend='triton' does not run far-field sinks yet"):
+    with pytest.raises(ValueError, match="backend='triton' cannot run this call: far-field sinks are not in the Triton kernel yet"):
         ds.sparse_attention(q, k, v, pattern, layout, backend="triton")
 
 

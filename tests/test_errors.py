@@ -62,3 +62,29 @@ def test_estimate_speedup_rejects_bad_blocks():
     with pytest.raises(ValueError, match="block_m=100"):
         ds.estimate_speedup(ds.Neighborhood(3), LAY, block=(100, 64))
     assert ops.MAX_HEAD_DIM == 256
+
+
+def test_backend_table_order_and_names():
+    assert ops.BACKENDS == tuple(entry.name for entry in ops.BACKEND_TABLE) == ("xformers", "triton", "cpu")
+    q, _, _ = qkv()
+    # on CPU tensors: xformers cannot run, Triton is never picked by itself, the SDPA path is
+    assert ds.choose_backend(q, pattern=ds.Full()) == "cpu"
+
+
+def test_a_requested_backend_that_cannot_run_says_why():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match=r"backend='xformers' cannot run this call: it runs on CUDA tensors only"):
+        ds.sparse_attention(q, k, v, ds.Full(), LAY, backend="xformers")
+    with pytest.raises(ValueError, match=r"backend='gpu' is unknown; allowed: None \(by device\), 'xformers', "
+                                         r"'triton', 'cpu'"):
+        ds.sparse_attention(q, k, v, ds.Full(), LAY, backend="gpu")
+
+
+def test_no_backend_lists_every_one_tried():
+    q = torch.empty(1, LAY.seq_len, 2, 8, device="meta")
+    with pytest.raises(ValueError) as err:
+        ds.choose_backend(q, pattern=ds.Neighborhood(3))
+    message = str(err.value)
+    assert message.startswith("no backend can run this call; tried xformers: it runs on CUDA tensors only")
+    assert "triton: only when asked for on meta tensors" in message
+    assert "cpu: PyTorch's fused SDPA does not run on device meta" in message
