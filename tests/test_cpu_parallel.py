@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dit_sparse as ds
+from dit_sparse import env
 from dit_sparse.kernels.cpu import parallel
 
 PATTERNS = [ds.Neighborhood((3, 5, 5)), ds.SlidingTile((2, 4, 4), (1, 3, 1)), ds.BlockSparse((2, 4, 4), topk=0.3)]
@@ -33,6 +34,16 @@ def test_workers_give_the_serial_result(pattern, layout, two_threads, monkeypatc
     serial = ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")
     torch.testing.assert_close(threaded, serial, atol=1e-6, rtol=0)
     torch.testing.assert_close(threaded, ds.reference_attention(q, k, v, pattern, layout), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["1", "0", "", "false", "False", "yes"])
+def test_the_callers_setting_wins_and_none_reads_the_knob(value, two_threads, monkeypatch):
+    """The kernel takes the setting as an argument; without one it reads the knob by
+    ``env.cpu_group_threads``' rule."""
+    monkeypatch.setenv("DIT_SPARSE_CPU_GROUP_THREADS", value)
+    assert parallel.workers() == (2 if env.cpu_group_threads() else 1)
+    assert parallel.workers(True) == 2
+    assert parallel.workers(False) == 1
 
 
 def test_thread_settings_do_not_leak(two_threads):

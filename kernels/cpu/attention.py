@@ -187,6 +187,7 @@ def grouped_attention(
     key_mask: Optional[torch.Tensor],
     scale: float,
     far: Optional[Far] = None,
+    group_threads: Optional[bool] = None,
 ) -> torch.Tensor:
     """Static sparse attention (neighborhood, sliding tile, dense).
 
@@ -216,6 +217,8 @@ def grouped_attention(
             among them. ``sinks``: None, or ``(ks, vs [B, H, N, D], sink_box [B, H, N],
             sink_bias [B, H, N] (0, or -inf for no sink), near [nb, nb] bool)``: exact keys
             that a row sees when its box is not near the sink's.
+        group_threads: run groups side by side on single-threaded workers
+            (:mod:`.parallel`); None: the ``DIT_SPARSE_CPU_GROUP_THREADS`` setting.
     Returns:
         ``[B, S, H, D]``.
     """
@@ -257,7 +260,8 @@ def grouped_attention(
                         may_have_empty_rows=key_mask is not None)
         out.put_tokens(q_index, o)
 
-    parallel.run([functools.partial(group, i, *g) for i, g in enumerate(groups)], q, k, v)
+    parallel.run([functools.partial(group, i, *g) for i, g in enumerate(groups)], q, k, v,
+                 group_threads=group_threads)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
     return out.out
 
@@ -274,6 +278,7 @@ def block_sparse_attention(
     key_mask: Optional[torch.Tensor],
     scale: float,
     pack: bool = False,
+    group_threads: Optional[bool] = None,
 ) -> torch.Tensor:
     """Block-sparse attention with a different key-block set per batch and head.
 
@@ -297,13 +302,14 @@ def block_sparse_attention(
         selection: ``[B, H, nb, n_sel]`` int64 chosen key blocks per query block; ``nb``
             (the null block) pads rows that keep fewer blocks.
         text_index: ``[n_text]`` int64 text token indices (global keys).
+        group_threads: as in :func:`grouped_attention`.
     Returns:
         ``[B, S, H, D]``.
     """
     per_block = _packed_block_outputs if pack else _whole_block_outputs
     out = Output(q)
     tasks = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale)
-    parallel.run(tasks, q, k, v)
+    parallel.run(tasks, q, k, v, group_threads=group_threads)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
     return out.out
 

@@ -12,18 +12,21 @@ worker sets only that thread's OpenMP team size), pulling groups in order.
 
 This is inter-op parallelism of the kind ``torch.jit.fork`` offers, done with a thread
 pool because the groups are plain Python closures; torch releases the GIL inside its ops.
+
+Whether to split at all is the caller's setting (``group_threads``; the library's knob is
+``DIT_SPARSE_CPU_GROUP_THREADS``, read in ``dit_sparse/env.py``): a kernel imports nothing
+above the kernels.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
-
-from ... import env
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -40,18 +43,27 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # ... then make its own OpenMP team one thread
 
 
-def workers() -> int:
-    """How many groups run at once: the intra-op thread count, where it is safe to split."""
+def _process_setting() -> bool:
+    # Until the core passes ``group_threads`` (``env.cpu_group_threads()``), None keeps
+    # honouring the knob; the same rule as dit_sparse.env.cpu_group_threads.
+    return os.environ.get("DIT_SPARSE_CPU_GROUP_THREADS", "1") not in ("", "0", "false", "False")
+
+
+def workers(group_threads: Optional[bool] = None) -> int:
+    """How many groups run at once: the intra-op thread count, where it is safe to split and
+    ``group_threads`` allows it (None: the ``DIT_SPARSE_CPU_GROUP_THREADS`` setting)."""
+    if group_threads is None:
+        group_threads = _process_setting()
     n = torch.get_num_threads()
-    return n if n > 1 and _openmp() and env.cpu_group_threads() else 1
+    return n if n > 1 and _openmp() and group_threads else 1
 
 
-def run(tasks: Sequence[Callable[[], None]], *inputs: torch.Tensor) -> None:
+def run(tasks: Sequence[Callable[[], None]], *inputs: torch.Tensor, group_threads: Optional[bool] = None) -> None:
     """Run ``tasks`` (closures that write disjoint parts of one output) to completion, side
     by side on :func:`workers` single-threaded workers, or in order on the calling thread:
     always so when autograd records ``inputs`` (in-place writes into one buffer from several
-    threads would race in its graph bookkeeping)."""
-    n = workers()
+    threads would race in its graph bookkeeping) or when ``group_threads`` is False."""
+    n = workers(group_threads)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         n = 1
     if n <= 1 or len(tasks) < 2:
