@@ -31,8 +31,8 @@ from typing import Optional, Tuple
 import torch
 
 from .layout import TokenLayout
-from .patterns import BlockSparse, Full, Neighborhood, Pattern, axis_mask
-from .tiling import BlockGrid, block_sparse_select
+from .patterns import BlockSparse, Full, Neighborhood, Pattern
+from .tiling import BlockGrid, axis_mask, block_sparse_select
 
 Triple = Tuple[int, int, int]
 

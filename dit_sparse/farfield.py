@@ -17,7 +17,9 @@ Because a neighborhood's mask is the AND of three per-axis masks, "some pair of 
 is attended" is the AND of the same question per axis: the near table of the whole grid
 comes from three small per-axis tables, never from an ``S x S`` mask.
 
-Everything is cached per (pattern, layout).
+Everything is cached per (pattern, layout). The pattern is asked for its ``far`` field and
+the window tables of its exact part (``exact_part().windows(layout)``); no pattern class is
+imported, so that ``patterns.py`` can count pooled keys in its densities.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .layout import TokenLayout
-from .patterns import Neighborhood, Pattern, axis_mask
-from .tiling import BlockGrid
+from .tiling import BlockGrid, axis_mask
 
 
 def _axis_near(lo: torch.Tensor, hi: torch.Tensor, dilation: int, pool: int) -> torch.Tensor:
@@ -86,12 +87,13 @@ class FarFieldTables:
 
 
 @functools.lru_cache(maxsize=128)
-def far_field_for(pattern: Pattern, layout: TokenLayout) -> FarFieldTables:
-    """The cached far-field tables of ``pattern`` (which must have a ``far``) on ``layout``."""
+def far_field_for(pattern, layout: TokenLayout) -> FarFieldTables:
+    """The cached far-field tables of ``pattern`` (a neighborhood or sliding tile, which
+    must have a ``far``) on ``layout``."""
     far = pattern.far
     if far is None:
         raise ValueError(f"pattern {pattern.spec!r} has no far field")
-    if not isinstance(pattern, Neighborhood):
+    if not callable(getattr(pattern, "windows", None)):
         raise TypeError(f"far fields are defined for neighborhood and sliding-tile patterns, got {pattern.spec!r}")
     pool = tuple(min(p, n) for p, n in zip(far.pool, layout.grid))
     boxes = BlockGrid(layout.grid, pool)
@@ -161,14 +163,14 @@ def pooled_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, tables: F
     return mean(k), mean(v), counts.log()
 
 
-def group_tables(pattern: Pattern, layout: TokenLayout, q_indices: List[torch.Tensor]):
+def group_tables(pattern, layout: TokenLayout, q_indices: List[torch.Tensor]):
     """``[(far_ids, rows)]`` for the CPU kernel's query groups (sequence token indices)."""
     tables = far_field_for(pattern, layout)
     v0 = layout.video_start
     return [tables.group_far(q - v0) for q in q_indices]
 
 
-def reference_far_attention(q, k, v, pattern: Pattern, layout: TokenLayout, key_mask, scale: float):
+def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, scale: float):
     """The float64 definition of attention with a far field (``[B, S, H, D]`` in and out;
     builds ``S x S``: for tests only)."""
     tables = far_field_for(pattern, layout)

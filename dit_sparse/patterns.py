@@ -28,6 +28,10 @@ Text tokens (``layout.text_len``) are global for every pattern.
 A :class:`FarField` (``far=`` on :class:`Neighborhood` and :class:`SlidingTile`) summarises
 the keys a pattern does not compute exactly instead of dropping them: pooled boxes, one
 key each (PSA's coarse levels; :mod:`dit_sparse.farfield` has the exact rule).
+
+Densities are counted on the tables that the kernels run (:mod:`dit_sparse.tiling`,
+:mod:`dit_sparse.farfield`); those modules ask a pattern for its window tables and import
+no pattern class, so the dependency runs one way: patterns -> tiling, farfield -> layout.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from typing import ClassVar, Dict, NamedTuple, Optional, Tuple, Type
 
 import torch
 
+from .farfield import far_field_for
 from .layout import TokenLayout, as_triple
+from .tiling import BlockGrid, axis_mask, block_sparse_select, tiling_for
 
 Triple = Tuple[int, int, int]
 
@@ -63,13 +69,6 @@ def axis_windows(length: int, kernel: int, dilation: int = 1, stride: int = 1):
     start = torch.minimum((leader - kernel // 2).clamp(min=0), (group_len - kernel).clamp(min=0))
     end = torch.minimum(start + kernel - 1, group_len - 1)
     return group + start * dilation, group + end * dilation
-
-
-def axis_mask(lo: torch.Tensor, hi: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Dense ``[L, L]`` bool mask of one axis from its window table (small: L <= a few hundred)."""
-    i = torch.arange(lo.numel())
-    same_group = (i[None, :] % dilation) == (i[:, None] % dilation)
-    return same_group & (i[None, :] >= lo[:, None]) & (i[None, :] <= hi[:, None])
 
 
 # --------------------------------------------------------------------------------------
@@ -222,13 +221,9 @@ class Pattern:
         By default counted at the block granularity that the kernels compute (a partly
         kept block costs the whole block); ``exact=True`` counts the attended pairs.
         """
-        from .tiling import tiling_for
-
         dense = tiling_for(self.exact_part(), layout).density(exact=exact)
         if self.far is None:
             return dense
-        from .farfield import far_field_for
-
         s = layout.seq_len
         return dense + far_field_for(self, layout).pooled_pairs() / (s * s)
 
@@ -378,8 +373,6 @@ class BlockSparse(Pattern):
         self._set_spec()
 
     def video_mask(self, layout, q=None, k=None):
-        from .tiling import block_sparse_select, BlockGrid
-
         if q is None or k is None:
             raise ValueError("BlockSparse.mask needs q and k (the selection depends on them)")
         grid = BlockGrid(layout.grid, self.block)
@@ -389,8 +382,6 @@ class BlockSparse(Pattern):
 
     def density(self, layout, *, exact=False, q=None, k=None):
         """Density of the selection; needs ``q`` and ``k`` unless ``topk`` is set."""
-        from .tiling import BlockGrid, block_sparse_select
-
         grid = BlockGrid(layout.grid, self.block)
         sizes = grid.block_sizes().double()
         if q is not None and k is not None:

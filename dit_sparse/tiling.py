@@ -13,6 +13,11 @@ Two consumers, one source of truth (the per-axis window tables of ``patterns.py`
   a power-of-two token count (built in ``blockmask.py`` from the same window tables).
 
 Everything is cached per (pattern, layout): nothing is rebuilt on a call.
+
+This module imports no pattern class: it asks a static pattern for its window tables
+(``pattern.windows(layout)``, and ``pattern.stride`` where it has one), and reads a
+block-sparse pattern's ``topk`` / ``threshold``, so that ``patterns.py`` can count its
+densities from a tiling without an import cycle.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .layout import TokenLayout
-from .patterns import BlockSparse, Full, Neighborhood, Pattern
 
 # Cost model of one CPU call, in units of "one query-key pair on every head" at 12 heads x 64.
 # Measured on the 2-core AVX-512 machine (scripts/bench_attention.py): a call costs about
@@ -39,6 +43,13 @@ MASK_COST = 1.15
 # beyond it they are rebuilt from their per-axis factors at every call.
 MASK_CACHE_ELEMENTS = 64 * 2**20
 SEGMENT_MULTIPLES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def axis_mask(lo: torch.Tensor, hi: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Dense ``[L, L]`` bool mask of one axis from its window table (small: L <= a few hundred)."""
+    i = torch.arange(lo.numel())
+    same_group = (i[None, :] % dilation) == (i[:, None] % dilation)
+    return same_group & (i[None, :] >= lo[:, None]) & (i[None, :] <= hi[:, None])
 
 
 @dataclass
@@ -100,16 +111,20 @@ class QueryGroup:
 
 
 class Tiling:
-    """The CPU execution plan of a static pattern on a layout (cached, see :func:`tiling_for`)."""
+    """The CPU execution plan of a static pattern on a layout (cached, see :func:`tiling_for`).
 
-    def __init__(self, pattern: Pattern, layout: TokenLayout):
+    ``pattern``: ``Full``, ``Neighborhood`` or ``SlidingTile``: anything with per-axis
+    window tables ``windows(layout)`` (and a ``stride``, else 1).
+    """
+
+    def __init__(self, pattern, layout: TokenLayout):
         self.pattern = pattern
         self.layout = layout
         grid = layout.grid
-        if not isinstance(pattern, (Full, Neighborhood)):
+        if not callable(getattr(pattern, "windows", None)):
             raise TypeError(f"Tiling is for static patterns, got {pattern!r}")
         windows = pattern.windows(layout)
-        strides = pattern.stride if isinstance(pattern, Neighborhood) else (1, 1, 1)
+        strides = getattr(pattern, "stride", (1, 1, 1))
         self.windows = windows
         stats_per_axis = []
         for (lo, hi, d), n, s in zip(windows, grid, strides):
@@ -183,7 +198,7 @@ class Tiling:
 
 
 @functools.lru_cache(maxsize=256)
-def tiling_for(pattern: Pattern, layout: TokenLayout) -> Tiling:
+def tiling_for(pattern, layout: TokenLayout) -> Tiling:
     """The cached CPU tiling of a static pattern (``Full``, ``Neighborhood``, ``SlidingTile``)."""
     return Tiling(pattern, layout)
 
@@ -257,9 +272,9 @@ def pool_blocks(x: torch.Tensor, layout: TokenLayout, grid: BlockGrid) -> torch.
     return (sums / sizes[None, :, None, None]).permute(0, 2, 1, 3)
 
 
-def block_sparse_select(pattern: BlockSparse, layout: TokenLayout, grid: BlockGrid,
+def block_sparse_select(pattern, layout: TokenLayout, grid: BlockGrid,
                         q: torch.Tensor, k: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
-    """The key blocks every query block keeps: ``[B, H, nb, nb]`` bool.
+    """The key blocks every query block of a ``BlockSparse`` pattern keeps: ``[B, H, nb, nb]`` bool.
 
     Scores are ``mean(q_block) . mean(k_block) * scale`` in fp32. With ``topk``, the
     ``ceil(topk * nb)`` highest; with ``threshold``, the fewest whose softmax mass reaches it,
