@@ -251,14 +251,16 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         needs_valid = ragged or bool(padded.any())
         text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
-                                          text_index, _text_range(layout), key_mask, scale, pack=ragged)
+                                          text_index, _text_range(layout), key_mask, scale, pack=ragged,
+                                          group_threads=env.cpu_group_threads())
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         tiling = tiling_for(pattern.exact_part(), layout)
         groups = tiling.kernel_groups(q.dtype)
         far = None
         if pattern.far is not None:
             far = _far_inputs(q, k, v, pattern, layout, key_mask)
-    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, far)
+    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, far,
+                                 group_threads=env.cpu_group_threads())
 
 
 def _far_inputs(q, k, v, pattern: Pattern, layout: TokenLayout, key_mask):
