@@ -47,8 +47,8 @@ clamping). Applying at a grid other than the profiled one warns (:class:`PlanGri
 
 ``Plan`` implements the protocol of :func:`dit_sparse.apply` (``patterns_for``,
 ``dense_steps``, ``phase_starts``, ``check_steps``), plus ``check_used`` (the layer set must
-match), ``validate_for`` (called by ``apply`` on the target) and ``check_grid`` (called with
-each forward's grid).
+match), ``validate_for`` (called by ``apply`` with the target's description) and
+``check_grid`` (called with each forward's grid).
 """
 
 from __future__ import annotations
@@ -382,12 +382,19 @@ class Plan:
         return plan
 
     def validate_for(self, model) -> None:
-        """Check that the plan fits ``model``: a pipeline, a transformer, or a description dict
-        ``{"class", "layers", "heads", "head_dim"}``. Raises ValueError naming what differs."""
+        """Check that the plan fits a model described by ``model``, a dict ``{"class",
+        "layers", "heads", "head_dim"}`` (``dit_sparse.pipelines.api.describe_model`` of a
+        pipeline or transformer; :func:`dit_sparse.apply` passes it). Raises ValueError
+        naming what differs.
+
+        A pipeline or transformer itself is still described here, through the pipelines
+        layer: the core's one upward import, until the CLI passes descriptions
+        (``PENDING`` in tests/test_import_graph.py).
+        """
         if isinstance(model, dict):
             desc = model
         else:
-            from dit_sparse.pipelines.profiling import describe_model
+            from dit_sparse.pipelines.api import describe_model
 
             desc = describe_model(model)
         diffs = []

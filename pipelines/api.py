@@ -161,6 +161,40 @@ def _transformers(target) -> Tuple[List[Tuple[str, torch.nn.Module]], Any]:
                     f"got {type(target).__name__}")
 
 
+def _head_dim(module) -> Optional[int]:
+    heads = int(module.heads)
+    inner = getattr(module, "inner_dim", None)
+    if inner is None and hasattr(module, "to_q"):
+        inner = getattr(module.to_q, "out_features", None)
+    return int(inner) // heads if inner else None
+
+
+def describe_model(target) -> Dict[str, Any]:
+    """``{"class", "name_or_path", "layers", "heads", "head_dim"}`` of a pipeline or transformer:
+    its self-attention layers as :func:`apply` names them (what :meth:`dit_sparse.Plan.validate_for`
+    compares a plan with)."""
+    models, _ = _transformers(target)
+    layers: List[str] = []
+    heads = head_dim = None
+    for prefix, model in models:
+        adapter = adapter_for(model)
+        for name, module in model.named_modules():
+            if not adapter.is_self_attention(name, module):
+                continue
+            layers.append(prefix + name)
+            h, d = int(module.heads), _head_dim(module)
+            if heads is None:
+                heads, head_dim = h, d
+            elif (h, d) != (heads, head_dim):
+                raise ValueError(f"layer {prefix + name!r} has heads={h}, head_dim={d}, unlike the first layer "
+                                 f"({heads}, {head_dim}); plans need one head count per model")
+    main = models[0][1]
+    name = getattr(getattr(target, "config", None), "_name_or_path", None) or getattr(main.config, "_name_or_path",
+                                                                                    None)
+    return {"class": type(main).__name__, "name_or_path": str(name) if name else None, "layers": layers,
+            "heads": heads, "head_dim": head_dim}
+
+
 _HANDLES: "weakref.WeakKeyDictionary[torch.nn.Module, SparseHandle]" = weakref.WeakKeyDictionary()
 
 
@@ -245,7 +279,7 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
     models, pipeline = _transformers(target)
     source = _normalise(spec)
     if hasattr(source, "validate_for"):  # a Plan checks model class, layers and heads
-        source.validate_for(target)
+        source.validate_for(describe_model(target))
     dense_steps = _check_dense_steps(getattr(source, "dense_steps", 0) if dense_steps is None else dense_steps)
     if isinstance(dense_steps, float) and pipeline is None:
         raise ValueError(f"dense_steps={dense_steps} is a fraction of the schedule, which needs a pipeline target; "

@@ -30,51 +30,7 @@ from dit_sparse.selection import (ErrorTable, candidate_errors, check_cost, chec
                                   select)
 
 from . import hooks
-from .adapters import adapter_for
-
-
-# --------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------
-
-
-def _transformers(target):
-    from .api import _transformers as found
-
-    return found(target)[0]
-
-
-def _head_dim(module) -> Optional[int]:
-    heads = int(module.heads)
-    inner = getattr(module, "inner_dim", None)
-    if inner is None and hasattr(module, "to_q"):
-        inner = getattr(module.to_q, "out_features", None)
-    return int(inner) // heads if inner else None
-
-
-def describe_model(target) -> Dict[str, Any]:
-    """``{"class", "name_or_path", "layers", "heads", "head_dim"}`` of a pipeline or transformer:
-    its self-attention layers as :func:`dit_sparse.apply` names them."""
-    models = _transformers(target)
-    layers: List[str] = []
-    heads = head_dim = None
-    for prefix, model in models:
-        adapter = adapter_for(model)
-        for name, module in model.named_modules():
-            if not adapter.is_self_attention(name, module):
-                continue
-            layers.append(prefix + name)
-            h, d = int(module.heads), _head_dim(module)
-            if heads is None:
-                heads, head_dim = h, d
-            elif (h, d) != (heads, head_dim):
-                raise ValueError(f"layer {prefix + name!r} has heads={h}, head_dim={d}, unlike the first layer "
-                                 f"({heads}, {head_dim}); plans need one head count per model")
-    main = models[0][1]
-    name = getattr(getattr(target, "config", None), "_name_or_path", None) or getattr(main.config, "_name_or_path",
-                                                                                    None)
-    return {"class": type(main).__name__, "name_or_path": str(name) if name else None, "layers": layers,
-            "heads": heads, "head_dim": head_dim}
+from .api import describe_model
 
 
 # --------------------------------------------------------------------------------------

@@ -161,3 +161,22 @@ def test_phased_plan_warns_on_another_schedule_length(pipe_and_dense):
         with pytest.warns(ds.PlanStepsWarning, match="profiled for 4 steps and runs 3"):
             pipe("a red circle", num_frames=5, height=16, width=32, num_inference_steps=3, guidance_scale=1.0,
                  max_sequence_length=8, output_type="latent", generator=torch.Generator().manual_seed(0))
+
+
+def test_apply_checks_a_plan_against_the_models_description(pipe_and_dense):
+    """``apply`` describes the target (the pipelines layer) and hands the plan only the
+    description (the core); the plan of another model class is refused before any hook."""
+    from dit_sparse.pipelines.api import describe_model
+
+    pipe, _ = pipe_and_dense
+    plan = _phased_plan(pipe)
+    plan.validate_for(describe_model(pipe))
+    doc = plan.to_dict()
+    doc["model"]["class"] = "CogVideoXTransformer3DModel"
+    other = ds.Plan.from_dict(doc)
+    message = "plan does not fit this model: the plan's header says class='CogVideoXTransformer3DModel'"
+    with pytest.raises(ValueError, match=message):
+        apply(pipe, other)
+    assert type(pipe.transformer.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+    with pytest.raises(ValueError, match=message):  # a pipeline itself: described through pipelines
+        other.validate_for(pipe)
