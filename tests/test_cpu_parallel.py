@@ -27,23 +27,30 @@ def two_threads():
 def test_workers_give_the_serial_result(pattern, layout, two_threads, monkeypatch):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, layout.seq_len, 3, 32, generator=g) for _ in range(3))
-    assert parallel.workers() == 2
+    assert parallel.workers(env.cpu_group_threads()) == 2
     threaded = ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")
     monkeypatch.setenv("DIT_SPARSE_CPU_GROUP_THREADS", "0")
-    assert parallel.workers() == 1
+    assert parallel.workers(env.cpu_group_threads()) == 1
     serial = ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")
     torch.testing.assert_close(threaded, serial, atol=1e-6, rtol=0)
     torch.testing.assert_close(threaded, ds.reference_attention(q, k, v, pattern, layout), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("value", ["1", "0", "", "false", "False", "yes"])
-def test_the_callers_setting_wins_and_none_reads_the_knob(value, two_threads, monkeypatch):
-    """The kernel takes the setting as an argument; without one it reads the knob by
-    ``env.cpu_group_threads``' rule."""
+def test_the_knob_reaches_the_kernels_from_the_core(value, two_threads, monkeypatch):
+    """The kernels read no environment: ``sparse_attention`` passes them
+    ``env.cpu_group_threads()`` (DIT_SPARSE_CPU_GROUP_THREADS), on both CPU paths."""
     monkeypatch.setenv("DIT_SPARSE_CPU_GROUP_THREADS", value)
-    assert parallel.workers() == (2 if env.cpu_group_threads() else 1)
-    assert parallel.workers(True) == 2
-    assert parallel.workers(False) == 1
+    seen = []
+    real = parallel.workers
+    monkeypatch.setattr(parallel, "workers", lambda group_threads=True: seen.append(group_threads) or real(
+        group_threads))
+    layout = ds.TokenLayout((4, 8, 8))
+    q = torch.randn(1, layout.seq_len, 2, 16)
+    for pattern in (ds.Neighborhood((3, 3, 3)), ds.BlockSparse((2, 4, 4), topk=0.5)):
+        ds.sparse_attention(q, q, q, pattern, layout, backend="cpu")
+    assert seen == [env.cpu_group_threads()] * 2
+    assert real() == 2 and real(True) == 2 and real(False) == 1  # the kernel's own default splits
 
 
 def test_thread_settings_do_not_leak(two_threads):

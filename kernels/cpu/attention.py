@@ -187,7 +187,7 @@ def grouped_attention(
     key_mask: Optional[torch.Tensor],
     scale: float,
     far: Optional[Far] = None,
-    group_threads: Optional[bool] = None,
+    group_threads: bool = True,
 ) -> torch.Tensor:
     """Static sparse attention (neighborhood, sliding tile, dense).
 
@@ -217,8 +217,8 @@ def grouped_attention(
             among them. ``sinks``: None, or ``(ks, vs [B, H, N, D], sink_box [B, H, N],
             sink_bias [B, H, N] (0, or -inf for no sink), near [nb, nb] bool)``: exact keys
             that a row sees when its box is not near the sink's.
-        group_threads: run groups side by side on single-threaded workers
-            (:mod:`.parallel`); None: the ``DIT_SPARSE_CPU_GROUP_THREADS`` setting.
+        group_threads: run groups side by side on single-threaded workers where it is safe
+            (:mod:`.parallel`); the core passes ``DIT_SPARSE_CPU_GROUP_THREADS``' setting.
     Returns:
         ``[B, S, H, D]``.
     """
@@ -278,7 +278,7 @@ def block_sparse_attention(
     key_mask: Optional[torch.Tensor],
     scale: float,
     pack: bool = False,
-    group_threads: Optional[bool] = None,
+    group_threads: bool = True,
 ) -> torch.Tensor:
     """Block-sparse attention with a different key-block set per batch and head.
 

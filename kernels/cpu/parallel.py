@@ -21,10 +21,9 @@ above the kernels.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -43,22 +42,14 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # ... then make its own OpenMP team one thread
 
 
-def _process_setting() -> bool:
-    # Until the core passes ``group_threads`` (``env.cpu_group_threads()``), None keeps
-    # honouring the knob; the same rule as dit_sparse.env.cpu_group_threads.
-    return os.environ.get("DIT_SPARSE_CPU_GROUP_THREADS", "1") not in ("", "0", "false", "False")
-
-
-def workers(group_threads: Optional[bool] = None) -> int:
+def workers(group_threads: bool = True) -> int:
     """How many groups run at once: the intra-op thread count, where it is safe to split and
-    ``group_threads`` allows it (None: the ``DIT_SPARSE_CPU_GROUP_THREADS`` setting)."""
-    if group_threads is None:
-        group_threads = _process_setting()
+    ``group_threads`` allows it."""
     n = torch.get_num_threads()
     return n if n > 1 and _openmp() and group_threads else 1
 
 
-def run(tasks: Sequence[Callable[[], None]], *inputs: torch.Tensor, group_threads: Optional[bool] = None) -> None:
+def run(tasks: Sequence[Callable[[], None]], *inputs: torch.Tensor, group_threads: bool = True) -> None:
     """Run ``tasks`` (closures that write disjoint parts of one output) to completion, side
     by side on :func:`workers` single-threaded workers, or in order on the calling thread:
     always so when autograd records ``inputs`` (in-place writes into one buffer from several
