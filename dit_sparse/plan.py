@@ -385,18 +385,11 @@ class Plan:
         """Check that the plan fits a model described by ``model``, a dict ``{"class",
         "layers", "heads", "head_dim"}`` (``dit_sparse.pipelines.api.describe_model`` of a
         pipeline or transformer; :func:`dit_sparse.apply` passes it). Raises ValueError
-        naming what differs.
-
-        A pipeline or transformer itself is still described here, through the pipelines
-        layer: the core's one upward import, until the CLI passes descriptions
-        (``PENDING`` in tests/test_import_graph.py).
-        """
-        if isinstance(model, dict):
-            desc = model
-        else:
-            from dit_sparse.pipelines.api import describe_model
-
-            desc = describe_model(model)
+        naming what differs."""
+        if not isinstance(model, dict):
+            raise TypeError(f"model={type(model).__name__} must be a description dict; pass "
+                            "dit_sparse.pipelines.api.describe_model(pipe) for a pipeline or transformer")
+        desc = model
         diffs = []
         if desc["class"] != self.model.cls:
             diffs.append(f"the plan's header says class={self.model.cls!r} but the model's class is "

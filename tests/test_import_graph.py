@@ -33,11 +33,6 @@ FACE = "dit_sparse"
 
 # Known upward imports, each waiting for the change its entry names; every entry has an
 # xfail(strict=True) test, so the entry must go when the import does.
-PENDING = {
-    ("dit_sparse.plan", "dit_sparse.pipelines.api"):
-        "Plan.validate_for(pipeline) describes the model through the pipelines layer; dit_sparse/cli/generate.py "
-        "(warn_if_cannot_pay) must pass dit_sparse.pipelines.api.describe_model(pipe) before the fallback goes",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,15 +233,8 @@ def test_every_module_is_scanned(imports):
 
 
 def test_no_upward_imports(imports):
-    bad = [i for i in upward(imports) if (i.source, i.target) not in PENDING]
+    bad = upward(imports)
     assert not bad, "imports that run upward (cli -> pipelines -> core -> kernels):\n" + describe(bad)
-
-
-@pytest.mark.parametrize("pending", sorted(PENDING), ids="->".join)
-@pytest.mark.xfail(strict=True, reason="a known upward import, waiting for a change outside this step (PENDING)")
-def test_pending_upward_import_is_gone(imports, pending):
-    still = [i for i in upward(imports) if (i.source, i.target) == pending]
-    assert not still, f"{PENDING[pending]}:\n" + describe(still)
 
 
 def test_no_cycles_between_core_modules(imports):

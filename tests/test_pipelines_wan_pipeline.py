@@ -178,5 +178,5 @@ def test_apply_checks_a_plan_against_the_models_description(pipe_and_dense):
     with pytest.raises(ValueError, match=message):
         apply(pipe, other)
     assert type(pipe.transformer.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
-    with pytest.raises(ValueError, match=message):  # a pipeline itself: described through pipelines
+    with pytest.raises(TypeError, match="must be a description dict"):  # the core never imports pipelines
         other.validate_for(pipe)

@@ -645,7 +645,9 @@ def warn_if_cannot_pay(pipe, sparsity: "Sparsity", settings: "Settings", device:
 
     if isinstance(sparsity.spec, Plan):
         try:
-            sparsity.spec.validate_for(pipe)
+            from dit_sparse.pipelines.api import describe_model
+
+            sparsity.spec.validate_for(describe_model(pipe))
         except ValueError as exc:
             fail(f"{sparsity.label}: {exc}")
     frames, height, width = settings.resolved_size(pipe)
