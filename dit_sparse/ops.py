@@ -294,8 +294,8 @@ def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
     from .tiling import MASK_CACHE_ELEMENTS
 
     tiling = tiling_for(pattern.exact_part(), layout)
-    log_sizes = far_field_for(pattern, layout).box_sizes.double().log()
     far = far_field_for(pattern, layout)
+    log_sizes = far.box_sizes.double().log()
     boxes = [far.group_boxes(g.q_index - layout.video_start) for g in tiling.groups]
     tables = group_tables(pattern, layout, [g.q_index for g in tiling.groups])
     if pattern.far.sinks:  # the mask depends on the call's sinks
@@ -305,11 +305,14 @@ def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
     if size > MASK_CACHE_ELEMENTS:  # too big to keep: built at every call instead
         return [(ids, rows, None, *qb) for (ids, rows), qb in zip(tables, boxes)]
     out = []
-    for g, (ids, rows), qb in zip(tiling.groups, tables, boxes):
+    # the exact groups' additive masks, as the tiling built (and may have cached) them
+    exact_masks = [mask for *_, mask, _ in tiling.kernel_groups(dtype)]
+    for g, (ids, rows), qb, exact in zip(tiling.groups, tables, boxes, exact_masks):
         bias = log_sizes[ids][None, None, None, :]
         if rows is not None:
             bias = bias.masked_fill(~rows[None, None], float("-inf"))
-        exact = None if g.masks is None else factor_mask(g.masks, g.text_keys, dtype)
+        if isinstance(exact, tuple):  # per-axis factors: the tiling keeps no ready mask
+            exact = factor_mask(exact, g.text_keys, dtype)
         ready = far_mask(exact, bias, g.kv_index.numel(), dtype) if ids.numel() else None
         out.append((ids, rows, ready, *qb))
     return out

@@ -182,8 +182,8 @@ def test_token_grid_of_the_embedded_pipeline():
     from dit_sparse.pipelines.tiny import load_embedded_pipeline
 
     pipe = load_embedded_pipeline()
-    assert preflight.token_grid(pipe, 9, 64, 64, gen.size_rules(pipe)) == (5, 16, 16)
-    assert preflight.token_grid(pipe, 9, 128, 96, gen.size_rules(pipe)) == (5, 32, 24)
+    assert preflight.token_grid(9, 64, 64, gen.size_rules(pipe)) == (5, 16, 16)
+    assert preflight.token_grid(9, 128, 96, gen.size_rules(pipe)) == (5, 32, 24)
 
 
 def test_generate_says_when_sparsity_cannot_pay(tmp_path, capsys):

@@ -55,8 +55,7 @@ from . import preflight
 from .preflight import SizeRules
 
 
-def fail(message: str) -> None:
-    raise CLIError(message)
+fail = preflight.fail
 
 
 def report_error(prog: str, exc: BaseException) -> int:
@@ -203,29 +202,20 @@ def _first_attr(obj, names, default=None):
 
 
 def size_rules(pipe) -> SizeRules:
-    """Height/width multiple and temporal factor of ``pipe`` from its VAE factors and the
-    transformer's patch size (both as the pipeline itself computes them)."""
+    """Height/width multiple, temporal factor and token size of ``pipe`` from its VAE factors
+    and the transformer's patch size (both as the pipeline itself computes them)."""
     cfg = pipe.transformer.config
-    patch = cfg.get("patch_size", 1) if hasattr(cfg, "get") else getattr(cfg, "patch_size", 1)
-    if isinstance(patch, (list, tuple)):
-        ph, pw = int(patch[-2]), int(patch[-1])
-    else:
-        ph = pw = int(patch or 1)
-    name = type(pipe).__name__
+    get = cfg.get if hasattr(cfg, "get") else (lambda key, default=None: getattr(cfg, key, default))
+    pt, ph, pw = preflight.patch_triple(get("patch_size", 1), get("patch_size_t", 1) or 1)
     if type(pipe.transformer).__name__ == "FluxTransformer2DModel":
         ph = pw = 2  # the Flux pipeline packs 2 x 2 latent patches itself
     vs = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor",
                             "vae_scale_factor"), 8)
-    multiple = vs * max(ph, pw)
-    why = f"VAE factor {vs} x patch {max(ph, pw)}"
-    if name.startswith("Wan") and multiple % 16:
-        multiple = math.lcm(multiple, 16)
-        why += f"; {name} takes multiples of 16"
     temporal = None
     if is_video_pipeline(pipe):
         temporal = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
                                       "vae_temporal_scale_factor"), 1)
-    return SizeRules(multiple, temporal, why)
+    return SizeRules.of(vs, (pt, ph, pw), temporal, type(pipe).__name__)
 
 
 # --------------------------------------------------------------------------------------
@@ -651,7 +641,7 @@ def warn_if_cannot_pay(pipe, sparsity: "Sparsity", settings: "Settings", device:
         except ValueError as exc:
             fail(f"{sparsity.label}: {exc}")
     frames, height, width = settings.resolved_size(pipe)
-    grid = preflight.token_grid(pipe, frames, height, width, size_rules(pipe))
+    grid = preflight.token_grid(frames, height, width, size_rules(pipe))
     note = preflight.pay_note(pipe, sparsity.spec, dense_share(sparsity, settings.resolved_steps(pipe)), grid,
                               device, embedded)
     if note:

@@ -78,11 +78,25 @@ def check_device(device: str) -> None:
 @dataclass(frozen=True)
 class SizeRules:
     """What sizes a pipeline takes: height and width multiples of ``spatial``; frames
-    ``temporal * k + 1`` (``temporal`` None: an image pipeline, one frame)."""
+    ``temporal * k + 1`` (``temporal`` None: an image pipeline, one frame). ``token_pixels``
+    (height, width) and ``patch_t`` say how many pixels and latent frames make one token."""
 
     spatial: int
     temporal: Optional[int]
     spatial_why: str
+    token_pixels: Tuple[int, int] = (1, 1)
+    patch_t: int = 1
+
+    @staticmethod
+    def of(vae_factor: int, patch: Tuple[int, int, int], temporal: Optional[int], pipeline_name: str) -> "SizeRules":
+        """The rules of a pipeline from its VAE's spatial factor, the transformer's patch
+        ``(pt, ph, pw)``, the VAE's temporal factor (None: images) and the pipeline class."""
+        pt, ph, pw = patch
+        multiple, why = vae_factor * max(ph, pw), f"VAE factor {vae_factor} x patch {max(ph, pw)}"
+        if pipeline_name.startswith("Wan") and multiple % 16:
+            multiple = math.lcm(multiple, 16)
+            why += f"; {pipeline_name} takes multiples of 16"
+        return SizeRules(multiple, temporal, why, (vae_factor * ph, vae_factor * pw), pt)
 
     def check(self, frames: Optional[int], height: Optional[int], width: Optional[int]) -> None:
         for name, value in (("--height", height), ("--width", width)):
@@ -109,6 +123,14 @@ def _nearest(value: int, step: int, offset: int) -> str:
     above = below + step
     options = [v for v in (below, above) if v >= max(offset, 1)]
     return " or ".join(str(v) for v in options)
+
+
+def patch_triple(patch, patch_t: int = 1) -> Tuple[int, int, int]:
+    """A transformer config's ``patch_size`` (an int, 2 or 3 ints) as ``(pt, ph, pw)``."""
+    if isinstance(patch, (list, tuple)):
+        return (int(patch[0]), int(patch[-2]), int(patch[-1])) if len(patch) == 3 else \
+            (int(patch_t), int(patch[-2]), int(patch[-1]))
+    return int(patch_t), int(patch or 1), int(patch or 1)
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -151,15 +173,10 @@ def folder_facts(folder: Optional[str]) -> FolderFacts:
     spatial, temporal = vae.get("scale_factor_spatial"), vae.get("scale_factor_temporal")
     patch = transformer.get("patch_size")
     if isinstance(spatial, int) and isinstance(temporal, int) and patch is not None:
-        p = max(int(x) for x in patch[-2:]) if isinstance(patch, list) else int(patch)
-        multiple, why = spatial * p, f"VAE factor {spatial} x patch {p}"
-        if name.startswith("Wan") and multiple % 16:
-            multiple = math.lcm(multiple, 16)
-            why += f"; {name} takes multiples of 16"
-        rules = SizeRules(multiple, temporal, why)
+        rules = SizeRules.of(spatial, patch_triple(patch), temporal, name)
         if isinstance(rope, int) and rope > 0:
-            pt = int(patch[0]) if isinstance(patch, list) and len(patch) == 3 else 1
-            max_side, max_frames = rope * spatial * p, (rope * pt - 1) * temporal + 1
+            max_side = rope * max(rules.token_pixels)
+            max_frames = (rope * rules.patch_t - 1) * temporal + 1
     return FolderFacts(rules, channels, video, max_side, max_frames)
 
 
@@ -261,29 +278,13 @@ def choose_threads(requested: Optional[int]) -> Tuple[int, Optional[str]]:
 # --------------------------------------------------------------------------------------
 
 
-def token_grid(pipe, frames: Optional[int], height: int, width: int, rules: SizeRules) -> Tuple[int, int, int]:
-    """The transformer's token grid ``(T, H, W)`` for a call at these sizes: the VAE's
-    factors, then the transformer's patch (a FLUX-style pipeline packs 2 x 2 latents itself)."""
-    cfg = pipe.transformer.config
-    get = cfg.get if hasattr(cfg, "get") else (lambda key, default=None: getattr(cfg, key, default))
-    patch = get("patch_size", 1) or 1
-    if isinstance(patch, (list, tuple)):
-        pt, ph, pw = (int(patch[0]), int(patch[-2]), int(patch[-1])) if len(patch) == 3 else \
-            (1, int(patch[-2]), int(patch[-1]))
-    else:
-        pt, ph, pw = int(get("patch_size_t", 1) or 1), int(patch), int(patch)
-    if type(pipe.transformer).__name__ == "FluxTransformer2DModel":
-        ph = pw = 2
-    vs = 8
-    for name in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor"):
-        value = getattr(pipe, name, None)
-        if isinstance(value, int) and value > 0:
-            vs = value
-            break
+def token_grid(frames: Optional[int], height: int, width: int, rules: SizeRules) -> Tuple[int, int, int]:
+    """The transformer's token grid ``(T, H, W)`` for a call at these sizes."""
     t = 1
     if rules.temporal is not None and frames:
-        t = max(1, ((frames - 1) // rules.temporal + 1) // pt)
-    return t, max(1, height // (vs * ph)), max(1, width // (vs * pw))
+        t = max(1, ((frames - 1) // rules.temporal + 1) // rules.patch_t)
+    th, tw = rules.token_pixels
+    return t, max(1, height // th), max(1, width // tw)
 
 
 def _weighted_patterns(spec) -> List[Tuple[Any, int]]:

@@ -145,7 +145,7 @@ def _warn_if_cannot_pay(pipe, candidates, settings, device: str, embedded: bool)
     from . import generate as gen
 
     frames, height, width = settings.resolved_size(pipe)
-    grid = preflight.token_grid(pipe, frames, height, width, gen.size_rules(pipe))
+    grid = preflight.token_grid(frames, height, width, gen.size_rules(pipe))
     layout = TokenLayout(grid=grid)
     sparse = [p for p in (candidates or default_candidates(grid)) if not isinstance(p, Full)]
     if not sparse:
