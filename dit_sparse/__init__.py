@@ -36,11 +36,15 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def __getattr__(name):
+    import importlib
+    import importlib.util
+
     module = _WHERE.get(name)
     if module is None:
+        # a submodule (``ds.ops``, ``ds.metrics``): as reachable as when the face imported it
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'dit_sparse' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value  # once loaded, a plain attribute
     return value

@@ -95,3 +95,13 @@ def test_broken_dependency_is_one_line_naming_package_and_place(tmp_path):
     assert "'kernels'" in lines[0] and str(site / "kernels") in lines[0], lines[0]
     assert "CUDAProperties" in lines[0]
     assert not out.exists()
+
+
+def test_submodules_are_attributes_of_the_lazy_face():
+    """``ds.ops`` and ``ds.metrics`` right after ``import dit_sparse`` (the face loads names lazily)."""
+    proc = _run("import dit_sparse as ds; print(ds.ops.BACKENDS, callable(ds.metrics.clip_psnr), ds.FarField.__name__)",
+                cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["('xformers',", "'triton',", "'cpu')", "True", "FarField"]
+    proc = _run("import dit_sparse as ds; ds.nothing_here", cwd=ROOT)
+    assert proc.returncode != 0 and "has no attribute 'nothing_here'" in proc.stderr
