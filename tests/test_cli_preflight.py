@@ -159,22 +159,40 @@ def _fake_pipe(heads=2, head_dim=32):
                                                                "patch_size": [1, 2, 2]}))
 
 
-def test_pay_note_at_a_tiny_grid_and_not_at_a_large_one():
-    import dit_sparse as ds
+def test_pay_note_at_a_tiny_grid_and_not_at_a_large_one(monkeypatch):
+    """The decision, given the kernel's measured time relative to dense (stubbed: a timing
+    would make the test depend on the machine's load)."""
+    import torch
 
+    import dit_sparse as ds
+    from dit_sparse.pipelines import profiling
+
+    measured = {"ratio": 0.3}
+    asked = []
+
+    def fake_times(patterns, layout, heads, head_dim, device="cpu"):
+        asked.append((layout.grid, heads, head_dim))
+        return torch.full((len(patterns),), measured["ratio"], dtype=torch.float64)
+
+    monkeypatch.setattr(profiling, "time_candidates", fake_times)
     tile = ds.SlidingTile(tile=(1, 4, 4), window=(1, 3, 3))
     note = preflight.pay_note(_fake_pipe(), tile, 0.0, (5, 16, 16), "cpu", embedded=True)
     assert note and "cannot pay" in note and "1,280 tokens (grid 5x16x16)" in note
     assert "--height 128 --width 128" in note
+    assert asked == []  # below the device's token count: said without measuring
     assert preflight.pay_note(_fake_pipe(), tile, 0.0, (4, 32, 64), "cpu", embedded=True) is None
+    assert asked == [((4, 32, 64), 2, 32)]
     dense = preflight.pay_note(_fake_pipe(), ds.Full(), 0.0, (4, 32, 64), "cpu", embedded=False)
     assert dense and "dense" in dense
     # every step dense: nothing to gain whatever the kernel does
     assert "every step runs dense" in preflight.pay_note(_fake_pipe(), tile, 1.0, (4, 32, 64), "cpu", embedded=False)
-    # a pattern that keeps every tile: measured, no faster than dense
-    wide = ds.SlidingTile(tile=(4, 8, 8), window=(3, 9, 17))
-    note = preflight.pay_note(_fake_pipe(), wide, 0.0, (4, 32, 64), "cpu", embedded=False)
-    assert note and "the time of dense (measured on one layer here)" in note
+    # a kernel no faster than dense: said, with the measured ratio
+    measured["ratio"] = 1.02
+    note = preflight.pay_note(_fake_pipe(), tile, 0.0, (4, 32, 64), "cpu", embedded=False)
+    assert note and "takes 1.02x the time of dense (measured on one layer here)" in note
+    # half the steps dense at a ratio of 0.9: 0.5 + 0.5 * 0.9 = 0.95, not faster enough
+    measured["ratio"] = 0.9
+    assert "0.95x" in preflight.pay_note(_fake_pipe(), tile, 0.5, (4, 32, 64), "cpu", embedded=False)
 
 
 def test_token_grid_of_the_embedded_pipeline():
