@@ -29,7 +29,8 @@ _EXPORTS = {
             "can_run_cpu", "can_run_triton"],
     "blockmask": ["BlockMask"],
     "plan": ["Plan", "PlanGridWarning", "PlanStepsWarning"],
-    "pipelines.api": ["apply", "remove", "applied"],
+    "pipelines.api": ["apply", "remove", "applied", "observe"],
+    "pipelines.hooks": ["AttentionCall"],
     "pipelines.profiling": ["profile"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -32,7 +32,6 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, 
 
 import torch
 
-from dit_sparse.ops import sparse_attention
 from dit_sparse.patterns import Full, Pattern, parse_pattern
 
 from . import hooks
@@ -259,8 +258,8 @@ def _layer_patterns(source, name: str, heads: int, phase: int = 0):
     return (parse_pattern(value),) * heads
 
 
-def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend: Optional[str] = None,
-          _attention_fn=None) -> SparseHandle:
+def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend: Optional[str] = None
+          ) -> SparseHandle:
     """Swap sparse attention into the self-attention layers of ``target``.
 
     Args:
@@ -271,8 +270,6 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
             the plan's ``dense_steps``, 0 for a pattern or dict.
         backend: passed to :func:`dit_sparse.sparse_attention` (``None``, ``"cpu"``,
             ``"triton"``).
-        _attention_fn: test seam: a function with ``sparse_attention``'s signature to run
-            instead (the tests pass ``dit_sparse.reference_attention``).
     Returns:
         a :class:`SparseHandle`. Applying again replaces the previous application.
     """
@@ -290,7 +287,6 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
         if previous is not None:
             previous.remove()
 
-    attention_fn = _attention_fn or sparse_attention
     phase_starts = tuple(getattr(source, "phase_starts", ()))
     steps = hooks.StepTracker(dense_steps, pipeline, phase_starts)
     steps.on_run = getattr(source, "check_steps", None)
@@ -330,7 +326,7 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
                 if isinstance(original, torch.nn.Module):
                     raise TypeError(f"layer {name!r} uses {type(original).__name__}, a processor with weights "
                                     "(e.g. IP-Adapter); dit_sparse does not wrap those")
-                layer = hooks.SparseLayer(name, int(module.heads), phases, state, attention_fn, backend)
+                layer = hooks.SparseLayer(name, int(module.heads), phases, state, backend)
                 module.processor = hooks.wrap_processor(original, layer)
                 handle._undo.append(lambda module=module, original=original: setattr(module, "processor", original))
                 dense = (Full(),) * int(module.heads)
@@ -370,4 +366,45 @@ def applied(target, spec, **kwargs):
         handle.remove()
 
 
-__all__ = ["apply", "remove", "applied", "SparseHandle", "PatternSource"]
+def observe(target, observer) -> "hooks.ObserverHandle":
+    """Watch or replace the self-attention core calls of ``target``'s transformer families.
+
+    ``observer(call, proceed)`` is called for every self-attention call (queries and keys of
+    one length) that the processors of ``target``'s transformer classes make while the
+    returned handle is in place, with a :class:`~dit_sparse.pipelines.hooks.AttentionCall`
+    (``query``/``key``/``value`` as ``[B, S, heads, head_dim]``, ``layer``, ``step``,
+    ``sparse``, ``patterns``, ``layout``, ``run(fn, patterns)``, ``density()``) and
+    ``proceed``, which runs the rest of the chain (later observers, then what the call would
+    have run: the sparse core on a sparsified layer's sparse step, else the model's own
+    attention). It returns the call's output (same shape as ``call.query``): usually
+    ``proceed()``'s, possibly another. Observers nest in registration order. The handle is a
+    context manager; ``remove()`` restores the module exactly once nothing else needs the
+    runtime's shim. Calls are tagged with a layer only in layers :func:`apply` sparsified
+    (apply :class:`~dit_sparse.Full` to tag every layer without changing the output).
+    Observers are process-wide for those families (every model of the same classes is
+    observed) and are not called under context parallelism.
+
+    Example: time the attention core of a pipeline::
+
+        import time
+        spent = []
+
+        def timer(call, proceed):
+            start = time.perf_counter()
+            out = proceed()
+            spent.append(time.perf_counter() - start)
+            return out
+
+        with ds.observe(pipe, timer):
+            pipe(prompt="...", num_inference_steps=4)
+    """
+    models, _ = _transformers(target)
+    adapters: List[Adapter] = []
+    for _, model in models:
+        adapter = adapter_for(model)
+        if all((a.core_module, a.core) != (adapter.core_module, adapter.core) for a in adapters):
+            adapters.append(adapter)
+    return hooks.observe(adapters, observer)
+
+
+__all__ = ["apply", "remove", "applied", "observe", "SparseHandle", "PatternSource"]

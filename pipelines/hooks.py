@@ -19,6 +19,14 @@ How a self-attention call reaches :func:`dit_sparse.sparse_attention`:
    keys of one length), and otherwise calls the original function unchanged. The shims are
    removed when the last handle is removed, restoring the module exactly.
 
+Observers (:func:`observe`) are the one public way to watch or replace a self-attention core
+call: the shim hands every self-attention call of the observed families to the registered
+observers, in order, as an :class:`AttentionCall`; each observer returns the output, usually
+by calling ``proceed()`` (the next observer, and finally the call the shim would have made).
+The profiler records candidate errors through one, the CLI's attention meter times calls
+through one, and research scripts compare patterns through them; nothing else patches a
+module global.
+
 Under diffusers' context parallelism with Ulysses, the shim goes through diffusers' own
 Ulysses all-to-all (``_templated_context_parallel_attention``) with a forward op that runs
 the sparse core on the rank's heads, offsetting per-head patterns by the rank's first head.
@@ -39,6 +47,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from dit_sparse.layout import TokenLayout
+from dit_sparse.ops import sparse_attention
 from dit_sparse.patterns import Full, Pattern
 
 from .adapters import Adapter
@@ -58,7 +67,7 @@ class _Active:
     layer: Optional["SparseLayer"] = None
 
 
-ACTIVE = _Active()
+_ACTIVE = _Active()
 
 
 # --------------------------------------------------------------------------------------
@@ -241,7 +250,7 @@ class SparseLayer:
     """
 
     def __init__(self, name: str, heads: int, phases: Sequence[Optional[Sequence[Pattern]]], state: ForwardState,
-                 attention_fn: Callable, backend: Optional[str]):
+                 backend: Optional[str]):
         for p in phases:
             if p is not None and len(p) != heads:
                 raise ValueError(f"layer {name!r} has {heads} heads but got {len(p)} patterns")
@@ -253,7 +262,6 @@ class SparseLayer:
         self.phase_patterns = tuple(None if p is None else tuple(p) for p in phases)
         self.phase_runs = tuple(None if p is None else head_runs(p) for p in self.phase_patterns)
         self.state = state
-        self.attention_fn = attention_fn
         self.backend = backend
 
     def _phase(self) -> int:
@@ -285,18 +293,21 @@ class SparseLayer:
                                f"{state.grid} ({t * h * w} tokens) with {state.text_len} text tokens")
         return TokenLayout(grid=state.grid, text_len=text_len, text_position=adapter.text_position or "first")
 
-    def attend(self, q, k, v, attn_mask, scale, head_offset: int = 0) -> torch.Tensor:
-        """Sparse core on ``[B, S, heads, head_dim]`` holding heads ``head_offset...``."""
+    def attend(self, q, k, v, attn_mask, scale, head_offset: int = 0, runs=None, fn: Callable = sparse_attention
+               ) -> torch.Tensor:
+        """Sparse core on ``[B, S, heads, head_dim]`` holding heads ``head_offset...``: ``fn``
+        (``sparse_attention``'s signature) once per run of heads sharing a pattern (``runs``:
+        this phase's, by default)."""
         b, s, h, _ = q.shape
         layout = self.layout(s)
         key_mask = key_mask_from(attn_mask, b, s)
         outs = []
-        for h0, h1, pattern in self.runs:
+        for h0, h1, pattern in self.runs if runs is None else runs:
             lo, hi = max(h0 - head_offset, 0), min(h1 - head_offset, h)
             if lo >= hi:
                 continue
-            outs.append(self.attention_fn(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], pattern, layout,
-                                          key_mask=key_mask, scale=scale, backend=self.backend))
+            outs.append(fn(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], pattern, layout, key_mask=key_mask,
+                           scale=scale, backend=self.backend))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def attend_parallel(self, q, k, v, attn_mask, scale, parallel_config) -> torch.Tensor:
@@ -339,11 +350,11 @@ class SparseProcessor:
         self.layer = layer
 
     def __call__(self, attn, *args, **kwargs):
-        ACTIVE.layer = self.layer
+        _ACTIVE.layer = self.layer
         try:
             return self.original(attn, *args, **kwargs)
         finally:
-            ACTIVE.layer = None
+            _ACTIVE.layer = None
 
     @property
     def _attention_backend(self):
@@ -382,6 +393,163 @@ def wrap_processor(original, layer: SparseLayer) -> SparseProcessor:
 
 
 # --------------------------------------------------------------------------------------
+# Observers: the public way to watch or replace a self-attention core call
+# --------------------------------------------------------------------------------------
+
+
+class AttentionCall:
+    """One self-attention core call, as an observer sees it.
+
+    Attributes:
+        query, key, value: ``[B, S, heads, head_dim]`` (the layout of ``dispatch_attention_fn``,
+            also for families that call ``F.scaled_dot_product_attention`` with heads first).
+        attn_mask, scale: as the model's processor passed them.
+        layer: name of the sparsified layer making the call (``"blocks.3.attn1"``), or None
+            for a self-attention call outside the layers :func:`dit_sparse.apply` wrapped.
+        sparse: True when, without observers, the call runs the sparse core (a sparsified
+            layer after its dense warm-up steps, with patterns in the current phase).
+        step: denoising step of the layer's run (None outside a sparsified layer).
+        patterns: per-head patterns of the current phase (None when the layer is dense now,
+            or outside a sparsified layer).
+    """
+
+    def __init__(self, query, key, value, attn_mask, scale, layer: Optional["SparseLayer"], sparse: bool):
+        self.query, self.key, self.value = query, key, value
+        self.attn_mask, self.scale = attn_mask, scale
+        self._layer = layer
+        self.sparse = bool(sparse)
+
+    @property
+    def layer(self) -> Optional[str]:
+        return None if self._layer is None else self._layer.name
+
+    @property
+    def step(self) -> Optional[int]:
+        return None if self._layer is None else self._layer.state.steps.step
+
+    @property
+    def patterns(self) -> Optional[Tuple[Pattern, ...]]:
+        return None if self._layer is None else self._layer.patterns
+
+    @property
+    def layout(self) -> TokenLayout:
+        """Token layout of the call (grid, joint text); needs a sparsified layer."""
+        return self._require("layout").layout(self.query.shape[1])
+
+    @property
+    def key_mask(self) -> Optional[torch.Tensor]:
+        """``[B, S]`` bool mask of the keys that take part (None: all), from ``attn_mask``."""
+        b, s = self.query.shape[:2]
+        return key_mask_from(self.attn_mask, b, s)
+
+    def _require(self, what: str) -> "SparseLayer":
+        if self._layer is None:
+            raise RuntimeError(f"AttentionCall.{what} needs a layer that dit_sparse.apply sparsified; this "
+                               "self-attention call runs outside one (apply ds.Full() to watch every layer)")
+        return self._layer
+
+    def run(self, fn: Optional[Callable] = None, patterns=None) -> torch.Tensor:
+        """The call's output through ``fn`` (a function with :func:`dit_sparse.sparse_attention`'s
+        signature, called once per run of heads sharing a pattern; default: that function with
+        the layer's backend) under ``patterns`` (one pattern for every head or one per head;
+        default: the current phase's, dense when the layer is dense now)."""
+        layer = self._require("run")
+        if patterns is None:
+            patterns = layer.patterns or (Full(),) * layer.heads
+        elif isinstance(patterns, Pattern):
+            patterns = (patterns,) * layer.heads
+        elif len(patterns) != layer.heads:
+            raise ValueError(f"patterns: {len(patterns)} given for layer {layer.name!r}, which has {layer.heads} "
+                             "heads; pass one pattern or one per head")
+        return layer.attend(self.query, self.key, self.value, self.attn_mask, self.scale, runs=head_runs(patterns),
+                            fn=fn or sparse_attention)
+
+    def density(self) -> float:
+        """Fraction of query-key pairs the call computes: 1 when it runs dense, else the
+        patterns' block-level density averaged over heads (data-dependent patterns are
+        evaluated on this call's queries and keys)."""
+        layer = self._layer
+        if not self.sparse or layer is None:
+            return 1.0
+        layout = self.layout
+        total = 0.0
+        for h0, h1, pattern in layer.runs:
+            try:
+                d = _static_density(pattern, layout)
+            except ValueError:  # data-dependent (BlockSparse with a threshold)
+                d = pattern.density(layout, q=self.query[:, :, h0:h1], k=self.key[:, :, h0:h1])
+            total += d * (h1 - h0)
+        return total / layer.heads
+
+    def __repr__(self):
+        return (f"AttentionCall(layer={self.layer!r}, step={self.step}, sparse={self.sparse}, "
+                f"shape={tuple(self.query.shape)})")
+
+
+@functools.lru_cache(maxsize=256)
+def _static_density(pattern: Pattern, layout: TokenLayout) -> float:
+    return pattern.density(layout)
+
+
+#: Observers in registration order (the first registered is outermost).
+_OBSERVERS: List[Callable] = []
+
+
+def _observed(call: AttentionCall, default: Callable[[], torch.Tensor]) -> torch.Tensor:
+    chain = tuple(_OBSERVERS)
+
+    def proceed_from(i: int) -> torch.Tensor:
+        if i == len(chain):
+            return default()
+        return chain[i](call, lambda: proceed_from(i + 1))
+
+    return proceed_from(0)
+
+
+class ObserverHandle:
+    """What :func:`observe` did; ``remove()`` undoes it (idempotent); a context manager."""
+
+    def __init__(self, observer: Callable, keys: List[Tuple[str, str]]):
+        self.observer = observer
+        self._keys = keys
+        self.removed = False
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        for i, o in enumerate(_OBSERVERS):
+            if o is self.observer:
+                del _OBSERVERS[i]
+                break
+        for key in self._keys:
+            uninstall_shim(key)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def observe(adapters: Sequence[Adapter], observer: Callable) -> ObserverHandle:
+    """Register ``observer(call, proceed) -> Tensor`` for the self-attention core calls of the
+    families of ``adapters`` (see :func:`dit_sparse.observe`)."""
+    if not callable(observer):
+        raise TypeError(f"observer={observer!r} must be callable as observer(call, proceed)")
+    keys: List[Tuple[str, str]] = []
+    try:
+        for adapter in adapters:
+            keys.append(install_shim(adapter))
+    except BaseException:
+        for key in keys:
+            uninstall_shim(key)
+        raise
+    _OBSERVERS.append(observer)
+    return ObserverHandle(observer, keys)
+
+
+# --------------------------------------------------------------------------------------
 # Shims for the module-level names processors call
 # --------------------------------------------------------------------------------------
 
@@ -390,13 +558,23 @@ def _dispatch_shim(original):
     @functools.wraps(original)
     def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                               enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None):
-        layer = ACTIVE.layer
-        if layer is not None and not is_causal and dropout_p == 0.0 and layer.claims(query, key, 1):
-            if parallel_config is not None:
-                return layer.attend_parallel(query, key, value, attn_mask, scale, parallel_config)
-            return layer.attend(query, key, value, attn_mask, scale)
-        return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs,
-                        backend=backend, parallel_config=parallel_config)
+        layer = _ACTIVE.layer
+        claimed = layer is not None and not is_causal and dropout_p == 0.0 and layer.claims(query, key, 1)
+        if claimed and parallel_config is not None:
+            if _OBSERVERS:
+                raise NotImplementedError("dit_sparse observers do not see calls under context parallelism; "
+                                          "remove the observer or run on one process")
+            return layer.attend_parallel(query, key, value, attn_mask, scale, parallel_config)
+
+        def default():
+            if claimed:
+                return layer.attend(query, key, value, attn_mask, scale)
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs,
+                            backend=backend, parallel_config=parallel_config)
+
+        if _OBSERVERS and query.dim() == 4 and query.shape[1] == key.shape[1] and parallel_config is None:
+            return _observed(AttentionCall(query, key, value, attn_mask, scale, layer, claimed), default)
+        return default()
 
     return dispatch_attention_fn
 
@@ -407,13 +585,22 @@ def _functional_shim(original_module):
 
     def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                      scale=None, **kwargs):
-        layer = ACTIVE.layer
-        if (layer is not None and not is_causal and dropout_p == 0.0 and not kwargs and query.dim() == 4
-                and layer.claims(query, key, 2)):
-            out = layer.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask, scale)
-            return out.transpose(1, 2)
-        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                    **kwargs)
+        layer = _ACTIVE.layer
+        plain = not is_causal and dropout_p == 0.0 and not kwargs and query.dim() == 4
+        claimed = layer is not None and plain and layer.claims(query, key, 2)
+        if not claimed and not (_OBSERVERS and plain and query.shape[2] == key.shape[2]):
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, **kwargs)
+        q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+        def default():
+            if claimed:
+                return layer.attend(q, k, v, attn_mask, scale)
+            return sdpa(query, key, value, attn_mask=attn_mask, scale=scale).transpose(1, 2)
+
+        if _OBSERVERS:
+            return _observed(AttentionCall(q, k, v, attn_mask, scale, layer, claimed), default).transpose(1, 2)
+        return default().transpose(1, 2)
 
     proxy = types.ModuleType(original_module.__name__, original_module.__doc__)
     proxy.__dict__.update({k: v for k, v in vars(original_module).items() if k not in ("__name__", "__doc__")})

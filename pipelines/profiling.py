@@ -1,8 +1,9 @@
 """``dit_sparse.profile``: run a pipeline densely on calibration prompts and build a Plan.
 
 How it works: :func:`dit_sparse.apply` is given a plan that marks every self-attention layer
-``Full`` and a test-seam attention function (:class:`_Recorder`). The model's own processors
-project q, k, v (norms, RoPE) and hand them to the recorder, which computes the dense output
+``Full`` (which tags every layer's calls), and an observer (:func:`dit_sparse.observe`) hands
+each call to :class:`_Recorder`. The model's own processors project q, k, v (norms, RoPE);
+the recorder computes the dense output
 (that is what the pipeline continues with, so the run is exactly a dense run) and, at the
 sampled steps, every candidate pattern's output from the same q, k, v with
 :func:`dit_sparse.selection.candidate_errors`. Only per-head sums are kept: nothing of one
@@ -29,7 +30,6 @@ from dit_sparse.plan import HeadChoice, LayerPlan, ModelInfo, Plan, prompts_dige
 from dit_sparse.selection import (ErrorTable, candidate_errors, check_cost, check_mode, check_phases, default_candidates,
                                   select)
 
-from . import hooks
 from .api import describe_model
 
 
@@ -39,7 +39,7 @@ from .api import describe_model
 
 
 class _AllFull:
-    """The plan ``apply`` runs while profiling: every self-attention layer through the seam."""
+    """The plan ``apply`` runs while profiling: every self-attention layer tagged, still dense."""
 
     dense_steps = 0
 
@@ -68,12 +68,17 @@ class _Recorder:
         self.run = 0
         self._last = None
 
+    def observe(self, call, proceed):
+        """The observer of a profiling run (:func:`dit_sparse.observe`): every self-attention
+        call of a layer under ``_AllFull`` goes through :meth:`__call__`."""
+        if call.layer is None or not call.sparse:  # pragma: no cover - _AllFull with no dense steps claims all
+            return proceed()
+        self.call = call
+        return call.run(self)
+
     def __call__(self, q, k, v, pattern, layout, *, key_mask=None, scale=None, backend=None):
-        layer = hooks.ACTIVE.layer
-        if layer is None:  # pragma: no cover - the hook always sets it around the call
-            raise RuntimeError("profiling recorder called outside a self-attention layer")
+        layer_name, step = self.call.layer, self.call.step
         dense = sparse_attention(q, k, v, Full(), layout, key_mask=key_mask, scale=scale, backend=backend)
-        step = layer.state.steps.step
         if (self.run, step) != self._last:
             self._last = (self.run, step)
             self.steps_seen.add(step)
@@ -88,9 +93,9 @@ class _Recorder:
             raise ValueError(f"token grid changed during profiling: {layout.grid} after {self.grid}; profile one "
                              "resolution at a time")
         if q.shape[2] != self.heads:
-            raise RuntimeError(f"layer {layer.name!r}: got {q.shape[2]} heads, expected {self.heads} (profiling does "
+            raise RuntimeError(f"layer {layer_name!r}: got {q.shape[2]} heads, expected {self.heads} (profiling does "
                                "not support context parallelism)")
-        i = self.index[layer.name]
+        i = self.index[layer_name]
         _, diff_sq, dense_sq, density = candidate_errors(q, k, v, self.candidates, layout, key_mask=key_mask,
                                                          scale=scale, dense=dense)
         if step not in self.err_sq:
@@ -293,7 +298,7 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
     """The measuring half of :func:`profile` (same arguments): a :class:`Measurement`.
     ``time_kernels`` also times every candidate (:func:`time_candidates`; needed for
     ``Measurement.plan(cost="time")``)."""
-    from .api import apply
+    from .api import apply, observe
 
     prompts = _check_prompts(prompts)
     seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
@@ -333,20 +338,21 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
     # is built lazily through this holder.
     holder: Dict[str, Any] = {}
 
-    def attention_fn(q, k, v, pattern, layout, **kw):
+    def observer(call, proceed):
         rec = holder.get("recorder")
         if rec is None:
-            cands = _check_candidates(candidates, layout.grid)
+            cands = _check_candidates(candidates, call.layout.grid)
             rec = holder["recorder"] = _Recorder(desc["layers"], desc["heads"], cands, steps,
                                                  on_step=(lambda s: bar.update(1)) if bar is not None else None)
             rec.run = holder.get("run", 0)
-        return rec(q, k, v, pattern, layout, **kw)
+        return rec.observe(call, proceed)
 
     saved_bar = getattr(pipe, "_progress_bar_config", None)
     saved_bar = dict(saved_bar) if saved_bar is not None else None
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    handle = apply(pipe, _AllFull(), dense_steps=0, _attention_fn=attention_fn)
+    handle = apply(pipe, _AllFull(), dense_steps=0)
+    watch = observe(pipe, observer)
     try:
         run = 0
         for prompt in prompts:
@@ -360,6 +366,7 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
                     pipe(prompt=prompt, generator=generator, **kwargs)
                 run += 1
     finally:
+        watch.remove()
         handle.remove()
         if saved_bar is not None:
             pipe._progress_bar_config = saved_bar

@@ -57,23 +57,15 @@ def window_mask(grid: tuple[int, int, int], kernel: tuple[int, int, int]) -> tor
 
 
 class LocalityRecorder:
-    """Accumulates, per self-attention layer, the attention mass inside the window."""
+    """Accumulates, per self-attention layer, the attention mass inside the window: an
+    observer (:func:`dit_sparse.observe`) of every layer, tagged by applying ``ds.Full()``."""
 
-    def __init__(self, transformer, kernel=(3, 5, 5)):
-        self.transformer = transformer
+    def __init__(self, pipe, kernel=(3, 5, 5)):
+        self.pipe = pipe
         self.kernel = kernel
         self.grid = None
         self.mask = None
-        self.current = None
         self.sums: dict[str, list[float]] = {}
-        self.per_step: dict[str, list[float]] = {}
-
-    def _grid_hook(self, module, args, kwargs):
-        x = kwargs.get("hidden_states", args[0] if args else None)
-        p = module.config.patch_size
-        grid = (x.shape[2] // p[0], x.shape[3] // p[1], x.shape[4] // p[2])
-        if grid != self.grid:
-            self.grid, self.mask = grid, window_mask(grid, self.kernel)
 
     def _measure(self, q: torch.Tensor, k: torch.Tensor) -> float:
         """Mean over batch, heads and queries of the softmax mass inside the window."""
@@ -87,31 +79,19 @@ class LocalityRecorder:
                 count += p.shape[0]
         return total / count
 
+    def __call__(self, call, proceed):
+        grid = call.layout.grid
+        if grid != self.grid:
+            self.grid, self.mask = grid, window_mask(grid, self.kernel)
+        self.sums.setdefault(call.layer, []).append(self._measure(call.query, call.key))
+        return proceed()
+
     @contextlib.contextmanager
     def capture(self):
-        from diffusers.models.transformers import transformer_wan
+        import dit_sparse as ds
 
-        original = transformer_wan.dispatch_attention_fn
-        recorder = self
-
-        def dispatch(query, key, value, *args, **kwargs):
-            if recorder.current is not None and query.shape[1] == key.shape[1]:
-                frac = recorder._measure(query, key)
-                recorder.sums.setdefault(recorder.current, []).append(frac)
-            return original(query, key, value, *args, **kwargs)
-
-        handles = [self.transformer.register_forward_pre_hook(self._grid_hook, with_kwargs=True)]
-        for name, module in self.transformer.named_modules():
-            if name.endswith("attn1"):
-                handles.append(module.register_forward_pre_hook(lambda m, a, n=name: setattr(recorder, "current", n)))
-                handles.append(module.register_forward_hook(lambda m, a, o: setattr(recorder, "current", None)))
-        transformer_wan.dispatch_attention_fn = dispatch
-        try:
+        with ds.applied(self.pipe, ds.Full()), ds.observe(self.pipe, self):
             yield self
-        finally:
-            transformer_wan.dispatch_attention_fn = original
-            for h in handles:
-                h.remove()
 
 
 def main(argv=None) -> None:
@@ -131,7 +111,7 @@ def main(argv=None) -> None:
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    rec = LocalityRecorder(pipe.transformer, tuple(args.kernel))
+    rec = LocalityRecorder(pipe, tuple(args.kernel))
     with rec.capture(), torch.no_grad():
         pipe(
             args.prompt,

@@ -34,7 +34,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import dit_sparse as ds
-from dit_sparse.pipelines import hooks
 from dit_sparse.report import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,19 +43,20 @@ PROMPTS = ["a red circle moving left on a blue background", "a yellow triangle m
 
 
 class ScaledError:
-    """An ``_attention_fn`` for :func:`dit_sparse.apply` returning ``full + alpha * (sparse - full)``
-    and recording each layer's relative error."""
+    """An observer (:func:`dit_sparse.observe`) whose sparse calls return
+    ``full + alpha * (sparse - full)``, recording each layer's relative error."""
 
     def __init__(self, alpha: float):
         self.alpha = alpha
         self.sums: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0.0])  # layer -> [err^2, full^2]
 
-    def __call__(self, q, k, v, pattern, layout, *, key_mask=None, scale=None, backend=None):
-        sparse = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, scale=scale, backend=backend)
-        full = ds.sparse_attention(q, k, v, ds.Full(), layout, key_mask=key_mask, scale=scale, backend=backend)
+    def __call__(self, call, proceed):
+        if not call.sparse:
+            return proceed()
+        sparse = call.run()
+        full = call.run(patterns=ds.Full())
         out = full + self.alpha * (sparse - full)
-        layer = hooks.ACTIVE.layer
-        sums = self.sums[layer.name if layer is not None else "?"]
+        sums = self.sums[call.layer]
         sums[0] += float((out - full).double().pow(2).sum())
         sums[1] += float(full.double().pow(2).sum())
         return out
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     rows = []
     for alpha in args.alphas:
         fn = ScaledError(alpha)
-        with ds.applied(pipe, spec, dense_steps=args.dense_steps, _attention_fn=fn):
+        with ds.applied(pipe, spec, dense_steps=args.dense_steps), ds.observe(pipe, fn):
             frames, _ = generate(pipe, args.prompts, args.seeds, call)
         rows.append((alpha, fn.errors(), *quality(frames, dense)))
 

@@ -5,7 +5,7 @@ mass inside the pattern ``m_in`` and the residual output of the rest,
 ``r = o_dense - m_in * o_pattern``, are recorded; every later (sparse) step returns
 ``m_in * o_pattern + r``. This is the statistics reuse of Re-ttention (Chen et al., 2025:
 sparse steps reshaped with the attention statistics of earlier full steps), in its simplest
-form, run through the runtime's ``_attention_fn`` seam, not a library feature yet. Clip PSNR
+form, run through an observer (``ds.observe``), not a library feature yet. Clip PSNR
 against dense on the embedded model at 9 x 128 x 128 (20 steps, guidance 4, seed 0, the
 bench's 9 default prompts, 5 dense steps); docs/benchmarks.md has the numbers.
 
@@ -23,8 +23,6 @@ import torch
 import dit_sparse as ds
 from dit_sparse.cli.bench import EMBEDDED_PROMPTS
 from dit_sparse.metrics import clip_psnr, to_images
-from dit_sparse.pipelines import hooks
-from dit_sparse.pipelines.api import apply
 from dit_sparse.pipelines.cpu_conv import use_onednn_conv3d
 from dit_sparse.pipelines.tiny import load_embedded_pipeline
 from dit_sparse.tiling import BlockGrid
@@ -67,11 +65,10 @@ def statistics(q, k, layout, dense, o_pattern):
 cache, calls = {}, collections.Counter()
 
 
-def attention(q, k, v, _pattern, layout, **_):
-    layer = hooks.ACTIVE.layer
-    step = layer.state.steps.step
-    key = (layer.name, calls[(layer.name, step)] % 2)  # classifier-free guidance: two calls per step
-    calls[(layer.name, step)] += 1
+def observer(call, _proceed):
+    q, k, v, layout, step = call.query, call.key, call.value, call.layout, call.step
+    key = (call.layer, calls[(call.layer, step)] % 2)  # classifier-free guidance: two calls per step
+    calls[(call.layer, step)] += 1
     if step < warm:
         dense = ds.sparse_attention(q, k, v, ds.Full(), layout)
         if step == warm - 1 and args.mode != "binary":
@@ -90,11 +87,8 @@ def run(prompt, sparse: bool):
         return to_images(pipe(prompt, generator=generator, **call).frames[0])
     calls.clear()
     cache.clear()
-    handle = apply(pipe, pattern, dense_steps=0, _attention_fn=attention)
-    try:
+    with ds.applied(pipe, pattern, dense_steps=0), ds.observe(pipe, observer):
         return to_images(pipe(prompt, generator=generator, **call).frames[0])
-    finally:
-        handle.remove()
 
 
 values = [clip_psnr(run(p, True), run(p, False)) for p in EMBEDDED_PROMPTS]

@@ -33,7 +33,7 @@ def test_scaled_error_interpolates_between_dense_and_sparse():
         outputs = {}
         for alpha in (0.0, 0.5, 1.0):
             fn = es.ScaledError(alpha)
-            with ds.applied(model, PATTERN, _attention_fn=fn):
+            with ds.applied(model, PATTERN), ds.observe(model, fn):
                 outputs[alpha] = model(**inputs, return_dict=False)[0]
             assert sorted(fn.errors()) == ["blocks.0.attn1", "blocks.1.attn1"]
             if alpha == 0.0:

@@ -28,6 +28,14 @@ TEXT = {
     "mochi": ("last", [5, 8]),  # the processor drops padded tokens, one call per element
     "flux": ("first", [6, 6]),
     "sd3": ("last", [6, 6]),
+    "wan_vace": ("first", [0, 0]),  # vace_blocks attend over the same grid
+    "wan_animate": ("first", [0, 0]),  # grid includes the reference frame
+    "skyreels_v2": ("first", [0, 0]),
+    "chronoedit": ("first", [0, 0]),
+    "consisid": ("first", [6, 6]),
+    "allegro": ("first", [0, 0]),
+    "cosmos": ("first", [0, 0]),
+    "easyanimate": ("first", [10, 10]),  # 6 text + 4 T5 tokens
 }
 
 
@@ -74,6 +82,11 @@ class _Recorder:
         return ds.reference_attention(q, k, v, pattern, expected, key_mask=mask, scale=scale)
 
 
+def _through(fn):
+    """An observer that runs a sparse call's per-head patterns through ``fn``."""
+    return lambda call, proceed: call.run(fn) if call.sparse else proceed()
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_model(request):
     model, inputs, grid = build(request.param)
@@ -100,7 +113,7 @@ def test_sparse_matches_reference_and_differs_from_dense(family_model):
     family, model, inputs, grid, dense = family_model
     pattern = _sparse_pattern(grid)
     recorder = _Recorder(family, inputs, grid)
-    with applied(model, pattern, _attention_fn=recorder) as handle:
+    with applied(model, pattern) as handle, ds.observe(model, _through(recorder)):
         expected = run(model, inputs)
     assert recorder.calls >= len(handle.layers)
     with applied(model, pattern):
@@ -114,7 +127,7 @@ def test_per_head_patterns_match_reference(family_model):
     heads = [_sparse_pattern(grid), _sparse_pattern(grid), ds.Full(), ds.Neighborhood(kernel=(1, 1, 3))]
     assert len(heads) == HEADS
     recorder = _Recorder(family, inputs, grid)
-    with applied(model, {r".": heads}, _attention_fn=recorder):
+    with applied(model, {r".": heads}), ds.observe(model, _through(recorder)):
         expected = run(model, inputs)
     with applied(model, {r".": heads}):
         out = run(model, inputs)

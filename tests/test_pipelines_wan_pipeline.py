@@ -24,6 +24,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STEPS = 4
 
 
+def _through(fn):
+    """An observer that runs a sparse call's per-head patterns through ``fn`` (a function with
+    ``sparse_attention``'s signature) and leaves every other call as it was."""
+    return lambda call, proceed: call.run(fn) if call.sparse else proceed()
+
+
+REFERENCE = _through(ds.reference_attention)
+
+
 def _tiny_pipeline():
     return tiny_wan_pipeline(heads=2)
 
@@ -125,14 +134,16 @@ def test_plan_phases_switch_patterns_at_their_start_step(pipe_and_dense):
         calls.append((handle.steps.step, pattern))
         return ds.reference_attention(q, k, v, pattern, layout, key_mask=kw.get("key_mask"), scale=kw.get("scale"))
 
-    handle = apply(pipe, plan, _attention_fn=recorder)
+    handle = apply(pipe, plan)
+    watch = ds.observe(pipe, _through(recorder))
     try:
         phased = _run(pipe)
         layer_patterns = dict(handle.layers)
         later_patterns = dict(handle.phases[0][1])
     finally:
+        watch.remove()
         remove(pipe)
-    with applied(pipe, ds.Neighborhood(kernel=(1, 3, 3)), dense_steps=1, _attention_fn=ds.reference_attention):
+    with applied(pipe, ds.Neighborhood(kernel=(1, 3, 3)), dense_steps=1), ds.observe(pipe, REFERENCE):
         first_only = _run(pipe)
     # CFG as two forwards per step: each layer is called twice per sparse step
     steps = {}
@@ -157,7 +168,7 @@ def _round_trip(plan):
 
 def test_phased_plan_warns_on_another_schedule_length(pipe_and_dense):
     pipe, _ = pipe_and_dense
-    with applied(pipe, _phased_plan(pipe), _attention_fn=ds.reference_attention):
+    with applied(pipe, _phased_plan(pipe)), ds.observe(pipe, REFERENCE):
         with pytest.warns(ds.PlanStepsWarning, match="profiled for 4 steps and runs 3"):
             pipe("a red circle", num_frames=5, height=16, width=32, num_inference_steps=3, guidance_scale=1.0,
                  max_sequence_length=8, output_type="latent", generator=torch.Generator().manual_seed(0))

@@ -92,15 +92,12 @@ def test_recorded_errors_match_an_independent_computation(pipe):
                       sample_steps=[1], progress=False, call_kwargs=dict(EXTRA, guidance_scale=1.0), **CALL)
     captured = {}
 
-    def capture(q, k, v, pattern, layout, *, key_mask=None, scale=None, backend=None):
-        from dit_sparse.pipelines import hooks
+    def capture(call, proceed):
+        if call.step == 1:
+            captured[call.layer] = (call.query.clone(), call.key.clone(), call.value.clone(), call.layout, call.scale)
+        return call.run(ds.reference_attention)
 
-        layer = hooks.ACTIVE.layer
-        if layer.state.steps.step == 1:
-            captured[layer.name] = (q.clone(), k.clone(), v.clone(), layout, scale)
-        return ds.reference_attention(q, k, v, ds.Full(), layout, key_mask=key_mask, scale=scale)
-
-    with applied(pipe, ds.Full(), _attention_fn=capture):
+    with applied(pipe, ds.Full()), ds.observe(pipe, capture):
         pipe(PROMPTS[0], num_inference_steps=2, guidance_scale=1.0, output_type="latent",
              generator=torch.Generator().manual_seed(0), **CALL, **EXTRA)
     for name in plan.layers:

@@ -8,9 +8,8 @@ MP4, GIF, PNG; a PNG of several frames is a horizontal strip).
 
 The last line reports the pipeline call's wall time, the part of it spent in the
 self-attention core and the mean density. The attention time comes from
-:class:`AttentionMeter`, a timer around the model family's attention core name (the
-``dispatch_attention_fn`` or ``F`` global of the transformer's module, the same name that
-:func:`dit_sparse.apply` shims), counting calls whose queries and keys have one length.
+:class:`AttentionMeter`, an observer (:func:`dit_sparse.observe`) that times every
+self-attention core call (queries and keys of one length).
 
 User errors (empty prompt, sizes the model cannot take, unknown pattern, unwritable output,
 missing model) print one line on stderr and exit with code 2, leaving no file behind.
@@ -23,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import importlib
 import inspect
 import math
 import os
 import re
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -288,13 +284,11 @@ def apply_sparsity(pipe, sparsity: Sparsity):
 class AttentionMeter:
     """Wall time and density of the self-attention core calls of one pipeline.
 
-    ``with AttentionMeter(pipe) as meter:`` points the family module's core name
-    (``dispatch_attention_fn``, or ``F`` for processors that call
-    ``F.scaled_dot_product_attention``) at a timer for the duration, on top of whatever is
-    there (the plain function, or the shim of :func:`dit_sparse.apply`: enter the meter
-    after ``apply`` and leave it before ``remove``). Calls whose query and key lengths are
-    equal are self-attention; the rest (cross-attention) run untimed. On CUDA the device is
-    synchronised around each timed call, which costs a little overlap.
+    ``with AttentionMeter(pipe) as meter:`` registers an observer
+    (:func:`dit_sparse.observe`) that times every self-attention core call of the pipeline's
+    transformer families for the duration, whatever runs it (the model's own attention, or
+    the sparse core of :func:`dit_sparse.apply`). Cross-attention is not observed. On CUDA
+    the device is synchronised around each timed call, which costs a little overlap.
 
     ``density`` is the mean over self-attention calls of the fraction of query-key pairs
     computed: 1 for a dense call, the pattern's block-level density (mean over heads) for a
@@ -302,20 +296,11 @@ class AttentionMeter:
     """
 
     def __init__(self, pipe):
-        from dit_sparse.pipelines.adapters import adapter_for
-
-        self.models = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
-                       if m is not None]
-        self.adapters = []
-        for model in self.models:
-            adapter = adapter_for(model)
-            if all(a.core_module != adapter.core_module for a in self.adapters):
-                self.adapters.append(adapter)
+        self.pipe = pipe
         self.seconds = 0.0
         self.calls = 0
         self.density_sum = 0.0
-        self._saved: List[Tuple[Any, str, Any]] = []
-        self._density_cache: Dict[Any, float] = {}
+        self._handle = None
 
     @property
     def density(self) -> float:
@@ -325,72 +310,30 @@ class AttentionMeter:
         self.seconds, self.calls, self.density_sum = 0.0, 0, 0.0
 
     def __enter__(self):
-        for adapter in self.adapters:
-            module = importlib.import_module(adapter.core_module)
-            if adapter.core == "dispatch":
-                attr, seq_dim = "dispatch_attention_fn", 1
-                timed = self._timed(getattr(module, attr), seq_dim)
-            else:
-                attr, seq_dim = "F", 2
-                timed = self._functional(getattr(module, attr))
-            self._saved.append((module, attr, getattr(module, attr)))
-            setattr(module, attr, timed)
+        from dit_sparse.pipelines.api import observe
+
+        self._handle = observe(self.pipe, self)
         return self
 
     def __exit__(self, *exc):
-        while self._saved:
-            module, attr, original = self._saved.pop()
-            setattr(module, attr, original)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
-    def _functional(self, functional):
-        proxy = types.ModuleType(functional.__name__, functional.__doc__)
-        proxy.__dict__.update({k: v for k, v in vars(functional).items() if k not in ("__name__", "__doc__")})
-        proxy.scaled_dot_product_attention = self._timed(functional.scaled_dot_product_attention, 2)
-        return proxy
-
-    def _timed(self, fn, seq_dim: int):
+    def __call__(self, call, proceed):
         import torch
 
-        @functools.wraps(fn)
-        def timed(query, key, *args, **kwargs):
-            if query.dim() != 4 or query.shape[seq_dim] != key.shape[seq_dim]:
-                return fn(query, key, *args, **kwargs)
-            cuda = query.is_cuda
-            if cuda:
-                torch.cuda.synchronize(query.device)
-            start = time.perf_counter()
-            out = fn(query, key, *args, **kwargs)
-            if cuda:
-                torch.cuda.synchronize(query.device)
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-            self.density_sum += self._call_density(query, key, seq_dim)
-            return out
-
-        return timed
-
-    def _call_density(self, query, key, seq_dim: int) -> float:
-        from dit_sparse.pipelines import hooks
-
-        layer = hooks.ACTIVE.layer
-        if layer is None or not layer.claims(query, key, seq_dim):
-            return 1.0
-        seq, heads = query.shape[seq_dim], query.shape[3 - seq_dim]
-        layout = layer.layout(seq)
-        total = 0.0
-        for h0, h1, pattern in layer.runs:
-            key_ = (pattern, layout)
-            d = self._density_cache.get(key_)
-            if d is None:
-                try:
-                    d = pattern.density(layout)
-                    self._density_cache[key_] = d
-                except ValueError:  # data-dependent (BlockSparse with a threshold)
-                    q = query if seq_dim == 1 else query.transpose(1, 2)
-                    k = key if seq_dim == 1 else key.transpose(1, 2)
-                    d = pattern.density(layout, q=q[:, :, h0:h1], k=k[:, :, h0:h1])
-            total += d * (min(h1, heads) - h0)
-        return total / layer.heads
+        cuda = call.query.is_cuda
+        if cuda:
+            torch.cuda.synchronize(call.query.device)
+        start = time.perf_counter()
+        out = proceed()
+        if cuda:
+            torch.cuda.synchronize(call.query.device)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.density_sum += call.density()
+        return out
 
 
 # --------------------------------------------------------------------------------------
