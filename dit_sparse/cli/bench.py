@@ -56,7 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import report
 from . import generate as gen
 from . import preflight
-from .generate import CLIError, fail
+from .generate import fail
 
 NAME = "bench"
 HELP = "compare dense and sparse attention: wall time, speedup, clip PSNR, SSIM"
@@ -358,60 +358,55 @@ def run(args) -> int:
 
     from dit_sparse.metrics import clip_quality, to_images
 
-    try:
-        _check_outputs(args)
-        seeds = gen.seeds_from_args(args)
-        preflight.check_int("--repeat", args.repeat, 1, preflight.MAX_REPEAT)
-        gen.check_model_args(args)
-        configs = _configs(args)
-        prompts = gen.prompts_from_args(args)
-        if prompts is None:
-            if args.model is not None:
-                fail("--prompts is required with --model")
-            prompts = list(EMBEDDED_PROMPTS)
-        pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
-        settings = gen.prepare(args, pipe, embedded)
-        kwargs = settings.call_kwargs(pipe)
-        for config in configs:
-            gen.warn_if_cannot_pay(pipe, config, settings, args.device, embedded, f"dit-sparse {NAME}")
-        gen.set_progress(pipe, True, "")
-        runs = [(p, s) for p in prompts for s in seeds]
-        from tqdm.auto import tqdm
+    _check_outputs(args)
+    seeds = gen.seeds_from_args(args)
+    preflight.check_int("--repeat", args.repeat, 1, preflight.MAX_REPEAT)
+    gen.check_model_args(args)
+    configs = _configs(args)
+    prompts = gen.prompts_from_args(args)
+    if prompts is None:
+        if args.model is not None:
+            fail("--prompts is required with --model")
+        prompts = list(EMBEDDED_PROMPTS)
+    pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
+    settings = gen.prepare(args, pipe, embedded)
+    kwargs = settings.call_kwargs(pipe)
+    for config in configs:
+        gen.warn_if_cannot_pay(pipe, config, settings, args.device, embedded, f"dit-sparse {NAME}")
+    gen.set_progress(pipe, True, "")
+    runs = [(p, s) for p in prompts for s in seeds]
+    from tqdm.auto import tqdm
 
-        if args.warmup:
-            _warmup(pipe, configs, prompts[0], kwargs)
-        times = {c.label: [] for c in configs}
-        attn = {c.label: [] for c in configs}
-        dens = {c.label: [] for c in configs}
-        quality = {c.label: [] for c in configs}
-        videos = []
-        total = len(runs) * len(configs) * args.repeat
-        with tqdm(total=total, desc="bench", unit="run", disable=args.quiet, leave=False) as bar:
-            for prompt, seed in runs:
-                row, dense_frames = [], None
-                for rep in range(args.repeat):
-                    for config in configs:
-                        bar.set_postfix_str(config.label[:40])
-                        frames, seconds, attention, density = _run_config(pipe, config, prompt, seed, kwargs)
-                        bar.update(1)
-                        if rep > 0:  # the fastest call of this prompt and seed counts
-                            if seconds < times[config.label][-1]:
-                                times[config.label][-1], attn[config.label][-1] = seconds, attention
-                            continue
-                        times[config.label].append(seconds)
-                        attn[config.label].append(attention)
-                        dens[config.label].append(density)
-                        if dense_frames is None:
-                            dense_frames = frames
-                        quality[config.label].append(clip_quality(to_images(frames), to_images(dense_frames)))
-                        row.append(frames)
-                videos.append(row)
-        if args.out is not None:
-            _side_by_side(args.out, videos, args.fps)
-    except CLIError as exc:
-        if getattr(args, "debug", False):
-            raise
-        return gen.report_error(f"dit-sparse {NAME}", exc)
+    if args.warmup:
+        _warmup(pipe, configs, prompts[0], kwargs)
+    times = {c.label: [] for c in configs}
+    attn = {c.label: [] for c in configs}
+    dens = {c.label: [] for c in configs}
+    quality = {c.label: [] for c in configs}
+    videos = []
+    total = len(runs) * len(configs) * args.repeat
+    with tqdm(total=total, desc="bench", unit="run", disable=args.quiet, leave=False) as bar:
+        for prompt, seed in runs:
+            row, dense_frames = [], None
+            for rep in range(args.repeat):
+                for config in configs:
+                    bar.set_postfix_str(config.label[:40])
+                    frames, seconds, attention, density = _run_config(pipe, config, prompt, seed, kwargs)
+                    bar.update(1)
+                    if rep > 0:  # the fastest call of this prompt and seed counts
+                        if seconds < times[config.label][-1]:
+                            times[config.label][-1], attn[config.label][-1] = seconds, attention
+                        continue
+                    times[config.label].append(seconds)
+                    attn[config.label].append(attention)
+                    dens[config.label].append(density)
+                    if dense_frames is None:
+                        dense_frames = frames
+                    quality[config.label].append(clip_quality(to_images(frames), to_images(dense_frames)))
+                    row.append(frames)
+            videos.append(row)
+    if args.out is not None:
+        _side_by_side(args.out, videos, args.fps)
 
     def mean(xs):
         return sum(xs) / len(xs)

@@ -46,18 +46,12 @@ DTYPES = ("float32", "float16", "bfloat16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
-from . import CLIError, dependency_error
+from . import dependency_error
 from . import preflight
 from .preflight import SizeRules
 
 
 fail = preflight.fail
-
-
-def report_error(prog: str, exc: BaseException) -> int:
-    message = " ".join(str(exc).split())  # one line, whatever the exception held
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
 
 
 # --------------------------------------------------------------------------------------
@@ -595,7 +589,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="text prompt")
     parser.add_argument("-o", "--output", "--out", dest="output", required=True, metavar="PATH",
                         help="output file: .mp4 (H.264), .gif or .png (several frames: a horizontal strip)")
-    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to 2**63-1 (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**63-1 (default 0)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--plan", metavar="PLAN_JSON", help="per-layer plan from `dit-sparse profile`")
     which.add_argument("--pattern", metavar="SPEC",
@@ -637,46 +631,41 @@ def run(args) -> int:
     """Run ``generate`` from parsed arguments; returns the exit code."""
     from dit_sparse import video_io
 
+    check_prompt(args.prompt)
     try:
-        check_prompt(args.prompt)
-        try:
-            out = video_io.check_writable(args.output)
-        except (OSError, ValueError) as exc:
-            fail(f"-o/--output: {exc}")
-        preflight.check_seeds("--seed", [args.seed])
-        check_model_args(args)
-        sparsity = sparsity_from_args(args)
-        pipe, embedded = load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
-        settings = prepare(args, pipe, embedded)
-        keep = None
-        if embedded and settings.frames == 1:
-            from dit_sparse.pipelines.tiny import IMAGE_CLIP_FRAMES
+        out = video_io.check_writable(args.output)
+    except (OSError, ValueError) as exc:
+        fail(f"-o/--output: {exc}")
+    preflight.check_seeds("--seed", [args.seed])
+    check_model_args(args)
+    sparsity = sparsity_from_args(args)
+    pipe, embedded = load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
+    settings = prepare(args, pipe, embedded)
+    keep = None
+    if embedded and settings.frames == 1:
+        from dit_sparse.pipelines.tiny import IMAGE_CLIP_FRAMES
 
-            settings.frames, keep = IMAGE_CLIP_FRAMES, IMAGE_CLIP_FRAMES // 2
-            if not args.quiet:
-                print(f"dit-sparse {NAME}: note: --frames 1 on the embedded model generates {IMAGE_CLIP_FRAMES} "
-                      "frames and keeps the middle one (a lone frame of this model does not follow the caption)",
-                      file=sys.stderr, flush=True)
-        kwargs = settings.call_kwargs(pipe)
-        warn_if_cannot_pay(pipe, sparsity, settings, args.device, embedded, f"dit-sparse {NAME}")
-        set_progress(pipe, args.quiet, "denoising")
-        handle = apply_sparsity(pipe, sparsity)
-        try:
-            with AttentionMeter(pipe) as meter:
-                start = time.perf_counter()
-                frames = run_pipeline(pipe, args.prompt, args.seed, kwargs)
-                total = time.perf_counter() - start
-            what = describe(sparsity, handle)
-        finally:
-            if handle is not None:
-                handle.remove()
-        if keep is not None:
-            frames = frames[keep:keep + 1]
-        video_io.write_frames(out, frames, fps=args.fps)
-    except CLIError as exc:
-        if getattr(args, "debug", False):
-            raise
-        return report_error(f"dit-sparse {NAME}", exc)
+        settings.frames, keep = IMAGE_CLIP_FRAMES, IMAGE_CLIP_FRAMES // 2
+        if not args.quiet:
+            print(f"dit-sparse {NAME}: note: --frames 1 on the embedded model generates {IMAGE_CLIP_FRAMES} "
+                  "frames and keeps the middle one (a lone frame of this model does not follow the caption)",
+                  file=sys.stderr, flush=True)
+    kwargs = settings.call_kwargs(pipe)
+    warn_if_cannot_pay(pipe, sparsity, settings, args.device, embedded, f"dit-sparse {NAME}")
+    set_progress(pipe, args.quiet, "denoising")
+    handle = apply_sparsity(pipe, sparsity)
+    try:
+        with AttentionMeter(pipe) as meter:
+            start = time.perf_counter()
+            frames = run_pipeline(pipe, args.prompt, args.seed, kwargs)
+            total = time.perf_counter() - start
+        what = describe(sparsity, handle)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if keep is not None:
+        frames = frames[keep:keep + 1]
+    video_io.write_frames(out, frames, fps=args.fps)
     f, h, w, _ = frames.shape
     share = meter.seconds / total if total > 0 else 0.0
     print(f"{out}: {f} frame{'s' if f != 1 else ''} {h}x{w}, total {total:.2f} s, self-attention {meter.seconds:.2f} s "
