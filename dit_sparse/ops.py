@@ -318,16 +318,21 @@ def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
     return out
 
 
+def _preferred_tile(pattern: Pattern) -> Tuple[int, int, int]:
+    """The 3D shape the kernels' token blocks follow for ``pattern``: its stride (a sliding
+    tile's tile), a block-sparse pattern's block, else 1x8x8 (a frame's patch of rows)."""
+    if isinstance(pattern, Neighborhood) and max(pattern.stride) > 1:
+        return pattern.stride
+    if isinstance(pattern, BlockSparse):
+        return pattern.block
+    return (1, 8, 8)
+
+
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
     from .kernels.triton_attn.launcher import block_shape, kernel_config
 
     cfg = kernel_config(q.dtype, q.shape[-1], far=pattern.far is not None)
-    if isinstance(pattern, Neighborhood):
-        prefer = pattern.stride if max(pattern.stride) > 1 else (1, 8, 8)
-    elif isinstance(pattern, BlockSparse):
-        prefer = pattern.block
-    else:
-        prefer = (1, 8, 8)
+    prefer = _preferred_tile(pattern)
     return cfg, block_shape(cfg.block_m, prefer), block_shape(cfg.block_n, prefer)
 
 
@@ -483,7 +488,7 @@ def estimate_speedup(pattern: Pattern, layout: TokenLayout, block: Tuple[int, in
     if isinstance(pattern, BlockSparse):
         exact = pattern.density(layout)
         return SpeedupEstimate(1 / exact, 1 / exact, exact, exact, pattern.block, pattern.block)
-    prefer = pattern.stride if isinstance(pattern, Neighborhood) and max(pattern.stride) > 1 else (1, 8, 8)
+    prefer = _preferred_tile(pattern)
     qb, kb = block_shape(block[0], prefer), block_shape(block[1], prefer)
     exact = pattern.density(layout, exact=True) if not isinstance(pattern, Full) else 1.0
     bm = static_block_mask(pattern if not isinstance(pattern, Full) else Full(), layout, qb, kb)
