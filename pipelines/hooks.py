@@ -229,12 +229,22 @@ def head_runs(patterns: Sequence[Pattern]) -> Tuple[Tuple[int, int, Pattern], ..
 
 def key_mask_from(attn_mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
     """A ``[B, S]`` bool key mask from a key-padding attention mask (bool, True = keep, or
-    additive float, 0 = keep) of shape ``[B, S]``, ``[B, 1, S]`` or ``[B, 1, 1, S]``."""
+    additive float, 0 = keep) of shape ``[B, S]``, ``[B, 1, S]`` or ``[B, 1, 1, S]``, or from
+    a padding mask on both sides, ``[B, 1, S, S]`` (or ``[B, S, S]``) holding
+    ``keep[q] & keep[k]`` (HunyuanVideo 1.5): its first row's queries see the kept keys (the
+    first token is a video token, never padding); padded queries then attend to the kept keys
+    instead of to nothing, which changes only rows the model discards. Checked in O(S): the
+    first row must equal the diagonal (a causal or block mask fails that)."""
     if attn_mask is None:
         return None
     m = attn_mask
     while m.dim() > 2 and m.shape[1] == 1:
         m = m.squeeze(1)
+    if m.dim() == 3 and m.shape[-2:] == (seq, seq) and m.shape[0] in (1, batch):
+        m = m if m.dtype == torch.bool else m == 0
+        first, diagonal = m[:, 0, :], m.diagonal(dim1=-2, dim2=-1)
+        if bool(first[:, 0].all()) and torch.equal(first, diagonal):
+            return first.expand(batch, seq)
     if m.dim() != 2 or m.shape[-1] != seq or m.shape[0] not in (1, batch):
         raise ValueError(f"attention mask of shape {tuple(attn_mask.shape)} is not a key padding mask for "
                          f"batch={batch}, seq={seq}; sparse attention supports key padding masks only")

@@ -13,7 +13,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3")
+FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_vace", "wan_animate",
+            "skyreels_v2", "chronoedit", "consisid", "allegro", "cosmos", "easyanimate",
+            "qwenimage", "lumina2", "flux2")
 
 HEADS, HEAD_DIM = 4, 8
 
@@ -122,8 +124,146 @@ def _sd3():
     return m.eval(), inputs, (1, 5, 7)
 
 
+def _wan_vace():
+    from diffusers import WanVACETransformer3DModel
+
+    m = WanVACETransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                  in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                                  rope_max_seq_len=32, vace_layers=[0], vace_in_channels=6)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2), control_hidden_states=_randn(2, 6, 3, 10, 14, seed=3))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _wan_animate():
+    from diffusers import WanAnimateTransformer3DModel
+
+    m = WanAnimateTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                     in_channels=12, latent_channels=4, out_channels=4, text_dim=16, freq_dim=16,
+                                     ffn_dim=32, num_layers=2, image_dim=None, rope_max_seq_len=32,
+                                     motion_encoder_channel_sizes={"4": 8}, motion_encoder_size=4, motion_style_dim=8,
+                                     motion_dim=4, motion_encoder_dim=8, face_encoder_hidden_dim=8,
+                                     face_encoder_num_heads=2, inject_face_latents_blocks=2, motion_encoder_batch_size=8)
+    inputs = dict(hidden_states=_randn(2, 12, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2), pose_hidden_states=_randn(2, 4, 2, 10, 14, seed=3),
+                  face_pixel_values=_randn(2, 3, 5, 4, 4, seed=4))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _skyreels_v2():
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    m = SkyReelsV2Transformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                     in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                                     rope_max_seq_len=32)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _chronoedit():
+    from diffusers import ChronoEditTransformer3DModel
+
+    m = ChronoEditTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                     in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                                     rope_max_seq_len=32)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _consisid():
+    from diffusers import ConsisIDTransformer3DModel
+
+    m = ConsisIDTransformer3DModel(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=4,
+                                   out_channels=4, time_embed_dim=16, text_embed_dim=16, num_layers=2,
+                                   sample_width=14, sample_height=10, sample_frames=9, patch_size=2,
+                                   max_text_seq_length=6, use_rotary_positional_embeddings=True)
+    inputs = dict(hidden_states=_randn(2, 3, 4, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _allegro():
+    from diffusers import AllegroTransformer3DModel
+
+    m = AllegroTransformer3DModel(patch_size=2, patch_size_t=1, num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                  in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=HEADS * HEAD_DIM,
+                                  sample_height=10, sample_width=14, sample_frames=3, caption_channels=16)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _cosmos():
+    from diffusers import CosmosTransformer3DModel
+
+    m = CosmosTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=HEADS, attention_head_dim=16,
+                                 num_layers=2, text_embed_dim=16, adaln_lora_dim=4, max_size=(4, 16, 16),
+                                 patch_size=(1, 2, 2), concat_padding_mask=False)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([0.7, 0.7]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _easyanimate():
+    from diffusers import EasyAnimateTransformer3DModel
+
+    m = EasyAnimateTransformer3DModel(num_attention_heads=HEADS, attention_head_dim=16, in_channels=4,
+                                      out_channels=4, patch_size=2, sample_width=14, sample_height=10, num_layers=2,
+                                      mmdit_layers=1, time_embed_dim=16, text_embed_dim=16, text_embed_dim_t5=12)
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2), encoder_hidden_states_t5=_randn(2, 4, 12, seed=3))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _qwenimage():
+    from diffusers import QwenImageTransformer2DModel
+
+    m = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                    attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=16,
+                                    axes_dims_rope=(2, 2, 4))
+    h, w = 5, 7
+    inputs = dict(hidden_states=_randn(2, h * w, 16, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
+                  encoder_hidden_states_mask=torch.ones(2, 6, dtype=torch.long), timestep=torch.tensor([0.7, 0.7]),
+                  img_shapes=[[(1, h, w)]] * 2)
+    return m.eval(), inputs, (1, h, w)
+
+
+def _lumina2():
+    from diffusers import Lumina2Transformer2DModel
+
+    m = Lumina2Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, out_channels=4,
+                                  hidden_size=HEADS * HEAD_DIM, num_layers=2, num_refiner_layers=1,
+                                  num_attention_heads=HEADS, num_kv_heads=HEADS, multiple_of=16, cap_feat_dim=16,
+                                  axes_dim_rope=(2, 2, 4), axes_lens=(32, 16, 16))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[:, 6:] = 0  # the same number of valid text tokens in both elements
+    inputs = dict(hidden_states=_randn(2, 4, 10, 14, seed=1), encoder_hidden_states=_randn(2, 8, 16, seed=2),
+                  encoder_attention_mask=mask, timestep=torch.tensor([0.7, 0.7]))
+    return m.eval(), inputs, (1, 5, 7)
+
+
+def _flux2():
+    from diffusers import Flux2Transformer2DModel
+
+    m = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=16,
+                                timestep_guidance_channels=16, axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False)
+    h, w = 5, 7
+    img_ids = torch.zeros(h, w, 4)
+    img_ids[..., 1] = torch.arange(h)[:, None]
+    img_ids[..., 2] = torch.arange(w)[None, :]
+    inputs = dict(hidden_states=_randn(2, h * w, 4, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
+                  timestep=torch.tensor([0.7, 0.7]), img_ids=img_ids.reshape(-1, 4), txt_ids=torch.zeros(6, 4))
+    return m.eval(), inputs, (1, h, w)
+
+
 _BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvideox, "ltx": _ltx, "mochi": _mochi,
-             "flux": _flux, "sd3": _sd3}
+             "flux": _flux, "sd3": _sd3, "wan_vace": _wan_vace, "wan_animate": _wan_animate,
+             "skyreels_v2": _skyreels_v2, "chronoedit": _chronoedit, "consisid": _consisid, "allegro": _allegro,
+             "cosmos": _cosmos, "easyanimate": _easyanimate, "qwenimage": _qwenimage, "lumina2": _lumina2,
+             "flux2": _flux2}
 
 
 def run(model, inputs):

@@ -36,6 +36,9 @@ TEXT = {
     "allegro": ("first", [0, 0]),
     "cosmos": ("first", [0, 0]),
     "easyanimate": ("first", [10, 10]),  # 6 text + 4 T5 tokens
+    "qwenimage": ("first", [6, 6]),
+    "lumina2": ("first", [6, 6]),  # 6 valid of 8 caption tokens (the model drops the padding)
+    "flux2": ("first", [6, 6]),
 }
 
 

@@ -69,8 +69,44 @@ def register(adapter: Adapter) -> Adapter:
     return adapter
 
 
+_FAMILY_FILES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_derivatives",
+                 "consisid", "allegro", "cosmos", "easyanimate", "qwenimage", "lumina2",
+                 "flux2")
+
+# Transformer classes dit-sparse does not support, with why: class name -> reason.
+# ``adapter_for`` raises with the reason; docs/models.md is generated from this table and the
+# adapters (``python -m dit_sparse.pipelines.adapters``). Reasons starting "not adapted yet"
+# name classes whose self-attention may fit a token layout but has no adapter (and test) yet.
+_LINEAR = "linear attention (no softmax attention matrix to sparsify)"
+_NOT_A_GRID = "not a video or image DiT: its attention runs over no patchified token grid"
+REFUSED: Dict[str, str] = {
+    "SanaTransformer2DModel": _LINEAR,
+    "SanaVideoTransformer3DModel": _LINEAR,
+    "SanaWMTransformer3DModel": "linear attention (gated delta-net) over the temporal axis",
+    "LatteTransformer3DModel": "factorized attention: spatial blocks attend within one frame and temporal blocks "
+                               "across frames at one position; no self-attention spans the 3D grid",
+    "Kandinsky5Transformer3DModel": "brings its own sparse attention (NABLA, a flex-attention BlockMask); "
+                                    "dit_sparse has no pattern for it and would replace it",
+    "WanAnimate2Transformer3DModel": "generation and reference tokens are packed into one buffer attended "
+                                     "through a flex-attention BlockMask with a KV cache; not one token grid",
+    "HunyuanVideoFramepackTransformer3DModel": "self-attention also holds clean history latents at 1x/2x/4x "
+                                               "downsampling (FramePack context packing): several grids of "
+                                               "different resolutions, not one grid plus text",
+    "HunyuanVideo15Transformer3DModel": "not adapted yet: its processor passes a [B, 1, S, S] query-and-key "
+                                        "padding mask, which the runtime reduces to key masks of shape [B, S] only",
+    "LTX2VideoTransformer3DModel": "not adapted yet: audio-video model (video and audio streams with "
+                                   "cross-modal attention)",
+    "TransformerTemporalModel": _NOT_A_GRID + " (temporal attention inside a UNet)",
+    "PriorTransformer": _NOT_A_GRID + " (CLIP-embedding prior)",
+    "StableAudioDiTModel": "audio: 1D latent sequence, no spatial grid",
+    "StableAudio3DiTModel": "audio: 1D latent sequence, no spatial grid",
+    "AceStepTransformer1DModel": "audio: 1D latent sequence, no spatial grid",
+    "MiniMaxMusic3Transformer1DModel": "audio: 1D latent sequence, no spatial grid",
+}
+
+
 def _load_all() -> None:
-    for name in ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3"):
+    for name in _FAMILY_FILES:
         importlib.import_module(f"{__name__}.{name}")
 
 
@@ -90,7 +126,10 @@ def adapter_for(model) -> Adapter:
         for adapter in adapters():
             if adapter.resolve_class() is cls:
                 return adapter
-    raise TypeError(f"dit_sparse does not support {type(model).__name__}; supported transformer classes: "
+    name = type(model).__name__
+    reason = next((REFUSED[cls.__name__] for cls in type(model).__mro__ if cls.__name__ in REFUSED), None)
+    why = f" ({reason})" if reason else ""
+    raise TypeError(f"dit_sparse does not support {name}{why}; supported transformer classes: "
                     f"{', '.join(supported_classes())}")
 
 
@@ -122,4 +161,4 @@ def encoder_len(model, bound: Dict[str, Any]) -> int:
     return int(require(bound, "encoder_hidden_states", model).shape[1])
 
 
-__all__ = ["Adapter", "register", "adapters", "adapter_for", "supported_classes"]
+__all__ = ["Adapter", "REFUSED", "register", "adapters", "adapter_for", "supported_classes"]
