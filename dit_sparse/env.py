@@ -21,8 +21,8 @@ def cpu_half_matmul_is_native(dtype_name: str) -> bool:
 
     PyTorch hands half-precision CPU matmuls to oneDNN only where the CPU has the
     instructions (AVX512-BF16 or AMX for bf16, AVX512-FP16 or AMX-FP16 for fp16); elsewhere a
-    generic loop runs them, on a 2-core AVX2 AMD EPYC 30x (256 x 256) to 300x (2048 x 2048)
-    slower than float32, so a diffusers pipeline loaded in that dtype crawls. Unknown
+    generic loop runs them, far slower than float32 and more so the larger the matrices
+    (docs/benchmarks.md), so a diffusers pipeline loaded in that dtype crawls. Unknown
     (a PyTorch without the probe): assumed native, so nothing warns wrongly.
     """
     import torch

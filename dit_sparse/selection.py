@@ -461,15 +461,14 @@ def select(table: ErrorTable, *, max_error: Optional[float] = None, budget: Opti
 
     ``cost="time"`` ranks candidates by their measured kernel time (``table.time``, relative
     to dense) instead of their density, and ``budget`` is then a mean relative time: kernels
-    differ in how close they come to 1 / density (on the 2-core CPU a sliding tile of 8 x 8
-    tiles runs at ~100% of it, a neighbourhood or a 4 x 4 tiling at ~80%), so the cheapest
+    differ in how close they come to 1 / density (docs/benchmarks.md), so the cheapest
     pattern by density need not be the fastest.
 
     ``phases``: ``[(start_step, value), ...]`` splits the sparse steps at those steps; the
     first phase (from the warm-up on) is chosen under ``max_error``/``budget`` on its own
     sampled steps, each later phase under its ``value`` (same mode) on its own. Late steps
-    refine what the early ones laid out and tolerate more error (measured end to end on the
-    embedded model: see the README), so a larger bound there buys speed cheaply.
+    refine what the early ones laid out and tolerate more error (end to end on the embedded
+    model: docs/benchmarks.md), so a larger bound there buys speed cheaply.
     """
     mode, value = check_mode(max_error, budget)
     phases = check_phases(phases, mode)

@@ -5,11 +5,9 @@ PyTorch picks its CPU convolution kernel with a heuristic written for 2D inputs
 only if ``N * C * D * H`` (the first four sizes) exceeds 20480; otherwise it runs the native
 ``slow_conv3d`` (an im2col + matmul loop). For the 5-D inputs of a video autoencoder, whose
 frames are fed one or two at a time by a causal cache, that product is small and the
-native path is taken, while oneDNN computes the same convolution 4-20x faster (measured on
-a 2-core EPYC: ``[1, 16, 4, 130, 130]`` by 16x16x3x3x3 34.6 ms native, 1.6 ms oneDNN;
-``[1, 32, 3, 66, 66]`` by 32x32x3x3x3 3.4 ms against 0.8 ms). In the embedded model at
-128x128 the autoencoder's decode and the transformer's patch embedding spent 1.5 s of a
-19 s generation there, the same in a dense and in a sparse run.
+native path is taken, while oneDNN computes the same convolution several times faster
+(docs/benchmarks.md). The decode costs the same in a dense and in a sparse run, so a slow
+one hides what sparse attention saves.
 
 :func:`use_onednn_conv3d` routes the ``Conv3d`` layers of a pipeline (or module) to
 ``torch.mkldnn_convolution`` when the call qualifies (CPU, float32, zero padding mode,
@@ -77,7 +75,7 @@ def use_onednn_conv3d(target) -> int:
     Example::
 
         pipe = WanPipeline.from_pretrained(...)
-        dit_sparse.pipelines.cpu_conv.use_onednn_conv3d(pipe)   # CPU decode 4-20x faster per conv
+        dit_sparse.pipelines.cpu_conv.use_onednn_conv3d(pipe)   # a faster CPU decode
     """
     if not onednn_available():
         return 0

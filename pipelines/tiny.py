@@ -1,12 +1,14 @@
 """The embedded default model: a tiny Wan text-to-video pipeline shipped inside the package.
 
 ``pipelines/embedded/tiny-wan/`` is a standard diffusers ``WanPipeline`` folder (saved with
-``save_pretrained``, safetensors weights, ~5.7 MB) trained by ``scripts/train_tiny.py`` on
-procedural clips of a coloured shape moving left/right/up/down on a coloured background,
-e.g. ``"a red circle moving left on a blue background"``. Training size: 9 frames at
+``save_pretrained``, safetensors weights, ~5.7 MB) trained by
+``scripts/tiny_wan/train_tiny.py`` on procedural clips of a coloured shape moving
+left/right/up/down on a coloured background, e.g. ``"a red circle moving left on a blue
+background"``. Training size: 9 frames at
 64 x 64 pixels (a 5 x 16 x 16 token grid); it also runs at 128 x 128 (5 x 32 x 32 tokens),
 where self-attention dominates the run time. It lets the CLI and the benchmarks run offline
-on a model whose attention is really local.
+on a model whose attention is really local. Its training scripts and record:
+``scripts/tiny_wan/README.md`` (research, never imported by the library).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ DEFAULT_CALL_KWARGS = {"num_frames": 9, "height": 64, "width": 64, "num_inferenc
 
 #: An image of this model is the middle frame of a clip of this many frames (its training
 #: length): a lone frame (``num_frames=1``), like the first frame of a clip, does not follow
-#: the caption's colours (scored with scripts/caption_score.py: docs/benchmarks.md).
+#: the caption's colours (scored with scripts/tiny_wan/caption_score.py: docs/benchmarks.md).
 IMAGE_CLIP_FRAMES = 9
 
 

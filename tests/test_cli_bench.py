@@ -149,11 +149,11 @@ def test_frontier_picture_places_points_and_dense_on_the_top_edge():
 
 def test_embedded_prompts_are_held_out():
     """The default bench prompts: at least 8, a red circle among them, none a caption of the
-    shipped model's training clips (scripts/train_tiny.py's record) nor a profiling prompt of
+    shipped model's training clips (scripts/tiny_wan/README.md's record) nor a profiling prompt of
     the shipped plans."""
     from dit_sparse.cli.bench import EMBEDDED_PROMPTS
 
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "scripts" / "tiny_wan"))
     import tiny_clips
 
     training = {tiny_clips.sample_spec(0, i).caption for i in range(1200)}

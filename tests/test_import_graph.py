@@ -198,6 +198,13 @@ def core_cycles(imports: Iterable[Import]) -> List[List[Import]]:
     return cycles
 
 
+def script_imports(imports: Iterable[Import], root: Path = ROOT) -> List[Import]:
+    """Imports of a research script (any ``scripts/**/*.py``, e.g. the embedded model's
+    ``scripts/tiny_wan/``), or of ``scripts`` itself: the package never ships them."""
+    names = {path.stem for path in (root / "scripts").rglob("*.py")} | {"scripts"}
+    return [imp for imp in imports if imp.target.partition(".")[0] in names]
+
+
 def scan_repository(root: Path = ROOT) -> List[Import]:
     files = module_files(root)
     exports = face_exports((root / "dit_sparse" / "__init__.py").read_text())
@@ -246,6 +253,11 @@ def test_no_cycles_between_core_modules(imports):
 def test_kernels_import_neither_core_nor_diffusers(imports):
     bad = kernel_violations(imports)
     assert not bad, "kernels take plain tensors and ints; these imports reach above them:\n" + describe(bad)
+
+
+def test_the_library_imports_no_research_script(imports):
+    bad = script_imports(imports)
+    assert not bad, "research scripts are not part of the package; these imports reach them:\n" + describe(bad)
 
 
 # --------------------------------------------------------------------------------------
@@ -299,3 +311,9 @@ def test_scanner_reports_a_cycle_between_core_modules():
     assert [sorted((i.source, i.target) for i in c) for c in cycles] == [
         [("dit_sparse.patterns", "dit_sparse.tiling"), ("dit_sparse.tiling", "dit_sparse.patterns")]]
     assert core_cycles(imports[1:]) == []
+
+
+def test_scanner_reports_a_research_script_import():
+    source = "import torch\n\ndef f():\n    import train_tiny\n    from tiny_clips import render\n"
+    imports = scan_one(source, "dit_sparse.pipelines.api")
+    assert [(i.target, i.line) for i in script_imports(imports)] == [("train_tiny", 4), ("tiny_clips", 5)]

@@ -80,8 +80,8 @@ def epilog() -> str:
 
 
 #: Prompts for the embedded model when --prompts is not given: the 9 of its 360 possible
-#: captions (scripts/tiny_clips.py: 6 shape colours x 5 background colours x 3 shapes x 4
-#: directions) that no training clip has (scripts/train_tiny.py's record: dataset seed 0,
+#: captions (scripts/tiny_wan/tiny_clips.py: 6 shape colours x 5 background colours x 3 shapes
+#: x 4 directions) that no training clip has (scripts/tiny_wan/README.md: dataset seed 0,
 #: clips 0-1,199 at 64 px and 10,000,000-10,000,159 at 128 px). The plans' profiling prompts
 #: (docs/plans/calib.txt) are training captions, so none of these. tests/test_cli_bench.py
 #: checks all of it.

@@ -8,8 +8,8 @@ Nothing here imports torch or diffusers, except :func:`pay_note`, which runs aft
   and, where the model folder's configs say so (the embedded model, Wan-style VAEs), the
   multiples the pipeline needs.
 * Threads: ``--threads N``, or by default the CPUs that other processes leave idle, measured
-  for a quarter second (on two busy cores PyTorch's default of one thread per core makes a run
-  10-30x slower: its threads wait for each other at every barrier).
+  for a quarter second (on busy cores PyTorch's default of one thread per core makes a run
+  many times slower: its threads wait for each other at every barrier; docs/benchmarks.md).
 * Whether sparsity can pay at the requested size on this device (:func:`pay_note`).
 """
 
@@ -31,9 +31,10 @@ MAX_FPS = 1000.0
 MAX_REPEAT = 1000
 #: Token counts below which sparse attention cannot pay on a device type, whatever it skips:
 #: per call, the sparse path's fixed costs (the runtime hook, layout lookups, gathers) outweigh
-#: the pairs it does not compute. CPU: the embedded model ran 0.85x-1.09x of dense at 1,280
-#: tokens and 1.4x-1.7x at 5,120 (docs/benchmarks.md); one layer's kernel alone looks faster
-#: at 1,280 tokens than the pipeline is. No figure for GPUs: nothing was measured on one.
+#: the pairs it does not compute. CPU: the embedded model's sparse runs were about as fast as
+#: dense at 1,280 tokens and faster at 5,120 (docs/benchmarks.md); one layer's kernel alone
+#: looks faster at 1,280 tokens than the pipeline is. No figure for GPUs: nothing was measured
+#: on one.
 MIN_TOKENS = {"cpu": 4096}
 #: Decoder channels at full resolution assumed when a VAE config does not say (SD-style VAEs).
 DEFAULT_VAE_CHANNELS = 128
@@ -184,8 +185,7 @@ def decode_bytes(frames: int, height: int, width: int, vae_channels: int) -> int
     """A lower bound of the memory a decode of ``frames`` x ``height`` x ``width`` needs: the
     float32 output (plus its uint8 copy) of every frame, and the decoder's full-resolution
     activations (about 8 live float32 maps of ``vae_channels`` each) of a chunk of frames.
-    On the embedded model (16 channels, 9 frames) the measured peak grew by about 540 bytes per
-    output pixel and frame, above this bound."""
+    A real decode needs more (the embedded model's measured peak: docs/benchmarks.md)."""
     pixels = height * width
     return frames * pixels * (12 + 3) + min(frames, DECODE_CHUNK_FRAMES) * pixels * 32 * vae_channels
 

@@ -86,8 +86,8 @@ def head_rows(b: int, s: int, h: int, index: torch.Tensor) -> torch.Tensor:
     ``[B * S * H, D]`` view of a ``[B, S, H, D]`` tensor, ``(batch, head)``-major: ``[B * H * n]``.
 
     Gathering ``D``-element rows straight from diffusers' tokens-major layout costs no more
-    than gathering them from a heads-major copy, and saves the copy (a full pass over q, k
-    and v: ~13 ms each at S = 8192, 12 heads x 128, fp32)."""
+    than gathering them from a heads-major copy, and saves the copy (a full pass over each of
+    q, k and v)."""
     return (head_base(b, s, h)[:, None] + index[None, :] * h).reshape(-1)
 
 
@@ -194,9 +194,8 @@ def grouped_attention(
     A group's query and key tokens are gathered as whole ``H * D`` rows of diffusers'
     tokens-major layout and attended as ``[B, H, n, D]`` views of the gathered rows (masked
     groups gather their keys per head instead); the output rows are copied back the same
-    way. (Measured at 8x32x32, 12 heads x 128, fp32: sliding tile 1x1x3 363 -> 258 ms,
-    neighborhood 3x11x11 439 -> 338 ms against a heads-major copy of q, k, v, per-head row
-    gathers and one final reordering gather.)
+    way: faster than a heads-major copy of q, k, v with per-head row gathers and one final
+    reordering gather (docs/benchmarks.md).
 
     Args:
         q, k, v: ``[B, S, H, D]``, contiguous.
@@ -239,8 +238,8 @@ def grouped_attention(
 
         if mask is not None:
             # masked (neighbourhood) groups attend faster to contiguous per-head keys: gather
-            # them heads-major, D-element rows (8x32x32 .. 13x30x52, 12 heads, 64 and 128:
-            # 2-10% faster than the transposed views, which win where nothing is masked)
+            # them heads-major, D-element rows (the transposed views win where nothing is
+            # masked; docs/benchmarks.md)
             kr = head_rows(b, s, h, kv_index)
             kg, vg = k1.index_select(0, kr).view(b, h, nk, d), v1.index_select(0, kr).view(b, h, nk, d)
         else:

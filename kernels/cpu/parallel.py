@@ -3,12 +3,11 @@
 PyTorch's CPU flash-attention kernel splits a call over (batch, head, query chunk), and its
 query chunks are short when a call has few query rows (32 rows below 192, 64 below 768):
 each chunk then re-reads all of its head's keys, and two threads on one such call are
-memory-bound. Measured on the 2-core machine, 12 heads x 64, fp32: calls of 128 query rows
-x 676 keys ran at 87 GFLOP/s one after another on 2 threads, and at 128 GFLOP/s as two
-streams of single-threaded calls (dense SDPA at S = 8192: 154 GFLOP/s); 256 x 1024 went
-from 120 to 150. So the CPU kernels hand their groups to a small pool of workers, one per
-intra-op thread, each running PyTorch single-threaded (``torch.set_num_threads(1)`` on a
-worker sets only that thread's OpenMP team size), pulling groups in order.
+memory-bound: such calls run faster as streams of single-threaded calls side by side than
+one after another on all threads (docs/benchmarks.md). So the CPU kernels hand their groups
+to a small pool of workers, one per intra-op thread, each running PyTorch single-threaded
+(``torch.set_num_threads(1)`` on a worker sets only that thread's OpenMP team size), pulling
+groups in order.
 
 This is inter-op parallelism of the kind ``torch.jit.fork`` offers, done with a thread
 pool because the groups are plain Python closures; torch releases the GIL inside its ops.

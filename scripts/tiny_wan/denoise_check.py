@@ -5,7 +5,7 @@ Rows of the PNG: training clips (frames 0, 4, 8 of each), their VAE reconstructi
 that draws the captioned shape at sigma 0.6 but not at 0.9 has a weak high-noise end: there
 the caption alone must say what to draw.
 
-    python scripts/denoise_check.py -o check.png --model /path/to/WanPipeline/folder
+    python scripts/tiny_wan/denoise_check.py -o check.png --model /path/to/WanPipeline/folder
 """
 
 from __future__ import annotations

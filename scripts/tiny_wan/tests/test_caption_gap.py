@@ -1,12 +1,8 @@
-"""scripts/caption_gap.py: the velocity error is the flow-matching one, per caption variant."""
-
-import sys
-from pathlib import Path
+"""scripts/tiny_wan/caption_gap.py: the velocity error is the flow-matching one, per caption variant."""
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import caption_gap as cg  # noqa: E402
+import caption_gap as cg
 
 
 class Stub(torch.nn.Module):

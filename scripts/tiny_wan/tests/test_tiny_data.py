@@ -1,13 +1,9 @@
 """Quick checks of the procedural clips the embedded tiny model is trained on."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import tiny_clips  # noqa: E402
+import tiny_clips
 
 
 def _shape_centroids(clip: np.ndarray, spec: tiny_clips.ClipSpec) -> np.ndarray:

@@ -1,18 +1,15 @@
-"""scripts/motion_probe.py: the path slope is 1 for the captioned motion, -1 reversed, 0 still."""
+"""scripts/tiny_wan/motion_probe.py: the path slope is 1 for the captioned motion, -1 reversed, 0 still."""
 
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import motion_probe as mp  # noqa: E402
-import tiny_clips  # noqa: E402
-from caption_gap import OPPOSITE  # noqa: E402
+import motion_probe as mp
+import tiny_clips
+from caption_gap import OPPOSITE
 
 
 def _frames(spec, frames=9, size=64):

@@ -11,8 +11,8 @@ near 1); a model whose ``true`` equals ``empty`` there draws its colours from th
 whatever the prompt says; one whose ``reversed`` equals ``true`` ignores the direction word
 (moves its shapes, if at all, whichever way the noise says).
 
-    python scripts/caption_gap.py                         # embedded model
-    python scripts/caption_gap.py --model /tmp/tw --clips 48 --sigmas 0.5 0.9 0.97 1.0
+    python scripts/tiny_wan/caption_gap.py                         # embedded model
+    python scripts/tiny_wan/caption_gap.py --model /tmp/tw --clips 48 --sigmas 0.5 0.9 0.97 1.0
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import torch
 
 from dit_sparse.report import format_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the scripts beside this one, and scripts/eval_plan.py
 import tiny_clips  # noqa: E402
 from tiny_clips import OPPOSITE, reverse_direction  # noqa: E402,F401  (re-exported)
 from eval_plan import load  # noqa: E402

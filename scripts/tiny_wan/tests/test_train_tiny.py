@@ -1,18 +1,14 @@
-"""The sparse steps of scripts/train_tiny.py: random local patterns per layer, trained under autograd."""
+"""The sparse steps of scripts/tiny_wan/train_tiny.py: random local patterns per layer, trained under autograd."""
 
 import re
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import dit_sparse as ds
+import train_tiny
 from pipelines_fixtures import build
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import train_tiny  # noqa: E402
 
 
 def _gen(seed):
@@ -269,3 +265,11 @@ def test_reverse_direction_lives_with_the_clip_vocabulary():
     flipped = tiny_clips.reverse_direction(spec.caption)
     assert flipped.split()[4] == tiny_clips.OPPOSITE[spec.direction]
     assert flipped.replace(tiny_clips.OPPOSITE[spec.direction], spec.direction) == spec.caption
+
+
+def test_export_and_import_default_to_the_folder_the_cli_loads():
+    """``--out`` / ``--from`` default to the embedded model's folder, wherever this script lives."""
+    from dit_sparse.pipelines.tiny import embedded_model_path
+
+    assert train_tiny.SHIPPED.resolve() == embedded_model_path().resolve()
+    assert (train_tiny.SHIPPED / "model_index.json").is_file()

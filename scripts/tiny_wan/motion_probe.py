@@ -19,8 +19,8 @@ true caption and with the opposite direction ("reversed"): a model that reads th
 has ``true`` near 1 and ``reversed`` near -1 in the ``ref`` setting; one that copies the clean
 frame's shape in place has both near 0.
 
-    python scripts/motion_probe.py                       # embedded model
-    python scripts/motion_probe.py --model /tmp/tw --clips 32 --sigma 0.995 --levels 0.9 0.8
+    python scripts/tiny_wan/motion_probe.py                       # embedded model
+    python scripts/tiny_wan/motion_probe.py --model /tmp/tw --clips 32 --sigma 0.995 --levels 0.9 0.8
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import torch
 
 from dit_sparse.report import format_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the scripts beside this one, and scripts/eval_plan.py
 import tiny_clips  # noqa: E402
 from caption_gap import DATASET_SEED, latent_stats, normalised_latents, reverse_direction  # noqa: E402
 from caption_score import NAMES, labels  # noqa: E402

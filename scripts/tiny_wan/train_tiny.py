@@ -1,4 +1,4 @@
-"""Train the embedded tiny Wan text-to-video model (the record of how its weights were made).
+"""Train the embedded tiny Wan text-to-video model (the script that made its weights).
 
 The model is a standard diffusers ``WanPipeline`` folder built only from library classes:
 
@@ -13,402 +13,38 @@ The model is a standard diffusers ``WanPipeline`` folder built only from library
   patch (1, 2, 2), Wan's own 3D RoPE.
 * ``scheduler``: ``FlowMatchEulerDiscreteScheduler`` (shift 3).
 
-Training data is procedural (``scripts/tiny_clips.py``): 9-frame 64x64 clips of a coloured
-shape moving left/right/up/down on a coloured background, captioned, deterministic from
-``--seed``. At 9 x 64 x 64 pixels the latent is 5 x 32 x 32 and the transformer sees a
+Training data is procedural (``tiny_clips.py``, beside this script): 9-frame 64x64 clips of a
+coloured shape moving left/right/up/down on a coloured background, captioned, deterministic
+from ``--seed``. At 9 x 64 x 64 pixels the latent is 5 x 32 x 32 and the transformer sees a
 5 x 16 x 16 token grid (1280 tokens); at 2x spatial size (128 x 128) it is 5 x 32 x 32
 (5120 tokens), where self-attention dominates the run time.
 
 Stages (each resumable from ``--ckpt``; each stops after ``--minutes`` of wall time and can
 be started again to continue)::
 
-    python scripts/train_tiny.py --stage vae     --ckpt /work/ckpt --minutes 18
-    python scripts/train_tiny.py --stage latents --ckpt /work/ckpt       # encode + cache clips
-    python scripts/train_tiny.py --stage dit     --ckpt /work/ckpt --minutes 60
-    python scripts/train_tiny.py --stage export  --ckpt /work/ckpt --out pipelines/embedded/tiny-wan
-    python scripts/train_tiny.py --stage all     --ckpt /work/ckpt --out ... --minutes 80
+    python scripts/tiny_wan/train_tiny.py --stage vae     --ckpt /work/ckpt --minutes 18
+    python scripts/tiny_wan/train_tiny.py --stage latents --ckpt /work/ckpt       # encode + cache clips
+    python scripts/tiny_wan/train_tiny.py --stage dit     --ckpt /work/ckpt --minutes 60
+    python scripts/tiny_wan/train_tiny.py --stage export  --ckpt /work/ckpt --out pipelines/embedded/tiny-wan
+    python scripts/tiny_wan/train_tiny.py --stage all     --ckpt /work/ckpt --out ... --minutes 80
 
 ``vae-decoder`` then fine-tunes only the VAE decoder on full 9-frame clips with the encoder
 frozen (so the cached latents and the DiT stay valid); it can run beside ``dit``::
 
-    python scripts/train_tiny.py --stage vae-decoder --ckpt /work/ckpt --minutes 15
+    python scripts/tiny_wan/train_tiny.py --stage vae-decoder --ckpt /work/ckpt --minutes 15
 
 ``--steps N`` instead of ``--minutes`` gives ``vae``, ``vae-decoder`` or ``dit`` a budget of
 optimizer steps: the learning-rate schedule then follows the step count, so a recorded run
-can be made again step for step on a machine of another speed (the minutes below are of the
-machines that ran them; ``--extend --steps N`` adds N steps to a resumed stage).
+can be made again step for step on a machine of another speed (``--extend --steps N`` adds N
+steps to a resumed stage).
 
 ``all`` runs them in sequence, splitting ``--minutes`` 25% vae, 65% dit, 10% vae-decoder. Checkpoints are
 safetensors files (model + Adam moments) plus a small ``state.json`` per stage, in
 ``--ckpt`` (outside the repository). Runs single-threaded by default (``--threads``).
 
-How the shipped weights were made (the record; wall minutes on the 2-core machine)::
-
-    --stage vae --minutes 20                                   # 20.0 min, 865 steps
-    --stage vae-decoder --minutes 27                           # 27.6 min
-    --stage latents --num-clips 1200 --num-big-clips 0 --threads 2  # 1.9 min (64 px)
-    --stage latents --big-size 128 --num-big-clips 160         #  0.8 min (128 px)
-    --stage dit --minutes 42 --threads 2 --autocast bf16 --high-sigma-frac 0.3 \
-        --fg-weight 4 --fg-weight-final 1 --sparse-prob 0.5 --sparse-max-sigma 0.95 \
-        --big-size 128 --big-batch 2                           # 42.0 min, 2,430 steps, from scratch
-    --stage export                                             # EMA weights
-                                                               # 92.3 min in all
-
-What made the caption work is ``--high-sigma-frac`` (see ``sample_sigmas``): every DiT
-before it drew its colours from the noise, whatever the prompt (caption scores at chance),
-because the shifted logit-normal almost never trained the noise levels where only the
-caption can say what to draw. With it: the captioned background in 24 of 24 unseen
-captions, the captioned shape colour in 16 (``scripts/caption_score.py``); the velocity error
-at sigma 1 is 0.31 with the caption against 1.04 without (``scripts/caption_gap.py``; the
-previous DiT: 0.94 against 1.07). The ``--sparse-prob`` steps (half of them: a random local
-pattern per layer, sigmas scaled below 0.95 where sparse inference runs) keep the attention
-local at 128 px: the budget-0.25 plan's per-layer errors there are 0.07 / 0.16 / 0.20,
-against 0.17 / 0.34 / 0.37 for the previous DiT. A twin run with ``--sparse-prob 0.7`` (2,544
-steps) scored a little better at 64 px (shape colour 19 of 24) but was less local at 128 px
-(0.16 / 0.17 / 0.21) and was not shipped. What is still wrong: the first one or two frames
-(the causal VAE encodes pixel frame 0 alone, in a code that correlates only ~0.35 with the
-later latent frames', and Wan's transformer has no absolute position to tell that frame
-apart), and the shapes are blobs that barely travel (motion and outline scores at chance).
-A twin run with ``--frame0-weight 3`` (latent frame 0 weighs 3 in the loss; 2,509 steps):
-captioned background 24 of 24, shape colour 17, motion 3 (shipped: 1), outline 2 (shipped:
-7), stray share 0.044 (0.074); its first frames show the captioned background more often, but
-shapes still appear and vanish between frames. Not shipped: no clear gain. Another with
-``--temporal-weight 1`` (an extra loss on how the velocity error changes between latent
-frames 1..4; 2,554 steps): background 24, shape colour 15, motion 3, outline 6, stray 0.077.
-Not shipped either: motion stays near chance.
-
-A whole recipe with a time-homogeneous autoencoder (2026-11-30, not shipped)::
-
-    --stage vae --minutes 10 --threads 2 --vae-static-weight 0.5   # then --extend --minutes 6:
-                                                                  # 16.0 min, 1,700 steps
-    --stage vae-decoder --minutes 8 --threads 2                    #  8.0 min, 795 steps
-    --stage latents --num-clips 1200 --big-size 128 --num-big-clips 160 --threads 2   # 2.5 min
-    --stage dit --minutes 62 [the shipped DiT flags]               # 62.0 min, 3,743 steps
-                                                                  # 88.5 min in all
-
-``--vae-static-weight`` (``static_spread``) makes the encoder code a still picture the same at
-latent frame 0 as at the later ones: cosine 0.999 between the codes of frame 0 and the later
-frames of a clip held still (``static_spread`` 0.0006), against 0.43 (0.21) for the shipped
-autoencoder. Two threads made the autoencoder cheap (without the static term 0.43 s per step
-against 0.59 on one at batch 4, 5 frames, 48 px crops; with it 0.56 s; the shipped one took
-47.6 minutes in its two stages) and better: reconstruction PSNR 28.4-30.1 dB per pixel frame of
-9-frame clips against 22.2-26.2 dB. Its DiT, with 1.5x the steps, no longer smears the first
-frames, but draws the shape in fewer clips: caption scores background 21 of 24, shape colour
-11, motion 2, outline 4, stray 0.033; the shape often appears some frames in, or vanishes, and
-where it moves it moves against the caption in most clips (right -> left, up -> down). Frame 0
-was not what kept the shapes still. At guidance 2 it scored 24 / 14 / 5 / 5 (the shipped DiT
-at guidance 2: 24 / 17 / 4 / 8). A 40-minute DiT with the shipped flags on the same new
-autoencoder (2,387 steps, the shipped DiT's budget) scored lower still: 18 / 8 / 2 / 4, stray
-0.050. So it is the new latent space, not the longer run, that the DiT draws worse from: a
-sharper autoencoder is not an easier one to denoise in.
-
-Why the shapes do not travel (2026-11-30, later; none of it shipped): the DiTs do not read
-the direction word. ``scripts/caption_gap.py`` with the opposite direction in the caption
-("reversed") gives the shipped DiT's velocity error to the fourth decimal at sigma 0.5-0.97
-(+0.0035 at 1, against +1.06 for a wrong caption), and ``caption_score.py --from-sigma S``
-shows the model keeping the motion of a true clip noised to 0.58 (24 of 24), of 10 from 0.84 and
-of 1 from pure noise: it denoises motion it is shown but never starts any. With
-every frame equally noisy the direction is nearly worthless to the loss (at high noise a model
-without absolute positions predicts a smear that is the same in every frame; lower down, the
-frames show the motion themselves), so ``--frame-noise-prob`` (``frame_noise``) trains with one
-latent frame per clip less noisy than the rest, where the direction decides where the shape is
-in the others. Runs on the shipped autoencoder:
-
-    8-min fine-tunes of the shipped DiT (--extend --dit-lr 3e-4):
-      --high-sigma-frac 1 --high-sigma-min 0.5 (sigma ~ U(0.5, 1)), 520 steps:
-          caption scores 24 / 18 / 1 / 5, stray 0.049; from sigma 0.84 motion 13 of 24 (shipped: 10)
-      shipped flags + --frame-noise-prob 0.5, 430 steps: 24 / 11 / 1 / 4
-    42 min from scratch, shipped flags + --frame-noise-prob 0.5 --frame-noise-range 0.0 0.6:
-      2,313 steps (about two minutes shared with tests): 24 / 18 / 1 / 7, stray 0.080;
-      from sigma 0.84 motion 15 of 24; reversed - true +0.0017 at 0.97, +0.0114 at 1
-    its 6-min continuation on frame-noise steps only (--frame-noise-prob 1 --frame-noise-range
-      0.0 0.3 --high-sigma-frac 1 --dit-lr 1e-3), 355 steps: with frame 0.2 x sigma and the
-      others at 0.97, the velocity error is 0.0003 *lower* with the reversed caption
-    8 min from scratch on frame-noise steps alone (--frame-noise-prob 1 --frame-noise-range
-      0.0 0.05 --high-sigma-frac 1 --high-sigma-min 0.99: one frame clean, the rest pure
-      noise; 482 steps): the reversed caption costs +0.016 (4%) in that setting - the first
-      DiT to read the direction at all
-    its 34-min continuation with the shipped flags + --frame-noise-prob 0.5 --frame-noise-range
-      0.0 0.6 (42 min in all, 2,398 steps): 23 / 16 / 2 / 4, stray 0.100; from sigma 0.84 motion
-      16 of 24 (the most of any DiT); but reversed - true in the frame-noise setting back to
-      -0.002 and +0.0020 at 0.97 in caption_gap: the mixed steps unlearned the direction
-    10 min from scratch, shipped flags + --frame-noise-prob 0.3 --frame-noise-range 0.0 0.05
-      --frame-noise-sigma-min 0.99 (a share of the pure steps throughout; 591 steps, ~180 of
-      them frame-noise): reversed - true -0.002 in the pure setting: not learned either
-
-Wan's 3D RoPE rotates separate channel pairs by time and by each spatial axis, so a head's
-position preference is a sum of a temporal and a spatial term: it can look one frame back at
-one offset, not along a path; a direction-dependent motion needs such a head per frame
-offset, its offset set by the caption. With ``attention_head_dim`` 32 each spatial axis gets
-2 * (32 // 6) = 10 channels, 5 frequencies of which two (1 and 0.16 rad per token) resolve
-offsets of 1-8 tokens; with 64 it gets 10 frequencies (1, 0.40, 0.16, 0.06, ...).
-``scripts/motion_probe.py`` measures the circuit directly: the x0 prediction with latent frame
-2 clean and the rest at sigma 0.995, decoded, its shape's path slope along the captioned
-direction (1: as captioned, 0: copied in place, -1: reversed), with the true caption / the
-opposite direction, 24 unseen clips (2026-11-30, later):
-
-    shipped DiT                                                             +0.05 / +0.05
-    8 min pure frame-noise steps (the run above that read the direction)    +0.12 / -0.19
-    its 4 x 32 twin (same flags, --autocast bf16 --fg-weight 4 --fg-weight-final 1
-      --frame-noise-prob 1 --frame-noise-range 0.0 0.05 --high-sigma-frac 1
-      --high-sigma-min 0.99; 450 steps)                                     +0.12 / -0.15
-    the same with --dit-heads 2 --dit-head-dim 64 (same parameter count; 528 steps)  +0.34 / +0.00
-    4 x 32 pure run + 34 min with the shipped flags + --frame-noise-prob 0.4
-      --frame-noise-range 0.0 0.5 --frame-noise-sigma-min 0.99 (40% of the steps keep
-      the task; 2,470 steps)                                                -0.00 / -0.05
-    2 x 64 pure run + the same 34 min (2,688 steps)                         +0.77 / -0.42
-
-After 8 pure minutes both head shapes read the direction a little (true - reversed 0.27 for
-4 x 32, 0.34 for 2 x 64); with the usual steps mixed in, the 2 x 64 DiT grew it (1.19: it
-moves the clean frame's shape the captioned way in the other frames) and the 4 x 32 one lost
-it (it copies the shape in place). So the head shape, not the mix, decided (wider heads or
-fewer of them: the two are not separated here). But it does not carry over to sampling:
-with every frame at one level (the sampler's) the slope is the same for either direction
-(0.61 / 0.65 at sigma 0.95, the noisy true clip's own motion), caption_gap's reversed - true
-stays +0.0006 at 0.97, and from pure noise the 2 x 64 DiT scores 22 / 9 / 2 / 4 (stray
-0.080; guidance 1: 24 / 9 / 6 / 8), fewer shape colours than the 4 x 32 runs (the 4 x 32
-continuation: 23 / 18 / 2 / 6, stray 0.086), though from sigma 0.85 it keeps the motion of 18
-of 24 (shipped: 10 from 0.84). A 15-minute fine-tune of it with ``--frame-noise-every
---frame-noise-range 0.3 1.0`` (every frame its own level between clear and pure noise, a
-bridge towards equal levels; --dit-lr 3e-4, 991 steps) kept the circuit (+0.56 / -0.36) and
-still did not move shapes from noise: 23 / 9 / 1 / 2. Nor did a 10-minute fine-tune with 60%
-of the steps at equal levels 0.9-1, where the circuit would pay (``--high-sigma-frac 0.6
---high-sigma-min 0.9``, 30% one-clean-frame steps, --dit-lr 3e-4, 676 steps): slope +0.80 /
--0.48, reversed - true -0.0000 at 0.97, 24 / 8 / 0 / 3. The circuit is gated by the clean
-frame (its per-token timestep or its content); sampling needs it to act on evidence spread
-thinly over every frame. What began to move it there: a 10-minute fine-tune with the gap
-narrowed, the reference frame only a little less noisy than the rest (shipped flags +
-``--frame-noise-prob 0.5 --frame-noise-range 0.7 0.95 --frame-noise-sigma-min 0.9``, --dit-lr
-3e-4, 620 steps): slope +0.92 / -0.68 with a clean frame, and for the first time a direction
-effect at one level for all frames (+0.67 / +0.46 at sigma 0.95; caption_gap reversed - true
-+0.0133 at 0.97, against +0.0006 before it); from sigma 0.95 the clips keep or start the
-captioned motion in 10 of 24 (the 2 x 64 DiT before it: 5; shipped, from 0.94: 7), from pure
-noise still 2 of 24 (scores 23 / 9 / 2 / 4; guidance 1: 23 / 8 / 4 / 5). Ten more minutes
-narrowed further (``--frame-noise-range 0.85 1.0``, 628 steps): +0.79 / +0.19 at sigma 0.95
-for all frames, reversed - true +0.0271 at 0.97, from sigma 0.95 the captioned motion in 13
-of 24 (shape colour 22), from pure noise still 2 (24 / 9 / 2 / 2). None of it shipped.
-
-Two 10-minute continuations of that one (2026-11-30, the next session; --dit-lr 3e-4, shipped
-flags + ``--frame-noise-prob 0.5 --frame-noise-sigma-min 0.9``), side by side, and a 20-minute
-continuation of the second:
-
-    run                                       steps  probe clean  all@0.95       rev - true  scores g4      g1
-    --frame-noise-range 0.93 1.0                626  +0.91/-0.74  +0.75 / +0.06  +0.0341     24/ 8/1/3      24/14/4/8
-    --frame-noise-range 0.7 0.95 + hidden       664  +0.91/-0.69  +0.81 / +0.08  +0.0418     24/16/3/6      24/16/4/9
-      then --frame-noise-range 0.85 1.0 + hidden  1,295  +0.87/-0.72  +0.75 / -0.07  +0.0634     24/16/8/3      23/13/6/4
-
-(probe: ``motion_probe.py`` slopes true / reversed caption; rev - true: caption_gap at sigma
-0.97; scores: background / shape colour / motion / outline of 24 from pure noise, guidance 4
-and 1.) ``--frame-noise-hidden`` (``frame_noise``) gives every token the clip's timestep, so
-the model is not told which frame is clearer; with the wider gap it kept the shape colours
-that the narrowest gap lost, and the direction effect at equal levels grew the most. The
-separation at equal levels is now clear (true +0.81 against reversed +0.08), yet from pure
-noise those clips still barely moved; 20 more minutes (narrower gap, hidden) made it the
-first DiT whose clips from pure noise move the captioned way in a third of the captions (8 of
-24, stray 0.066; reversed - true +0.030 even at sigma 1), the shape colour kept (16; over 48
-captions 48 / 31 / 18 / 9; with the scheduler's shift 10: 24 / 20 / 8 / 4, stray 0.069). It is
-not shipped: its DiT has had 92 minutes in six stages, which with the autoencoder's 47.6 is
-half again the recipe's budget. Sampling with more of the schedule at high noise helps a
-little (the hidden run with the scheduler's shift 10 instead of 3: motion 4 of 24; with 40
-steps: 5; shift 1: 0), and the motion check is thrown off by the smeared first frames: scored
-from pixel frame 3 on, 7 of 24 move the captioned way (4 from frame 0), about what shapes
-moving in a random direction would score.
-
-The same curriculum on the time-homogeneous autoencoder (``--vae-static-weight``, above; its
-smear-free first frames would let the motion check see the whole path), 2 x 64 heads: 8 pure
-minutes (524 steps) read the direction only a little (probe +0.16 / +0.05), and after the 34
-mixed minutes (2,636 steps) not at all (+0.48 / +0.49 with a clean frame, where the 2 x 64 DiT
-on the shipped autoencoder had +0.77 / -0.42; +0.55 / +0.56 at equal levels); from pure
-noise, scored from pixel frame 3 on, 20 / 5 / 0 / 4. Stopped there: on that latent space the
-circuit does not form, and the DiT draws the shape colour in fewer clips still.
-
-The lineage compressed into the DiT's 42 minutes, on the shipped autoencoder (2 x 64 heads; 8
-pure minutes, 16 mixed with ``--frame-noise-prob 0.4 --frame-noise-range 0.0 0.5
---frame-noise-sigma-min 0.99``, then 9 + 9 hidden narrowed-gap minutes, 0.7-0.95 and 0.85-1.0,
---dit-lr 3e-4; 2,478 steps, the pure phase 411 of them, its CPU shared with evals): no
-direction at all (probe +0.07 / +0.10 with a clean frame, +0.54 / +0.56 at equal levels;
-reversed - true +0.0028 at 0.97), scores 23 / 13 / 1 / 4 (guidance 1: 24 / 14 / 6 / 7). In
-the long lineage the circuit grew during the 34 mixed minutes (+0.34 / +0.00 after the pure
-phase, +0.77 / -0.42 after them); 16 were not enough to grow it.
-Leads: a recipe that fits 90 minutes with the long lineage's DiT steps (a cheaper autoencoder
-that keeps the shipped one's latent space, e.g. its two stages on two threads; the DiT's 92
-minutes would still need cutting, most safely from the first 10-minute fine-tunes); 4 x 64
-heads (twice the attention width; the shape colours may need the heads that 2 x 64 gave up);
-a motion larger than the 1.7 tokens per latent frame. A shipped 2 x 64 DiT needs the bench
-re-measured: the 20-minute run's attention at 128 px sits elsewhere (3x5x5 mass per layer
-0.061 / 0.509 / 0.116, against the shipped 0.215 / 0.067 / 0.037).
-
-The minutes above are of a 2-core AMD EPYC with AVX512-BF16. On a 2-core EPYC with AVX2 only
-(2026-12-01) the same steps take about twice as long and more: the 2 x 64 DiT with the shipped
-flags but ``--autocast none`` ran 64 steps in 2.5 minutes (26 a minute; with ``--autocast
-bf16`` 7 in 1.5, which is why ``main`` refuses bf16 there), the latents took 2.2 + 1.5 minutes,
-and ``torch.compile`` of the transformer saved only 5-12% a step (fwd + bwd: the flash-attention
-kernels and the matmuls already run near the 80 GFLOP/s of its fp32 matmul). The shipped
-recipe's 2,430 DiT steps would take about 93 minutes there, the 92-minute lineage above about 230.
-The shipped autoencoder's 47.6 minutes were one thread, the decoder stage beside a DiT run; by
-step count on two threads (``--stage vae --steps 865 --threads 2``: 13.7 min on that slower
-machine; then ``--stage vae-decoder --steps 600 --threads 2``: 11.5 min) an autoencoder of the
-same recipe reconstructs 9-frame clips at 26.9-28.7 dB per pixel frame (the shipped one: 22.2-26.2
-on the same 16 clips) and codes frame 0 apart much as the shipped one does (``static_spread``
-0.165 against 0.211; cosine of a still clip's frame-0 code with its later codes 0.53 against
-0.45; the time-homogeneous one above: 0.999), so it may keep the latent space the motion
-lineage formed its circuit on, in some 12-15 minutes on the faster machine (estimated from the
-2-2.4x speed ratio of the DiT and the bench; not measured there) instead of 47.6.
-A first test with a DiT, side by side at equal steps (the shipped 4 x 32 DiT's flags without bf16,
-``--steps 600 --threads 1`` each, the two runs beside each other, 38 minutes; latents as in the
-record): caption scores on the shipped autoencoder background 19 / shape colour 7 / motion 1 /
-outline 6 of 24, stray 0.199; on this one 21 / 17 / 1 / 7, stray 0.120. At 600 steps the DiT
-draws the captioned shape colour in more than twice as many clips on the new autoencoder: not
-a harder latent space to denoise in (unlike the time-homogeneous one). Lead: the shipped DiT
-recipe, and then the motion lineage, on it, with the ~30 minutes it frees.
-
-The shipped DiT recipe on it, by steps (2026-12-01, the AVX2 machine, fp32; not shipped)::
-
-    --stage vae --steps 865 --threads 2                        # 13.7 min
-    --stage vae-decoder --steps 600 --threads 2                # 11.5 min
-    --stage dit --steps 2430 --threads 2 [the shipped DiT flags, no --autocast]   # 100.1 min
-
-Caption scores of 24: background 24 / shape colour 17 / motion 3 / outline 6, stray 0.023
-(shipped: 24 / 16 / 1 / 7, 0.074); 3x5x5 attention mass at 64 px 0.266 / 0.155 / 0.088. At
-128 px it is far more local than the shipped DiT: the README's bench command (its plans
-profiled anew by ``docs/plans/make_plans.py``) gave dense 29.9 s, ``b25`` 1.61x at 41.5 dB,
-``e10`` 1.14x at 56.5 dB, ``e10p`` 1.43x at 45.2 dB (its last layer stays dense before step 10),
-the 5x1x3 tile 1.65x at 41.5 dB. Those means flatter it: per prompt the red circle got 22.5 dB
-with the tile (``e10``: 32.9), and the yellow triangle's dense clip at 128 px is black without a
-shape (50-60 dB). Its 64 px strip is worse to look at than the shipped one: shapes appear and
-vanish between frames and come in several copies (the red circle gone after frame 2, no green
-square, no black triangle), where the shipped DiT keeps one blob per clip. The stray share
-counts wrong colours, not missing or duplicated shapes.
-
-Is the motion lineage's first stage reproducible? Its 2 x 64 pure run (above: probe +0.34 /
-+0.00 after 528 steps, bf16 autocast, the shipped autoencoder) again by steps, fp32, on this
-AVX2 machine (2026-12-01; ``--stage dit --steps 528 --threads 2 --dit-heads 2 --dit-head-dim 64
---fg-weight 4 --fg-weight-final 1 --frame-noise-prob 1 --frame-noise-range 0.0 0.05
---high-sigma-frac 1 --high-sigma-min 0.99 --big-size 128 --big-batch 2``, ~20 min each):
-``motion_probe.py`` ref slopes true / reversed +0.04 / +0.05 on the shipped autoencoder's
-latents and +0.01 / -0.03 on the 2-thread autoencoder's. Neither read the direction: the
-earlier run's +0.34 was not the autoencoder's doing, and a recipe that needs it is at the
-mercy of numerics (bf16 against fp32) or luck. It is luck: the same command with ``--autocast
-bf16`` on an AVX512-BF16 EPYC like the first run's (2026-12-02, shipped autoencoder via
-``--stage import-vae``, latents as in the record; 528 steps in 11.2 min) gave +0.04 / +0.04
-(with every frame at 0.9: +0.12 / +0.06). The second stage on top of the latter anyway
-(``--extend --steps 2160`` with the shipped flags + ``--frame-noise-prob 0.4 --frame-noise-range
-0.0 0.5 --frame-noise-sigma-min 0.99``, 2,688 steps in all, ~50 min at ~40 steps a minute):
-+0.38 / +0.37 with a clean frame, +0.76 / +0.75 at equal levels 0.9 (the long lineage at this
-point: +0.77 / -0.42). It moves the clean frame's shape, the same way for either direction
-word: no circuit to build the hidden stages on, so they were not run (checkpoint /work/ckptM).
-
-Would a motion that static pooling cannot fake make the DiT learn it? The shapes are wide
-(0.32-0.48 of the frame) and move 0.105 of it per latent frame, so a shape overlaps itself
-from one latent frame to the next, and copying it in place costs the loss little (2026-12-01,
-not shipped). Two data variants, each with its own latents on the 2-thread autoencoder above
-(made on the old clips; ``tiny_clips.TRAVEL`` / ``SIZE_RANGE`` edited in a copy of the
-scripts), the 600-step DiT of the side-by-side test (same flags, ``--steps 600 --threads 1``,
-the two beside each other, 38.9 min each); caption scores of 24 (background / shape colour /
-motion / outline, stray share):
-
-    clips                                          scores g4       stray
-    TRAVEL 0.42, SIZE_RANGE 0.16-0.24 (as shipped)   21 / 17 / 1 / 7   0.120
-    TRAVEL 0.6 (0.15 of the frame per latent frame)  22 /  9 / 1 / 4   0.107
-    TRAVEL 0.6, SIZE_RANGE 0.12-0.16                 24 /  1 / 1 / 1   0.056
-      (shape colour threshold 2% there: a triangle of half-extent 0.12 covers 2.9%)
-
-Neither moved a shape: the faster motion halved the clips with the captioned shape colour,
-and the smaller shapes were left out (the model draws the background alone). At this budget
-the wide, slow shapes are the easier data; the motion must come from the training signal,
-not from the clips.
-
-Can the loss pay for the direction word directly? ``--direction-contrast W`` (``direction_contrast``)
-adds a hinge asking each clip's velocity error with its caption to be ``--contrast-margin`` (of
-itself) below the error with the opposite direction word on the same noisy input, for clips in
-``--contrast-band`` (2026-12-01, the AVX512-BF16 machine, bf16 autocast, two threads; the shipped
-autoencoder via ``--stage import-vae``, latents as in the record; ``--stage import-dit`` seeds a
-fine-tune from the shipped DiT; none shipped). Results (probe: ``motion_probe.py`` ref slopes
-true / reversed; rev - true: ``caption_gap.py`` at sigma 0.97 and 1; scores g4 of 24)::
-
-    run                                                    steps  probe ref      rev - true         scores g4
-    shipped DiT + 9 min, W 1, band 0.9-1 (all steps)        383    -0.14 / -0.15  +0.0019 / -0.0013  -
-    shipped DiT + 10 min, W 1, margin 0.1, only on hidden
-      frame-noise steps (prob 0.5, range 0.7-0.95, others
-      at 0.9-1; exported at the last save)                   ~300   +0.08 / +0.05  -                  -
-    2 x 64 from scratch, 28 min, shipped flags + W 2, margin
-      0.1, on frame-noise steps (prob 0.4, range 0.0-0.5,
-      others at 0.99-1)                                      1,197  +0.04 / +0.03  +0.0049 / +0.0172  24 / 9 / 0 / 1
-    the last + 14 min (``--extend``), hidden frame noise narrowed
-      (range 0.7-0.95, others at 0.9-1), ``--dit-lr 3e-4``, W 2    ~300   not evaluated (logged gap within +-0.02)
-
-The training log's mean relative gap (reversed - true over true, per clip) stayed within
-+-0.02 of zero throughout, far from the 0.1 asked: at these budgets the gradient of the hinge
-does not build the circuit either. In the band near sigma 1 no model can meet it (without
-absolute positions the best prediction from pure noise is the same for either direction), so
-there it only adds noise; with a clearer frame it could be met, and was not.
-
-The previous DiT (shipped until 2026-11-30) was trained ``--stage dit --minutes 42 --threads
-2`` (1,994 steps, fp32) on the same autoencoder and 64 + 96 px latents.
-
-The autoencoder was trained in an earlier session and carried over to the machine of the
-DiT run with ``--stage import-vae`` (which seeds ``<ckpt>/vae`` and ``<ckpt>/vae_dec`` from
-the shipped folder). The two VAE stages ran before the clips' paths were centred
-(``tiny_clips.JITTER``; before, start points were uniform over the frame); the autoencoder
-sees the same shapes, colours and sizes either way, and its reconstructions of the centred
-clips are sharp. Otherwise the DiT used the defaults: frozen seeded text encoder, text
-unpadded in half the steps (``--pad-prob``).
-
-The history below is of the DiTs before ``--high-sigma-frac`` (they ran with what is now
-``--high-sigma-frac 0``; the default became 0.3 with the shipped run); what they lacked
-explains much of it. The loss weight is what made shapes appear. Two earlier DiTs trained with plain MSE (42
-minutes from scratch; and 143.5 minutes in six resumed stages with text-path restarts,
-``--reinit-text``, ``--text-only-until``, ``--train-text-encoder``: those flags remain for
-such repairs) learned the background colour from the caption and left the shape out: the
-shape covers about an eighth of the latent, and Wan's transformer has no absolute position
-signal (3D RoPE is relative and the patch embedding has no padding), so from pure noise the
-shape's place is uncertain and the MSE-optimal prediction is the plain background
-(``scripts/denoise_check.py``: at sigma 0.6 the x0 prediction drew the shape in place, at
-0.9 it did not). Weighted, the same budget gives blobs of the captioned colour on the
-captioned background (README strip); the outlines are not yet circles, squares or triangles.
-A second run with the same recipe but 128 px clips as the larger size (``--big-size 128
---big-batch 2``, 42 min, 1,933 steps), meant to make the model at home on the 5x32x32 token
-grid of the 2x benchmark, drew worse strips at 64 px (shape and background colours swapped in
-two rows) and was not shipped.
-
-Two further DiTs trained locality in (``--sparse-prob``: in that share of the steps every
-self-attention layer runs a pattern drawn from ``--sparse-patterns``, see ``sparse_table``),
-both 42 minutes from scratch with ``--autocast bf16 --threads 2`` on the shipped autoencoder:
-
-    --sparse-prob 0.5 --big-size 128 --big-batch 2     # 1,954 steps (~10 min shared with evals)
-    --sparse-prob 0.65                                 # 2,778 steps (96 px; text encoder in fp32)
-
-Both made the attention at 128 px far more local (the second: the budget-0.25 plan's relative
-errors per layer 0.13 / 0.16 / 0.24 against 0.27 / 0.43 / 0.41 for the then shipped DiT; the
-README's bench with sliding tile 5x1x3 at 1.78x: 17.2 dB against 13.0 dB), but at 64 px both
-paint the captioned shape and background colours in patches of similar size instead of one
-blob on one background (with local attention each region decides for itself which colour it
-carries), so neither was shipped. A 12-minute fine-tune of the then shipped DiT the same way
-(``--extend --minutes 12 --dit-lr 3e-4 --sparse-prob 0.5 --autocast bf16``, 790 more steps)
-kept one blob on one background and drew cleaner blobs at 64 px than its strip (the
-extra steps, more likely than the sparsity), but was no more local at 128 px (sliding tile
-5x1x3 12.8 dB at 1.81x; per-head budget-0.25 plan 16.6 dB at 1.59x) and puts the recipe at
-104 minutes. Leads: sparse steps only at low noise (sigma < ~0.6, after the layout is set);
-a cheaper autoencoder recipe to give the DiT more of the 90 minutes (tried 2026-11-30, above:
-24 minutes on two threads; the DiT's 1.5x steps did not make it draw better).
-
-``scripts/caption_score.py`` puts numbers on "recognisable" (24 unseen captions; share of
-clips whose most common colour is the captioned background / whose shape colour is second /
-whose shape moves the captioned way / whose outline matches; true clips: 1 / 1 / 1 / 1).
-The DiT shipped until 2026-11-30: 0.17 / 0.17 / 0.21 / 0.33 (chance), the shape's colour
-spreading over most of the frame. Two more 42-minute DiTs from scratch on the shipped autoencoder, not shipped:
-
-    --autocast bf16                      # 2,580 steps: 0.21 / 0.21 / 0.04 / 0.33
-    --autocast bf16 --fg-weight 1        # 2,650 steps: 0.21 / 0.25 / 0.00 / 0.33, stray 0.62
-
-The first draws much like that one (cleaner in two rows of the strip, worse in one);
-in the second the caption never took hold (yellow and white fields for every caption, text
-gap ~0 throughout). The spreading colour is what the loss weight asks for: where the shape
-is with probability p, the weighted MSE is minimised by a prediction (1 + w) p / ((1 + w) p
-+ 1 - p) of the way from background to shape colour (w = ``--fg-weight``; p = 0.2 and w = 4
-give 0.56), so every sampling step leans a little more towards the shape. A weight that
-decays with the step count, or one applied per clip rather than per pixel, would keep the
-push towards drawing a shape without that bias.
+How the shipped weights were made (the command lines and their wall minutes) is in
+``scripts/tiny_wan/README.md``; the record of every run tried since, with its scores, in
+``docs/tiny_wan_history.md``.
 """
 
 from __future__ import annotations
@@ -434,6 +70,9 @@ from dit_sparse.env import cpu_half_matmul_is_native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_clips  # noqa: E402
+
+#: the embedded model's folder, which --stage export writes and import-vae / import-dit read
+SHIPPED = Path(__file__).resolve().parents[2] / "pipelines" / "embedded" / "tiny-wan"
 
 FRAMES, SIZE = 9, 64
 Z_DIM = 8
@@ -547,7 +186,7 @@ def make_text_padding_inert(transformer, k_gain: float = 2.5) -> bool:
 
     WanPipeline pads every prompt embedding with zeros to ``max_sequence_length`` (512), and
     the cross-attention has no mask, so ~500 identical pad keys swamp the ~11 caption tokens
-    and the text gradient is drowned (a first run learned no conditioning in 300 steps).
+    and the text gradient is drowned (a first run learned no conditioning at all).
     With the text projection's and the cross-attention k/v biases at zero (and frozen), a
     zero pad embedding gives k = RMSNorm(0) = 0 and v = 0: the pads get logit 0 and add
     nothing, and every k/v gradient comes from the caption tokens. This is exact for the
@@ -583,8 +222,8 @@ def reinit_text_path(transformer, text_encoder, opt) -> None:
     Used once (``--reinit-text``) on a run whose cross-attention had learned to shut itself:
     trained always padded to 512, the inert pads (logit 0, value 0) offer an "off" position,
     and with a still-useless text encoder the cheapest move was to push every caption logit
-    negative (measured: -5.4 on average, 0.05% of the attention mass, no effect of the
-    caption on the output). See ``--pad-prob`` for what prevents it.
+    negative (the caption kept a negligible share of the attention mass and had no effect on
+    the output; docs/tiny_wan_history.md). See ``--pad-prob`` for what prevents it.
     """
     fresh = build_transformer(transformer.config.num_attention_heads, transformer.config.attention_head_dim)
     cross = [transformer.condition_embedder.text_embedder] + [b.attn2 for b in transformer.blocks]
@@ -764,7 +403,7 @@ def train_vae(args, decoder_only: bool = False) -> None:
             g["lr"] = lr_at(progress(state, elapsed), lr)
         x, _ = tiny_clips.make_batch(rng_seed, step * bs, bs, frames=frames, height=SIZE, width=SIZE)
         r = np.random.default_rng([rng_seed, step, 7])
-        if crop < SIZE:  # random crops: convolutions do not care, and it is 1.8x cheaper
+        if crop < SIZE:  # random crops: convolutions do not care, and smaller inputs are cheaper
             oy, ox = (int(v) // 2 * 2 for v in r.integers(0, SIZE - crop + 1, size=2))
             x = x[..., oy : oy + crop, ox : ox + crop]
         x = torch.from_numpy(np.ascontiguousarray(x))
@@ -906,11 +545,9 @@ def sample_sigmas(n: int, g: torch.Generator, shift: float, high_frac: float = 0
     reveals the background colour; only above it must the colour come from the caption. The
     logit-normal with shift 3 puts under 1% of the samples above 0.97 (and 9% above 0.92,
     where the sampler spends 5 of its 20 steps), and the DiTs trained that way ignored the
-    caption: at sigma 1 the previous embedded DiT's velocity error was 0.94 with the caption
-    and 1.07 without (``scripts/caption_gap.py``), so the first steps drew a colour from the
-    noise; the shipped one, trained with ``high_frac`` 0.3: 0.31 against 1.04. (An A/B of 290
-    steps from scratch, errors on cached training clips with unpadded text: 0.43 with the
-    high band, 0.89 without.)
+    caption: at sigma 1 their velocity error (``caption_gap.py``) was nearly the same with the
+    caption as without, so the first steps drew a colour from the noise. The shipped DiT was
+    trained with ``high_frac`` 0.3 (the errors of both: docs/tiny_wan_history.md).
     """
     u = torch.sigmoid(torch.randn(n, generator=g))
     sigma = shift * u / (1 + (shift - 1) * u)
@@ -974,7 +611,7 @@ def direction_contrast(err: torch.Tensor, err_rev: torch.Tensor, w: torch.Tensor
     same noisy input) by ``margin`` of itself. Returns ``(loss, mean relative gap)``.
 
     Why: every earlier DiT ignored the direction word where sampling needs it (the reversed
-    caption cost ``caption_gap.py`` +0.0035 at sigma 1): at high noise a prediction that is the
+    caption cost next to nothing in ``caption_gap.py``): at high noise a prediction that is the
     same in every frame loses almost nothing to the MSE, so the plain loss never pays for
     reading the direction. The hinge pays for exactly that difference, and only until the
     margin is met. Both branches get the gradient; restricted to the noise band where the
@@ -1037,10 +674,9 @@ def train_dit(args) -> None:
     modules = {"transformer": transformer, "text_encoder": text_encoder}
     if not args.train_text_encoder:
         # A frozen, seeded random UMT5 still gives every caption distinct, contextual token
-        # features; trained jointly it collapsed (output std 0.05 after 250 steps: the cheapest
+        # features; trained jointly it collapsed (its output shrank to near zero: the cheapest
         # way to silence a text path that did not help yet), and the caption never took.
-        # Frozen, the projection and cross-attention learn to read it (an isolated run on the
-        # trained video model: caption-shuffled loss 0.25 vs 0.18 true after 200 steps).
+        # Frozen, the projection and cross-attention learn to read it (docs/tiny_wan_history.md).
         text_encoder.requires_grad_(False)
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     # the text path (encoder, projection, cross-attention) starts from nothing and is
@@ -1086,9 +722,9 @@ def train_dit(args) -> None:
     transformer.train()
     text_encoder.train()
     # bf16 autocast: the matmuls run on the CPU's bf16 units (AVX512-BF16); weights, optimizer
-    # and loss stay fp32. Measured on the 2-core AMD EPYC with AVX512-BF16, 90 s from scratch:
-    # 96 steps vs 77 in fp32 (1.25x), the same loss curve. Used for the shipped weights. On a
-    # CPU without bf16 instructions it is ~6x slower than fp32, so main() refuses it there.
+    # and loss stay fp32: more steps a minute, the same loss curve (docs/tiny_wan_history.md);
+    # used for the shipped weights. On a CPU without bf16 instructions PyTorch runs bf16
+    # matmuls in a generic loop, several times slower than fp32, so main() refuses it there.
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
                 else contextlib.nullcontext())
     t0, last_save, run, gaps = time.time() - state["elapsed"], time.time(), [], []
@@ -1239,7 +875,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", required=True, choices=["vae", "vae-decoder", "import-vae", "import-dit", "latents", "dit", "export", "all"])
     p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt"))
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan")
+    p.add_argument("--out", type=Path, default=SHIPPED)
     p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget of the stage")
     p.add_argument("--steps", type=int, default=None,
                    help="vae, vae-decoder, dit: a budget of optimizer steps instead of --minutes (the schedule "
@@ -1314,7 +950,7 @@ def main(argv=None) -> None:
                    help="in the frame-noise steps, give every token the clip's timestep: the model is not told which "
                         "frame is clearer (see frame_noise)")
     p.add_argument("--from", dest="from_path", type=Path,
-                   default=Path(__file__).resolve().parents[1] / "pipelines/embedded/tiny-wan",
+                   default=SHIPPED,
                    help="import-vae / import-dit: the WanPipeline folder whose autoencoder / transformer and text encoder to import")
     p.add_argument("--autocast", choices=["none", "bf16"], default="none",
                    help="dit: forward pass under CPU bf16 autocast (1.25x the steps on a CPU with AVX512-BF16; "
@@ -1338,7 +974,6 @@ def main(argv=None) -> None:
     if not 0.0 <= lo <= hi <= 1.0:
         p.error(f"--contrast-band {lo} {hi}: needs 0 <= LO <= HI <= 1 (noise levels)")
     if args.autocast == "bf16" and not cpu_half_matmul_is_native("bfloat16"):
-        # the 2 x 64 DiT on a 2-core AVX2 EPYC: 7 steps in 90 s under bf16 autocast, 41 in fp32
         p.error("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so every "
                 "matmul runs in a generic loop, ~6x fewer DiT steps than fp32; use --autocast none")
     torch.set_num_threads(args.threads)

@@ -20,13 +20,12 @@ checks (they must all pass there).
 
 ``--from-sigma S`` starts each clip not from pure noise but from its true clip's latent noised
 to ``S`` (the first step of the schedule at or below ``S``; SDEdit, Meng et al. 2022), and runs
-the rest of the schedule: at which noise level does the model lose what the clip shows? At
-guidance 4 the shipped DiT keeps the motion of 24 of 24 clips from sigma 0.58, of 10 from 0.84,
-of 7 from 0.94 and of 1 from pure noise.
+the rest of the schedule: at which noise level does the model lose what the clip shows? (The
+shipped DiT's answer: docs/benchmarks.md, the embedded model's section.)
 
-    python scripts/caption_score.py                         # embedded model, 24 captions
-    python scripts/caption_score.py --model /tmp/tw --count 48
-    python scripts/caption_score.py --from-sigma 0.85 --guidance 1
+    python scripts/tiny_wan/caption_score.py                         # embedded model, 24 captions
+    python scripts/tiny_wan/caption_score.py --model /tmp/tw --count 48
+    python scripts/tiny_wan/caption_score.py --from-sigma 0.85 --guidance 1
 """
 
 from __future__ import annotations
@@ -45,7 +44,8 @@ import torch
 
 from dit_sparse.report import format_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the scripts beside this one, and scripts/eval_plan.py
 import tiny_clips  # noqa: E402
 from caption_gap import latent_stats, normalised_latents  # noqa: E402
 from eval_plan import generate, load  # noqa: E402

@@ -1,15 +1,11 @@
-"""scripts/caption_score.py: every check passes on the true clips and fails on a clip that breaks it."""
-
-import sys
-from pathlib import Path
+"""scripts/tiny_wan/caption_score.py: every check passes on the true clips and fails on a clip that breaks it."""
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import caption_score as cs  # noqa: E402
-import tiny_clips  # noqa: E402
+import caption_score as cs
+import tiny_clips
 
 SPECS = [tiny_clips.sample_spec(cs.DATASET_SEED, i) for i in range(12)]
 
