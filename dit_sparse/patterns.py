@@ -16,8 +16,10 @@ Every pattern is a frozen dataclass that round-trips through ``to_dict()``/``fro
   axis (the window covers it) instead of raising, so that plans transfer across resolutions.
 * :class:`SlidingTile` - sliding tile attention (Zhang et al., "Fast Video Generation with
   Sliding Tile Attention", 2025): the grid is cut into tiles, and every query tile attends to
-  the ``window`` tiles around it. It is the same attention as
-  ``Neighborhood(kernel=tile * window, stride=tile)``.
+  the ``window`` tiles around it, shifted to stay inside the grid. With odd windows it is the
+  same attention as ``Neighborhood(kernel=tile * window, stride=tile)``; with even ones the
+  window stays tile-aligned (``window // 2`` tiles before the query's tile) where that
+  strided neighbourhood would not (the class docstring has both rules).
 * :class:`BlockSparse` - data-dependent block selection from mean-pooled q and k, in the
   spirit of SpargeAttn / Sparse VideoGen / XAttention: per batch, head and query block, the
   ``topk`` fraction of key blocks with the largest pooled scores, or the fewest blocks whose
@@ -306,9 +308,41 @@ class Neighborhood(Pattern):
 class SlidingTile(Neighborhood):
     """Sliding tile attention: tiles of ``tile`` tokens attend to ``window`` tiles around them.
 
-    Identical to ``Neighborhood(kernel=tile * window, stride=tile)``; on a grid that the tile
-    divides and with odd windows, every block it touches is kept whole. ``far``: a
-    :class:`FarField` for the tiles outside the window.
+    Per axis, the grid is cut into tiles of ``tile`` tokens (from coordinate 0; the last tile
+    is ragged when the tile does not divide the axis). A query in tile ``q`` attends to the
+    ``window * tile`` keys that start at the first token of tile ``q - window // 2``: the
+    tiles ``q - window // 2`` to ``q - window // 2 + window - 1``, so an even window has one
+    tile more before the query's tile than after it (NATTEN's rule for even kernels, applied
+    to tiles). Near the ends of the axis the window is shifted to stay inside it, as in
+    NATTEN and STA, so every query sees ``min(window * tile, axis)`` keys per axis; a window
+    larger than the axis covers it. On an axis that the tile divides the window is always
+    whole tiles, so every block of ``tile`` tokens the kernels touch is kept whole; on a
+    ragged axis the windows shifted back from its far end keep ``window * tile`` keys and so
+    start inside a tile (odd windows always did).
+
+    Odd windows are exactly ``Neighborhood(kernel=tile * window, stride=tile)`` on every
+    grid (a strided neighbourhood centres its window on the centre token of the query's
+    tile, which for an odd window starts it at the first token of tile ``q - window // 2``).
+    Even windows are not: that strided rule centres ``tile * window`` keys on the tile's
+    centre token, half a tile off the tile grid. Tile 4, window 2, on an axis of 16 tokens
+    (4 tiles)::
+
+        query tokens   this rule (tiles)      strided rule (keys)
+        0-3            0-7    (tiles 0, 1)    0-7
+        4-7            0-7    (tiles 0, 1)    2-9    (tiles 0 and 2 cut)
+        8-11           4-11   (tiles 1, 2)    6-13
+        12-15          8-15   (tiles 2, 3)    8-15
+
+    Sliding-tile patterns of plans before format version 4 ran the strided rule; such a plan
+    loads them as that ``Neighborhood`` (:mod:`dit_sparse.plan`), which also remains the
+    way to ask for the strided rule (:meth:`as_neighborhood`).
+
+    STA's published window configurations (FastVideo, e.g. ``1x6x10`` or ``3x1x10`` tiles
+    of 6x8x8 tokens on a 5x6x10-tile latent) use even windows only where the window spans
+    the whole axis, which both rules (and STA's kernels) read as the whole axis. For a
+    smaller even window, STA's kernels take ``window // 2`` tiles on *both* sides of the
+    query's tile (``window + 1`` tiles); here the window holds ``window`` tiles, like odd
+    ones. ``far``: a :class:`FarField` for the tiles outside the window.
     """
 
     kind: ClassVar[str] = "sliding_tile"
@@ -335,7 +369,24 @@ class SlidingTile(Neighborhood):
     def exact_part(self) -> "SlidingTile":
         return self if self.far is None else SlidingTile(self.tile, self.window)
 
+    @staticmethod
+    def axis_windows(length: int, tile: int, window: int):
+        """``(lo, hi)`` window bounds of every query coordinate of one axis (int64 ``[length]``,
+        absolute, inclusive): the ``tile * window`` keys from the first token of tile
+        ``q // tile - window // 2``, shifted to stay inside ``[0, length)``."""
+        q = torch.arange(length, dtype=torch.int64)
+        size = tile * window
+        lo = ((q // tile - window // 2) * tile).clamp(min=0, max=max(length - size, 0))
+        return lo, (lo + size - 1).clamp(max=length - 1)
+
+    def windows(self, layout: TokenLayout):
+        """Per axis ``(lo, hi, 1)`` window tables for ``layout.grid`` (the class docstring's rule)."""
+        return [(*self.axis_windows(n, t, w), 1) for n, t, w in zip(layout.grid, self.tile, self.window)]
+
     def as_neighborhood(self) -> Neighborhood:
+        """The strided rule ``Neighborhood(kernel=tile * window, stride=tile)`` with this far
+        field: the same attention when every window entry is odd; for even entries, the rule
+        that sliding tiles of plans before format version 4 ran."""
         return Neighborhood(kernel=self.kernel, stride=self.stride, far=self.far)
 
 
@@ -405,6 +456,8 @@ ints joined by x, each >= 1; a fraction is a number in (0, 1].
   neighborhood:kernel=3x9x9,stride=1x3x3   a window of kernel tokens around each query;
                                            dilation= and stride= sizes are optional
   sliding-tile:tile=4x8x8,window=3x3x3     tiles of tile tokens attend to window tiles
+                                           (an even window: one tile more before the
+                                           query's tile than after; always whole tiles)
   neighborhood:kernel=3x9x9,far=1x8x8      far=POOL (neighborhood, sliding-tile): keys
                                            outside the window count as one pooled key
                                            per box of POOL tokens instead of none;

@@ -4,8 +4,9 @@ A plan says, for every self-attention layer of one model (and optionally for eve
 which pattern to run, with the error and density measured when it was chosen, plus how many
 early denoising steps stay dense, and optionally later phases of the schedule with patterns
 of their own. It is plain JSON (format ``"dit-sparse-plan"``, version 1; 2 when it has
-phases; 3 when a pattern has a far field, ``"far": {"pool": [1, 8, 8]}``), written
-atomically, validated field by field on load, never pickled::
+phases; 3 when a pattern has a far field, ``"far": {"pool": [1, 8, 8]}``; 4 when a sliding
+tile has an even window entry), written atomically, validated field by field on load,
+never pickled::
 
     {
       "format": "dit-sparse-plan", "version": 1,
@@ -41,6 +42,14 @@ DiTFastAttn and of Sparse VideoGen's dense warm-up, carried one phase further).
 and heads (what each would give if applied uniformly); ``profile.phase_values`` the bounds
 (or budgets) the later phases were selected under.
 
+Sliding tiles with even windows (version 4): before version 4, a ``sliding_tile`` pattern
+ran the strided rule ``Neighborhood(kernel=tile * window, stride=tile)``, whose windows are
+not tile-aligned when a window entry is even; since then it runs the tile-aligned rule of
+:class:`~dit_sparse.patterns.SlidingTile` (the same for odd windows). A plan of version 1
+to 3 is read with the meaning it was profiled with: its even-window sliding tiles (in the
+layers, the phases and ``profile.candidates``) load as that ``Neighborhood``; odd ones stay
+sliding tiles. A plan that holds an even-window sliding tile is written as version 4.
+
 Windows are stored in tokens, so a plan applies at another resolution: each query keeps its
 receptive field, and a window larger than an axis covers the axis (the patterns' own
 clamping). Applying at a grid other than the profiled one warns (:class:`PlanGridWarning`).
@@ -67,7 +76,8 @@ from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
 from .report import format_table
 
 FORMAT = "dit-sparse-plan"
-VERSION = 3  # the newest version read; a plan is written with the oldest version that holds it
+VERSION = 4  # the newest version read; a plan is written with the oldest version that holds it
+TILE_ALIGNED_VERSION = 4  # from this version on, an even-window sliding tile is tile-aligned
 
 
 class PlanGridWarning(UserWarning):
@@ -166,11 +176,32 @@ def _grid(value, where: str) -> Tuple[int, int, int]:
     return tuple(_int(x, f"{where}[{i}]", 1) for i, x in enumerate(items))  # type: ignore[return-value]
 
 
-def _pattern(value, where: str) -> Pattern:
+def _even_tile(pattern: Pattern) -> bool:
+    """A sliding tile with an even window entry (whose meaning changed in version 4)."""
+    return isinstance(pattern, SlidingTile) and any(w % 2 == 0 for w in pattern.window)
+
+
+def _even_candidate(candidate) -> bool:
+    """A ``profile.candidates`` entry whose pattern is an even-window sliding tile."""
+    pattern = candidate.get("pattern") if isinstance(candidate, dict) else None
+    if not isinstance(pattern, dict) or pattern.get("kind") != SlidingTile.kind:
+        return False
     try:
-        return Pattern.from_dict(value)
+        return _even_tile(Pattern.from_dict(pattern))
+    except (TypeError, ValueError):
+        return False
+
+
+def _pattern(value, where: str, version: int = VERSION) -> Pattern:
+    """The pattern of a plan of format ``version``: before version 4, an even-window sliding
+    tile is the strided neighbourhood it ran as (module docstring)."""
+    try:
+        pattern = Pattern.from_dict(value)
     except (TypeError, ValueError) as exc:
         _fail(where, str(exc))
+    if version < TILE_ALIGNED_VERSION and _even_tile(pattern):
+        return pattern.as_neighborhood()
+    return pattern
 
 
 # --------------------------------------------------------------------------------------
@@ -456,10 +487,19 @@ class Plan:
                              for start, layers in self.phases]
         return out
 
+    def _patterns(self) -> List[Pattern]:
+        """Every pattern of the layers and phases."""
+        return [p for layers in self._tables() for layer in layers.values() for p in layer.patterns]
+
     @property
     def version(self) -> int:
-        """The oldest format version that holds this plan: 3 with far fields, 2 with phases, else 1."""
-        far = any(p.far is not None for layers in self._tables() for layer in layers.values() for p in layer.patterns)
+        """The oldest format version that holds this plan: 4 with an even-window sliding tile
+        (in the layers, phases or ``profile.candidates``), 3 with far fields, 2 with phases,
+        else 1."""
+        if any(_even_tile(p) for p in self._patterns()) or any(
+                _even_candidate(c) for c in self.profile.get("candidates", [])):
+            return TILE_ALIGNED_VERSION
+        far = any(p.far is not None for p in self._patterns())
         return 3 if far else 2 if self.phases else 1
 
     def to_json(self) -> str:
@@ -471,8 +511,9 @@ class Plan:
         data = _dict(data, "", ("format", "version", "model", "profile", "dense_steps", "layers"), ("phases",))
         if data["format"] != FORMAT:
             _fail("['format']", f"is {data['format']!r}, expected {FORMAT!r} (not a dit-sparse plan)")
-        if isinstance(data["version"], bool) or data["version"] not in (1, 2, 3):
-            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads versions 1 to 3")
+        if isinstance(data["version"], bool) or data["version"] not in range(1, VERSION + 1):
+            _fail("['version']", f"is {data['version']!r}, this dit-sparse reads versions 1 to {VERSION}")
+        version = data["version"]
         if "phases" in data and data["version"] < 2:
             _fail("['phases']", "needs ['version'] 2 (version 1 plans have no phases)")
         m = _dict(data["model"], "['model']", ("class", "name_or_path", "heads", "head_dim", "layers"))
@@ -486,22 +527,23 @@ class Plan:
             _str(m["name_or_path"], "['model']['name_or_path']")
         model = ModelInfo(_str(m["class"], "['model']['class']"), m["name_or_path"], layer_names,
                           _int(m["heads"], "['model']['heads']", 1), _int(m["head_dim"], "['model']['head_dim']", 1))
-        profile = cls._check_profile(data["profile"])
+        profile = cls._check_profile(data["profile"], version)
         dense_steps = _int(data["dense_steps"], "['dense_steps']", 0)
-        layers = _layer_entries(data["layers"], "['layers']", model)
+        layers = _layer_entries(data["layers"], "['layers']", model, version)
         phases = []
         for i, phase in enumerate(_list(data.get("phases", []), "['phases']")):
             where = f"['phases'][{i}]"
             phase = _dict(phase, where, ("start_step", "layers"))
             phases.append((_int(phase["start_step"], f"{where}['start_step']", 1),
-                           _layer_entries(phase["layers"], f"{where}['layers']", model)))
+                           _layer_entries(phase["layers"], f"{where}['layers']", model, version)))
         plan = cls(model, profile, dense_steps, layers, phases)
-        if plan.version == 3 and data["version"] < 3:
+        if version < 3 and any(p.far is not None for p in plan._patterns()):
             _fail("['layers']", f"hold far fields, which need ['version'] 3 (the plan says {data['version']})")
         return plan
 
     @staticmethod
-    def _check_profile(value) -> dict:
+    def _check_profile(value, version: int = VERSION) -> dict:
+        """The validated profile (a copy when candidates of an older version are rewritten)."""
         p = _dict(value, "['profile']", _PROFILE_REQUIRED, _PROFILE_OPTIONAL)
         w = "['profile']"
         _grid(p["grid"], f"{w}['grid']")
@@ -533,13 +575,19 @@ class Plan:
         versions = _dict(p["versions"], f"{w}['versions']", ("dit_sparse",), ("torch", "diffusers", "transformers"))
         for key, v in versions.items():
             _str(v, f"{w}['versions']['{key}']")
+        candidates = []
         for i, c in enumerate(_list(p.get("candidates", []), f"{w}['candidates']")):
             cw = f"{w}['candidates'][{i}]"
             c = _dict(c, cw, ("pattern", "error", "density"), ("time",))
-            _pattern(c["pattern"], f"{cw}['pattern']")
+            pattern = _pattern(c["pattern"], f"{cw}['pattern']", version)
             _num(c["error"], f"{cw}['error']")
             _num(c["density"], f"{cw}['density']", 0.0, 1.0)
             _opt_num(c.get("time"), f"{cw}['time']")
+            if pattern.kind != c["pattern"]["kind"]:  # an older even-window sliding tile, as it ran
+                c = dict(c, pattern=pattern.to_dict())
+            candidates.append(c)
+        if "candidates" in p and candidates != p["candidates"]:
+            p = dict(p, candidates=candidates)
         return p
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
@@ -612,7 +660,7 @@ class Plan:
                 f"mean_density={self.mean_density:.3f})")
 
 
-def _layer_entries(value, where_list: str, model: ModelInfo) -> List[LayerPlan]:
+def _layer_entries(value, where_list: str, model: ModelInfo, version: int = VERSION) -> List[LayerPlan]:
     """The layer entries of ``['layers']`` or of a phase, validated."""
     layers = []
     for i, entry in enumerate(_list(value, where_list)):
@@ -624,7 +672,7 @@ def _layer_entries(value, where_list: str, model: ModelInfo) -> List[LayerPlan]:
         if ("pattern" in entry) == ("heads" in entry):
             _fail(where, "needs exactly one of 'pattern' (all heads) and 'heads' (one entry per head)")
         if "pattern" in entry:
-            choice = HeadChoice(_pattern(entry["pattern"], f"{where}['pattern']"), float(entry["error"]),
+            choice = HeadChoice(_pattern(entry["pattern"], f"{where}['pattern']", version), float(entry["error"]),
                                 float(entry["density"]))
             heads = (choice,) * model.heads
         else:
@@ -632,7 +680,8 @@ def _layer_entries(value, where_list: str, model: ModelInfo) -> List[LayerPlan]:
             for j, h in enumerate(_list(entry["heads"], f"{where}['heads']")):
                 hw = f"{where}['heads'][{j}]"
                 h = _dict(h, hw, ("pattern", "error", "density"))
-                heads.append(HeadChoice(_pattern(h["pattern"], f"{hw}['pattern']"), _num(h["error"], f"{hw}['error']"),
+                heads.append(HeadChoice(_pattern(h["pattern"], f"{hw}['pattern']", version),
+                                        _num(h["error"], f"{hw}['error']"),
                                         _num(h["density"], f"{hw}['density']", 0.0, 1.0)))
             heads = tuple(heads)
         layers.append(LayerPlan(name, heads))

@@ -61,7 +61,7 @@ def test_round_trip_through_a_file(tmp_path):
     assert again.to_dict() == plan.to_dict() == plan_dict()
     assert again.dense_steps == 1 and again.grid == (3, 8, 8)
     assert again.layers[LAYERS[1]].patterns == (ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25))
-    assert FORMAT == "dit-sparse-plan" and VERSION == 3
+    assert FORMAT == "dit-sparse-plan" and VERSION == 4
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temporary file left behind
 
 
@@ -96,7 +96,7 @@ def test_grid_warning_once_per_grid():
 
 @pytest.mark.parametrize("changes, match", [
     ({"format": "other-plan"}, r"\['format'\].*'other-plan'"),
-    ({"version": 4}, r"\['version'\]: is 4, this dit-sparse reads versions 1 to 3"),
+    ({"version": 5}, r"\['version'\]: is 5, this dit-sparse reads versions 1 to 4"),
     ({"phases": []}, r"\['phases'\]: needs \['version'\] 2"),
     ({"version": 2, "phases": [{"start_step": 0, "layers": []}]},
      r"\['phases'\]\[0\]\['start_step'\]: must be an int >= 1"),
@@ -347,3 +347,83 @@ def test_pattern_spec_shows_and_round_trips_far_fields():
     for p in (ds.Neighborhood((5, 3, 3), far=(1, 8, 8)), ds.SlidingTile((1, 8, 8), (1, 3, 3), far=ds.FarField((1, 4, 4), 4))):
         assert "far=" in pattern_spec(p)
         assert ds.parse_pattern(pattern_spec(p)) == p
+
+
+# Sliding tiles with even windows: tile-aligned from version 4, the strided rule before it.
+
+EVEN = {"kind": "sliding_tile", "tile": [1, 4, 4], "window": [1, 2, 2]}
+EVEN_AS_RUN = {"kind": "neighborhood", "kernel": [1, 8, 8], "dilation": [1, 1, 1], "stride": [1, 4, 4]}
+ODD = {"kind": "sliding_tile", "tile": [1, 4, 4], "window": [1, 3, 1]}
+
+
+def _even_doc(version):
+    """plan_dict with an even-window sliding tile in a layer, a head, a candidate (and a phase)."""
+    doc = plan_dict(version=version)
+    doc["layers"][0]["pattern"] = dict(EVEN)
+    doc["layers"][1]["heads"][0]["pattern"] = dict(ODD)
+    doc["layers"][1]["heads"][1]["pattern"] = dict(EVEN, far={"pool": [1, 4, 4]}) if version >= 3 else dict(EVEN)
+    doc["profile"]["candidates"].append({"pattern": dict(EVEN), "error": 0.1, "density": 0.3})
+    if version >= 2:
+        doc["phases"] = [{"start_step": 2, "layers": copy.deepcopy(doc["layers"])}]
+    return doc
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_even_window_sliding_tiles_of_older_plans_keep_the_strided_rule(version, tmp_path):
+    doc = _even_doc(version)
+    original = copy.deepcopy(doc)
+    plan = Plan.from_dict(doc)
+    assert doc == original  # the caller's document is not rewritten
+    strided = ds.Neighborhood((1, 8, 8), stride=(1, 4, 4))
+    assert plan.patterns_for(LAYERS[0], 2) == [strided] * 2
+    far = ds.Neighborhood((1, 8, 8), stride=(1, 4, 4), far=(1, 4, 4)) if version >= 3 else strided
+    assert plan.patterns_for(LAYERS[1], 2) == [ds.SlidingTile((1, 4, 4), (1, 3, 1)), far]  # odd stays
+    if version >= 2:
+        assert plan.patterns_for(LAYERS[0], 2, 1) == [strided] * 2
+    assert plan.profile["candidates"][-1] == {"pattern": EVEN_AS_RUN, "error": 0.1, "density": 0.3}
+    # saved again, it keeps its version and its meaning
+    again = Plan.load(plan.save(tmp_path / "old.json"))
+    assert json.loads((tmp_path / "old.json").read_text())["version"] == version
+    assert again.to_dict()["layers"][0]["pattern"] == EVEN_AS_RUN
+    assert again.patterns_for(LAYERS[0], 2) == [strided] * 2
+
+
+def test_even_window_sliding_tiles_are_version_4_and_round_trip(tmp_path):
+    doc = _even_doc(4)
+    plan = Plan.from_dict(doc)
+    assert plan.patterns_for(LAYERS[0], 2) == [ds.SlidingTile((1, 4, 4), (1, 2, 2))] * 2
+    again = Plan.load(plan.save(tmp_path / "new.json"))
+    assert again.to_dict() == doc and json.loads((tmp_path / "new.json").read_text())["version"] == 4
+    # one even candidate is enough to need version 4 (its record would change meaning in 3)
+    only_candidate = plan_dict()
+    only_candidate["profile"]["candidates"].append({"pattern": dict(EVEN), "error": 0.1, "density": 0.3})
+    assert Plan.from_dict(dict(only_candidate, version=4)).to_dict()["version"] == 4
+    # odd windows do not need it
+    odd = plan_dict()
+    odd["layers"][0]["pattern"] = dict(ODD)
+    assert Plan.from_dict(odd).to_dict()["version"] == 1
+
+
+def test_far_fields_still_need_version_3_after_the_strided_reading():
+    doc = _even_doc(2)
+    doc["layers"][0]["pattern"] = dict(EVEN, far={"pool": [1, 4, 4]})
+    with pytest.raises(ValueError, match=r"hold far fields, which need \['version'\] 3 \(the plan says 2\)"):
+        Plan.from_dict(doc)
+
+
+@pytest.mark.parametrize("name", ["plan128_b25.json", "plan128_b25h.json", "plan128_b35h.json",
+                                  "plan128_e10.json", "plan128_e10p.json"])
+def test_shipped_plans_load_unchanged_and_mean_the_same(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "plans" / name
+    doc = json.loads(path.read_text())
+    plan = Plan.load(path)
+    assert plan.to_dict() == doc  # same version, same patterns
+    layout = ds.TokenLayout(tuple(doc["profile"]["grid"]))
+    tiles = {p for layers in plan._tables() for layer in layers.values() for p in layer.patterns
+             if isinstance(p, ds.SlidingTile)}
+    assert tiles  # the shipped plans do use sliding tiles
+    for p in tiles:  # each runs the windows it was profiled with (the strided rule's)
+        for (lo, hi, _), (slo, shi, _) in zip(p.windows(layout), p.as_neighborhood().windows(layout)):
+            assert lo.tolist() == slo.tolist() and hi.tolist() == shi.tolist(), p
