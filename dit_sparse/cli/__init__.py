@@ -19,7 +19,7 @@ import sys
 from typing import List, Optional, Sequence
 
 #: Subcommand modules of ``dit_sparse.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS: List[str] = ["profile", "generate", "bench", "inspect"]
+SUBCOMMANDS: List[str] = ["profile", "generate", "bench", "inspect", "selftest"]
 
 
 class CLIError(Exception):
