@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_vace", "wan_animate",
             "skyreels_v2", "chronoedit", "consisid", "allegro", "cosmos", "easyanimate",
-            "qwenimage", "lumina2", "flux2")
+            "qwenimage", "lumina2", "flux2", "hunyuan_video15", "ltx2")
 
 HEADS, HEAD_DIM = 4, 8
 
@@ -259,11 +259,46 @@ def _flux2():
     return m.eval(), inputs, (1, h, w)
 
 
+def _hunyuan_video15():
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    m = HunyuanVideo15Transformer3DModel(in_channels=4, out_channels=4, num_attention_heads=HEADS,
+                                         attention_head_dim=HEAD_DIM, num_layers=2, num_refiner_layers=1,
+                                         patch_size=2, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=12,
+                                         image_embed_dim=8, rope_axes_dim=(2, 2, 4))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, 4:] = 0  # padded MLLM text in the first element
+    mask_2 = torch.ones(2, 5, dtype=torch.long)
+    mask_2[1, 3:] = 0  # padded ByT5 text in the second element
+    # all-zero image embeddings: text-to-video, the model masks the 3 image tokens
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700.0, 700.0]),
+                  encoder_hidden_states=_randn(2, 7, 16, seed=2), encoder_attention_mask=mask,
+                  encoder_hidden_states_2=_randn(2, 5, 12, seed=3), encoder_attention_mask_2=mask_2,
+                  image_embeds=torch.zeros(2, 3, 8))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _ltx2():
+    from diffusers import LTX2VideoTransformer3DModel
+
+    m = LTX2VideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=HEADS,
+                                    attention_head_dim=HEAD_DIM, cross_attention_dim=HEADS * HEAD_DIM,
+                                    audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+                                    audio_attention_head_dim=HEAD_DIM, audio_cross_attention_dim=16, num_layers=2,
+                                    caption_channels=16)
+    inputs = dict(hidden_states=_randn(2, 3 * 5 * 7, 4, seed=1), audio_hidden_states=_randn(2, 9, 4, seed=2),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=3), audio_encoder_hidden_states=_randn(2, 6, 16, seed=4),
+                  timestep=torch.tensor([0.7, 0.7]), encoder_attention_mask=torch.ones(2, 6, dtype=torch.long),
+                  audio_encoder_attention_mask=torch.ones(2, 6, dtype=torch.long), num_frames=3, height=5, width=7,
+                  audio_num_frames=9)
+    return m.eval(), inputs, (3, 5, 7)
+
+
 _BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvideox, "ltx": _ltx, "mochi": _mochi,
              "flux": _flux, "sd3": _sd3, "wan_vace": _wan_vace, "wan_animate": _wan_animate,
              "skyreels_v2": _skyreels_v2, "chronoedit": _chronoedit, "consisid": _consisid, "allegro": _allegro,
              "cosmos": _cosmos, "easyanimate": _easyanimate, "qwenimage": _qwenimage, "lumina2": _lumina2,
-             "flux2": _flux2}
+             "flux2": _flux2, "hunyuan_video15": _hunyuan_video15, "ltx2": _ltx2}
 
 
 def run(model, inputs):

@@ -103,3 +103,12 @@ def test_flux2_reference_images_are_refused():
     message = _forward_error("flux2", hidden_states=torch.cat([inputs["hidden_states"]] * 2, dim=1),
                              img_ids=torch.cat([ids, ref]))
     assert "2 image(s)" in message
+
+
+def test_ltx2_appended_reference_tokens_are_refused():
+    model, inputs, grid = build("ltx2")
+    x = inputs["hidden_states"]
+    message = _forward_error("ltx2", hidden_states=torch.cat([x, x[:, :35]], dim=1))
+    assert "140 video tokens" in message and "(3, 5, 7)" in message
+    message = _forward_error("ltx2", video_self_attention_mask=torch.ones(2, 105, 105))
+    assert "video_self_attention_mask" in message

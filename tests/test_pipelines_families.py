@@ -39,6 +39,8 @@ TEXT = {
     "qwenimage": ("first", [6, 6]),
     "lumina2": ("first", [6, 6]),  # 6 valid of 8 caption tokens (the model drops the padding)
     "flux2": ("first", [6, 6]),
+    "hunyuan_video15": ("last", [15, 15]),  # 3 image + 5 ByT5 + 7 MLLM tokens, padding last
+    "ltx2": ("first", [0, 0]),  # attn1: video tokens only (audio attention stays dense)
 }
 
 
@@ -51,11 +53,20 @@ def _covering_pattern(grid):
 
 
 def _expected_key_mask(family, inputs, grid, batch):
-    if family != "hunyuan_video":
-        return None
     n = grid[0] * grid[1] * grid[2]
-    text = inputs["encoder_attention_mask"].bool()
-    return torch.cat([torch.ones(batch, n, dtype=torch.bool), text], dim=1)
+    if family == "hunyuan_video":
+        text = inputs["encoder_attention_mask"].bool()
+        return torch.cat([torch.ones(batch, n, dtype=torch.bool), text], dim=1)
+    if family == "hunyuan_video15":
+        # The model packs [valid image, valid ByT5, valid MLLM, padding...] after the video;
+        # all-zero image embeddings (text-to-video) count as padding.
+        image = inputs["image_embeds"]
+        valid = (inputs["encoder_attention_mask"].sum(dim=1) + inputs["encoder_attention_mask_2"].sum(dim=1)
+                 + (0 if bool((image == 0).all()) else image.shape[1]))
+        total = inputs["encoder_hidden_states"].shape[1] + inputs["encoder_hidden_states_2"].shape[1] + image.shape[1]
+        text = torch.arange(total)[None, :] < valid[:, None]
+        return torch.cat([torch.ones(batch, n, dtype=torch.bool), text], dim=1)
+    return None
 
 
 class _Recorder:

@@ -71,7 +71,7 @@ def register(adapter: Adapter) -> Adapter:
 
 _FAMILY_FILES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_derivatives",
                  "consisid", "allegro", "cosmos", "easyanimate", "qwenimage", "lumina2",
-                 "flux2")
+                 "flux2", "hunyuan_video15", "ltx2")
 
 # Transformer classes dit-sparse does not support, with why: class name -> reason.
 # ``adapter_for`` raises with the reason; docs/models.md is generated from this table and the
@@ -92,10 +92,6 @@ REFUSED: Dict[str, str] = {
     "HunyuanVideoFramepackTransformer3DModel": "self-attention also holds clean history latents at 1x/2x/4x "
                                                "downsampling (FramePack context packing): several grids of "
                                                "different resolutions, not one grid plus text",
-    "HunyuanVideo15Transformer3DModel": "not adapted yet: its processor passes a [B, 1, S, S] query-and-key "
-                                        "padding mask, which the runtime reduces to key masks of shape [B, S] only",
-    "LTX2VideoTransformer3DModel": "not adapted yet: audio-video model (video and audio streams with "
-                                   "cross-modal attention)",
     "TransformerTemporalModel": _NOT_A_GRID + " (temporal attention inside a UNet)",
     "PriorTransformer": _NOT_A_GRID + " (CLIP-embedding prior)",
     "StableAudioDiTModel": "audio: 1D latent sequence, no spatial grid",
