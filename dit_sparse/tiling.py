@@ -33,9 +33,9 @@ import torch
 from .layout import TokenLayout
 
 # Cost model of one CPU call, in units of "one query-key pair on every head" at 12 heads x 64.
-# Measured on the 2-core AVX-512 machine (scripts/bench_attention.py): a call costs about
-# the same as 1,400 pairs; chunks of q rows run at ~1 / (1 + 110 / rows) of peak; a boolean
-# mask costs ~15%.
+# The constants are the model's parameters, calibrated with scripts/bench_attention.py on an
+# AVX-512 CPU (docs/benchmarks.md): a call costs as much as CALL_COST_PAIRS pairs; chunks of
+# q rows run at 1 / (1 + SMALL_Q_ROWS / rows) of peak; a boolean mask multiplies by MASK_COST.
 CALL_COST_PAIRS = 1400.0
 SMALL_Q_ROWS = 110.0
 MASK_COST = 1.15
