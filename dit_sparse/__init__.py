@@ -31,6 +31,7 @@ _EXPORTS = {
     "plan": ["Plan", "PlanGridWarning", "PlanStepsWarning"],
     "pipelines.api": ["apply", "remove", "applied", "observe"],
     "pipelines.hooks": ["AttentionCall"],
+    "pipelines.caching": ["cache_config", "cached", "calibrate_mag_ratios"],
     "pipelines.profiling": ["profile"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -8,6 +8,11 @@ mean wall time of a pipeline call, the self-attention part of it
 against dense, the quality of the decoded clip against the dense clip of the same prompt and
 seed, and the mean density.
 
+``--cache NAME`` adds one of diffusers' caching hooks (:mod:`dit_sparse.pipelines.caching`):
+it gets a row of its own (cache alone) and runs with every sparse configuration, which then
+appear twice, without and with the cache (``PATTERN + cache NAME``). MagCache first measures
+its magnitude ratios with one untimed dense call on the first prompt and seed.
+
 Quality (:mod:`dit_sparse.metrics`, pixels in [0, 1]), as video papers report it:
 
 * ``psnr_db``: the clip PSNR, ``10 log10(1 / MSE)`` with the MSE over every pixel of every
@@ -48,8 +53,7 @@ import argparse
 import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -138,6 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(1 to {preflight.MAX_REPEAT}; default 1)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed 1-step call per configuration")
+    gen.add_cache_argument(parser)
     gen.add_model_arguments(parser)
 
 
@@ -146,12 +151,16 @@ def _configs(args) -> List[gen.Sparsity]:
         fail("give at least one --plan or --pattern to compare against dense")
     from dit_sparse.plan import pattern_spec
 
-    configs = [gen.Sparsity("dense")]
-    for path in args.plan:
-        configs.append(gen.Sparsity(f"plan {Path(path).name}", gen.load_plan(path), args.dense_steps))
+    cache = gen.check_cache(args.cache)
+    sparse = [gen.Sparsity(f"plan {Path(path).name}", gen.load_plan(path), args.dense_steps) for path in args.plan]
     for spec in args.pattern:
         pattern = gen.load_pattern(spec)
-        configs.append(gen.Sparsity(pattern_spec(pattern), pattern, args.dense_steps))
+        sparse.append(gen.Sparsity(pattern_spec(pattern), pattern, args.dense_steps))
+    if cache is None:
+        return [gen.Sparsity("dense"), *sparse]
+    configs = [gen.Sparsity("dense"), gen.Sparsity(f"cache {cache}", cache=cache)]
+    for config in sparse:
+        configs += [config, replace(config, label=f"{config.label} + cache {cache}", cache=cache)]
     return configs
 
 
@@ -184,16 +193,9 @@ def _check_outputs(args) -> None:
 
 
 def _run_config(pipe, config: gen.Sparsity, prompt: str, seed: int, kwargs: Dict):
-    """``(frames, seconds, attention seconds, density)`` of one pipeline call."""
-    handle = gen.apply_sparsity(pipe, config)
-    try:
-        with gen.AttentionMeter(pipe) as meter:
-            start = time.perf_counter()
-            frames = gen.run_pipeline(pipe, prompt, seed, kwargs)
-            seconds = time.perf_counter() - start
-    finally:
-        if handle is not None:
-            handle.remove()
+    """``(frames, seconds, attention seconds, density)`` of one pipeline call (with the
+    configuration's cache, if any)."""
+    frames, seconds, meter, _ = gen.timed_call(pipe, config, prompt, seed, kwargs)
     return frames, seconds, meter.seconds, meter.density
 
 
@@ -207,7 +209,7 @@ def _warmup(pipe, configs: List[gen.Sparsity], prompt: str, kwargs: Dict) -> Non
         # a plan profiled for 20 steps run for 1 warns of it; here that is the point, not news
         warnings.simplefilter("ignore", PlanStepsWarning)
         for config in configs:
-            _run_config(pipe, config if config.dense else gen.Sparsity(config.label, config.spec, 0), prompt, 0, short)
+            _run_config(pipe, config if config.dense else replace(config, dense_steps=0), prompt, 0, short)
 
 
 def _finite(row: Dict) -> Dict:
@@ -377,6 +379,10 @@ def run(args) -> int:
     runs = [(p, s) for p in prompts for s in seeds]
     from tqdm.auto import tqdm
 
+    cache_name = next((c.cache for c in configs if c.cache), None)
+    cache = gen.build_cache(pipe, cache_name, prompts[0], 0, kwargs, settings.resolved_steps(pipe),
+                            f"dit-sparse {NAME}", args.quiet)
+    configs = [replace(c, cache_config=cache) if c.cache else c for c in configs]
     if args.warmup:
         _warmup(pipe, configs, prompts[0], kwargs)
     times = {c.label: [] for c in configs}
@@ -451,7 +457,7 @@ def run(args) -> int:
         print(f"frontier: {args.frontier}")
     if args.json is not None:
         doc = {"model": "embedded" if embedded else args.model, "frames": f, "height": h, "width": w,
-               "repeat": args.repeat, "conv3d": conv3d,
+               "repeat": args.repeat, "conv3d": conv3d, "cache": cache_name,
                "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(seeds),
                "device": args.device, "dtype": args.dtype, "rows": [_finite(asdict(r)) for r in rows]}
         from dit_sparse.atomic import write_text

@@ -3,8 +3,9 @@
 The model is the embedded tiny Wan pipeline unless ``--model`` names a diffusers pipeline
 folder (or a Hugging Face id already in the local cache; nothing is downloaded). Attention
 is dense, a uniform ``--pattern`` on every self-attention layer, or a ``--plan`` from
-``dit-sparse profile``. The output format follows the suffix (:mod:`dit_sparse.video_io`:
-MP4, GIF, PNG; a PNG of several frames is a horizontal strip).
+``dit-sparse profile``; ``--cache NAME`` adds one of diffusers' caching hooks on top
+(:mod:`dit_sparse.pipelines.caching`). The output format follows the suffix
+(:mod:`dit_sparse.video_io`: MP4, GIF, PNG; a PNG of several frames is a horizontal strip).
 
 The last line reports the pipeline call's wall time, the part of it spent in the
 self-attention core and the mean density. The attention time comes from
@@ -229,11 +230,15 @@ def parse_dense_steps(text: str):
 
 @dataclass
 class Sparsity:
-    """One attention configuration: ``spec`` is None (dense), a Pattern or a Plan."""
+    """One attention configuration: ``spec`` is None (dense), a Pattern or a Plan; ``cache``
+    the name of a diffusers cache that runs with it (None: no cache) and ``cache_config`` its
+    config once built (:func:`build_cache`)."""
 
     label: str
     spec: Any = None
     dense_steps: Any = None
+    cache: Optional[str] = None
+    cache_config: Any = None
 
     @property
     def dense(self) -> bool:
@@ -268,6 +273,51 @@ def apply_sparsity(pipe, sparsity: Sparsity):
         return ds.apply(pipe, sparsity.spec, dense_steps=sparsity.dense_steps)
     except (TypeError, ValueError) as exc:
         fail(f"{sparsity.label}: {exc}")
+
+
+def add_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cache NAME``: one of diffusers' caching hooks (``generate`` and ``bench``)."""
+    from dit_sparse.pipelines.caching import CACHE_NAMES
+
+    parser.add_argument("--cache", metavar="NAME",
+                        help=f"a diffusers cache that skips work between steps, together with the sparsity: "
+                             f"{', '.join(('none',) + CACHE_NAMES)} (default: none); settings for Wan from "
+                             "dit_sparse.pipelines.caching.cache_config; mag first measures its magnitude ratios "
+                             "with one untimed call")
+
+
+def check_cache(value: Optional[str]) -> Optional[str]:
+    """The cache name of ``--cache`` (None for none or not given)."""
+    from dit_sparse.pipelines.caching import CACHE_NAMES
+
+    if value is None or value == "none":
+        return None
+    if value not in CACHE_NAMES:
+        fail(f"--cache {value!r}: must be one of {', '.join(('none',) + CACHE_NAMES)}")
+    return value
+
+
+def build_cache(pipe, name: Optional[str], prompt: str, seed: int, kwargs: Dict[str, Any], steps: Optional[int],
+                prog: str, quiet: bool):
+    """The diffusers config of cache ``name`` for calls of ``pipe`` with ``kwargs`` (None for no
+    cache). MagCache's ratios are measured first with one call on ``prompt`` and ``seed``."""
+    if name is None:
+        return None
+    import torch
+
+    from dit_sparse.pipelines.caching import cache_config, calibrate_mag_ratios
+
+    if name != "mag":
+        return cache_config(name, pipe)
+    if steps is None:
+        fail("--cache mag needs --steps (its magnitude ratios are per step)")
+    if not quiet:
+        print(f"{prog}: note: --cache mag: measuring its magnitude ratios with one call first", file=sys.stderr,
+              flush=True)
+    rest = {k: v for k, v in kwargs.items() if k != "num_inference_steps"}
+    ratios = calibrate_mag_ratios(pipe, steps, prompt=prompt, generator=torch.Generator(device="cpu").manual_seed(seed),
+                                  output_type="latent", **rest)
+    return cache_config(name, pipe, steps=steps, mag_ratios=ratios)
 
 
 # --------------------------------------------------------------------------------------
@@ -431,11 +481,34 @@ def run_pipeline(pipe, prompt: str, seed: int, kwargs: Dict[str, Any]):
 
 
 def describe(sparsity: Sparsity, handle) -> str:
-    if handle is None:
-        return "dense"
-    steps = handle.step_log
-    dense = sum(1 for *_, sparse in steps if not sparse)
-    return f"{sparsity.label}, {dense} of {len(steps)} steps dense"
+    what = "dense"
+    if handle is not None:
+        steps = handle.step_log
+        dense = sum(1 for *_, sparse in steps if not sparse)
+        what = f"{sparsity.label}, {dense} of {len(steps)} steps dense"
+    return what if sparsity.cache is None else f"{what}, cache {sparsity.cache}"
+
+
+def timed_call(pipe, sparsity: Sparsity, prompt: str, seed: int, kwargs: Dict[str, Any]):
+    """One timed pipeline call with ``sparsity`` (and its cache) applied, then removed.
+
+    Returns ``(frames, seconds, meter, description)``: the decoded frames, the call's wall
+    time, the :class:`AttentionMeter` of the call and a one-line description of what ran.
+    """
+    from dit_sparse.pipelines.caching import cached
+
+    with cached(pipe, sparsity.cache_config):
+        handle = apply_sparsity(pipe, sparsity)
+        try:
+            with AttentionMeter(pipe) as meter:
+                start = time.perf_counter()
+                frames = run_pipeline(pipe, prompt, seed, kwargs)
+                seconds = time.perf_counter() - start
+            what = describe(sparsity, handle)
+        finally:
+            if handle is not None:
+                handle.remove()
+    return frames, seconds, meter, what
 
 
 # --------------------------------------------------------------------------------------
@@ -595,6 +668,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--pattern", metavar="SPEC",
                        help="one pattern for every self-attention layer (syntax below)")
     which.add_argument("--dense", action="store_true", help="dense attention (the default without --plan/--pattern)")
+    add_cache_argument(parser)
     add_model_arguments(parser)
 
 
@@ -638,6 +712,7 @@ def run(args) -> int:
         fail(f"-o/--output: {exc}")
     preflight.check_seeds("--seed", [args.seed])
     check_model_args(args)
+    cache = check_cache(args.cache)
     sparsity = sparsity_from_args(args)
     pipe, embedded = load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
     settings = prepare(args, pipe, embedded)
@@ -653,16 +728,10 @@ def run(args) -> int:
     kwargs = settings.call_kwargs(pipe)
     warn_if_cannot_pay(pipe, sparsity, settings, args.device, embedded, f"dit-sparse {NAME}")
     set_progress(pipe, args.quiet, "denoising")
-    handle = apply_sparsity(pipe, sparsity)
-    try:
-        with AttentionMeter(pipe) as meter:
-            start = time.perf_counter()
-            frames = run_pipeline(pipe, args.prompt, args.seed, kwargs)
-            total = time.perf_counter() - start
-        what = describe(sparsity, handle)
-    finally:
-        if handle is not None:
-            handle.remove()
+    sparsity.cache = cache
+    sparsity.cache_config = build_cache(pipe, cache, args.prompt, args.seed, kwargs, settings.resolved_steps(pipe),
+                                        f"dit-sparse {NAME}", args.quiet)
+    frames, total, meter, what = timed_call(pipe, sparsity, args.prompt, args.seed, kwargs)
     if keep is not None:
         frames = frames[keep:keep + 1]
     video_io.write_frames(out, frames, fps=args.fps)
