@@ -13,6 +13,14 @@ keeps) with the highest score ``mean(video q) . k`` (ties to the lower token) ar
 of their boxes' means and counts, and every video query whose box is not near a sink's box
 sees that sink as an exact key. A box left without keys contributes nothing.
 
+Block-sparse patterns (``BlockSparse(..., far=...)``) choose their key blocks per batch, head
+and query block from the data, so "near" is per (batch, head, query block): a box is near the
+query block when it overlaps one of the block's selected key blocks (with ``pool`` equal to
+``block``, exactly the selected blocks). Every video query of the block sees one pooled key per
+other box, as above: the non-selected blocks become coarse keys instead of being pruned, the
+interpolation between keeping and pruning of Pyramid Sparse Attention (Li et al., 2025).
+Sinks follow the same rule (a query sees a sink whose box is not near its block).
+
 Because a neighborhood's mask is the AND of three per-axis masks, "some pair of ``Qb x Kb``
 is attended" is the AND of the same question per axis: the near table of the whole grid
 comes from three small per-axis tables, never from an ``S x S`` mask.
@@ -105,6 +113,81 @@ def far_field_for(pattern, layout: TokenLayout) -> FarFieldTables:
     return FarFieldTables(boxes, near, boxes.token_block(), boxes.block_sizes())
 
 
+@dataclass
+class BlockFarTables:
+    """The static part of a block-sparse pattern's far field on one layout."""
+
+    boxes: BlockGrid           # pool boxes over the video grid
+    overlap: torch.Tensor      # [n_blocks, nb] bool: key block x pool box it shares tokens with
+    token_box: torch.Tensor    # [T*H*W] int64: box of every video token
+    token_block: torch.Tensor  # [T*H*W] int64: block of every video token
+    box_sizes: torch.Tensor    # [nb] int64
+
+    @property
+    def num_boxes(self) -> int:
+        return self.boxes.num_blocks
+
+    def near(self, selection: torch.Tensor) -> torch.Tensor:
+        """``[B, H, n_blocks, nb]`` bool from a ``[B, H, n_blocks, n_blocks]`` block selection:
+        the boxes each query block holds exact keys in."""
+        hits = selection.to(torch.float32) @ self.overlap.to(torch.float32)
+        return hits > 0
+
+
+@functools.lru_cache(maxsize=64)
+def block_far_tables(layout: TokenLayout, block: Tuple[int, int, int], pool: Tuple[int, int, int]) -> BlockFarTables:
+    """The cached far-field tables of a block-sparse pattern with blocks ``block`` and pool
+    boxes ``pool`` (clamped to the grid) on ``layout``."""
+    pool = tuple(min(p, n) for p, n in zip(pool, layout.grid))
+    blocks, boxes = BlockGrid(layout.grid, block), BlockGrid(layout.grid, pool)
+    token_block, token_box = blocks.token_block(), boxes.token_block()
+    overlap = torch.zeros(blocks.num_blocks, boxes.num_blocks, dtype=torch.bool)
+    overlap[token_block, token_box] = True
+    return BlockFarTables(boxes, overlap, token_box, token_block, boxes.block_sizes())
+
+
+def is_block_sparse(pattern) -> bool:
+    """Whether ``pattern``'s exact part is chosen from the data (it has ``block`` and ``topk``)."""
+    return hasattr(pattern, "block") and hasattr(pattern, "topk")
+
+
+def block_far_for(pattern, layout: TokenLayout) -> BlockFarTables:
+    return block_far_tables(layout, pattern.block, pattern.far.pool)
+
+
+def sink_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, n: int, key_mask=None):
+    """``(chosen, ks, vs)``: :func:`select_sinks`' ``(idx, valid)`` and the sinks' keys and
+    values ``[B, H, n, D]``."""
+    chosen = select_sinks(q, k, layout, n, key_mask)
+    rows = (chosen[0] + layout.video_start)[..., None].expand(-1, -1, -1, k.shape[-1])
+    return chosen, k.transpose(1, 2).gather(2, rows), v.transpose(1, 2).gather(2, rows)
+
+
+def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layout: TokenLayout,
+                   selection: torch.Tensor, key_mask=None):
+    """The extra keys of a block-sparse far field for the kernels: ``(ke, ve, bias)`` with
+    ``ke, ve``: ``[B, H, n_extra, D]`` (the pooled keys of every box, then the sinks) and
+    ``bias``: ``[B, H, n_blocks, n_extra]`` float32 additive (``log(count)`` for a box the
+    query block sees pooled, 0 for a sink it sees, ``-inf`` otherwise)."""
+    tables = block_far_for(pattern, layout)
+    near = tables.near(selection)  # [B, H, nq, nb]
+    chosen = ks = vs = None
+    if pattern.far.sinks:
+        chosen, ks, vs = sink_keys(q, k, v, layout, pattern.far.sinks, key_mask)
+    kp, vp, log_count = pooled_keys(k, v, layout, tables, key_mask, chosen)
+    b, h, nq = near.shape[:3]
+    log_count = log_count[:, None, None, :] if log_count.dim() == 2 else log_count[:, :, None, :]
+    bias = log_count.expand(b, h, nq, -1).masked_fill(near, float("-inf"))
+    ke, ve = kp.transpose(1, 2), vp.transpose(1, 2)
+    if chosen is not None:
+        idx, valid = chosen
+        sink_box = tables.token_box.to(idx.device)[idx]  # [B, H, N]
+        seen = ~near.gather(3, sink_box[:, :, None, :].expand(-1, -1, nq, -1)) & valid[:, :, None, :]
+        sink_bias = torch.zeros(seen.shape, dtype=torch.float32, device=q.device).masked_fill_(~seen, float("-inf"))
+        ke, ve, bias = torch.cat([ke, ks], 2), torch.cat([ve, vs], 2), torch.cat([bias, sink_bias], 3)
+    return ke.contiguous(), ve.contiguous(), bias
+
+
 def select_sinks(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, n: int,
                  key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(idx, valid)``: ``[B, H, n]`` video token indices of the sinks of every batch and
@@ -173,10 +256,12 @@ def group_tables(pattern, layout: TokenLayout, q_indices: List[torch.Tensor]):
 def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, scale: float):
     """The float64 definition of attention with a far field (``[B, S, H, D]`` in and out;
     builds ``S x S``: for tests only)."""
-    tables = far_field_for(pattern, layout)
+    block = is_block_sparse(pattern)
+    tables = block_far_for(pattern, layout) if block else far_field_for(pattern, layout)
     qd, kd, vd = (t.double().transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
     b, h, s, _ = qd.shape
-    mask = pattern.exact_part().mask(layout).to(q.device)[None, None]
+    mask = pattern.exact_part().mask(layout, q, k).to(q.device)
+    mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
     if key_mask is not None:
         mask = mask & key_mask[:, None, None, :]
     v0, nv = layout.video_start, layout.video_len
@@ -184,16 +269,24 @@ def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, sca
     kp, vp, log_count = pooled_keys(k.double(), v.double(), layout, tables, key_mask, sinks)
     kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, H, nb, D]
     log_count = log_count.double().view(b, -1, 1, tables.num_boxes)  # [B, 1 or H, 1, nb]
-    far = torch.zeros(s, tables.num_boxes, dtype=torch.bool, device=q.device)
-    far[v0:v0 + nv] = tables.token_far().to(q.device)
+    if block:  # near per (batch, head, query block), from the same selection as the exact mask
+        from .tiling import block_sparse_select
+
+        selection = block_sparse_select(pattern.exact_part(), layout, BlockGrid(layout.grid, pattern.block), q, k)
+        video_far = ~tables.near(selection).to(q.device)[:, :, tables.token_block.to(q.device)]  # [B, H, nv, nb]
+    else:
+        video_far = tables.token_far().to(q.device)[None, None]
+    far = torch.zeros(*video_far.shape[:2], s, tables.num_boxes, dtype=torch.bool, device=q.device)
+    far[:, :, v0:v0 + nv] = video_far
     exact = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~mask, -math.inf)
-    pooled = (qd @ kp.transpose(-1, -2) * scale + log_count).masked_fill(~far[None, None], -math.inf)
+    pooled = (qd @ kp.transpose(-1, -2) * scale + log_count).masked_fill(~far, -math.inf)
     logits, values = [exact, pooled], [vd, vp]
     if sinks is not None:
         idx, valid = sinks
         gather = idx[..., None].expand(-1, -1, -1, kd.shape[-1]) + v0
         ks, vs = kd.gather(2, gather), vd.gather(2, gather)  # [B, H, N, D]
-        seen = far[:, tables.token_box.to(q.device)[idx]].permute(1, 2, 0, 3)  # [B, H, S, N]
+        box = tables.token_box.to(q.device)[idx]  # [B, H, N]
+        seen = far.expand(b, h, s, -1).gather(3, box[:, :, None, :].expand(-1, -1, s, -1))  # [B, H, S, N]
         logits.append((qd @ ks.transpose(-1, -2) * scale).masked_fill(~(seen & valid[:, :, None, :]), -math.inf))
         values.append(vs)
     probs = torch.softmax(torch.cat(logits, dim=-1), dim=-1).nan_to_num(0.0)
@@ -204,4 +297,5 @@ def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, sca
     return out.transpose(1, 2).to(q.dtype)
 
 
-__all__ = ["FarFieldTables", "far_field_for", "select_sinks", "pooled_keys", "group_tables", "reference_far_attention"]
+__all__ = ["FarFieldTables", "far_field_for", "BlockFarTables", "block_far_tables", "block_far_keys", "select_sinks",
+           "pooled_keys", "group_tables", "reference_far_attention"]

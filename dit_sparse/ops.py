@@ -88,6 +88,8 @@ def _why_not_triton(q: torch.Tensor, pattern: Optional[Pattern] = None, key_mask
         import triton  # noqa: F401
     except ImportError:  # pragma: no cover - triton is a dependency
         return "triton is not installed"
+    if isinstance(pattern, BlockSparse) and pattern.far is not None:
+        return f"far fields of block-sparse patterns run on the CPU kernel only (pattern {pattern.spec!r})"
     if pattern is not None and pattern.far is not None and pattern.far.sinks:
         return f"far-field sinks are not in the Triton kernel yet (pattern {pattern.spec!r})"
     return None
@@ -250,9 +252,15 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         ragged = not bool(valid[:-1].all())
         needs_valid = ragged or bool(padded.any())
         text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
+        extra = None
+        if pattern.far is not None:
+            from .farfield import block_far_keys
+
+            ke, ve, bias = block_far_keys(q, k, v, pattern, layout, sel, key_mask)
+            extra = (ke, ve, bias.to(q.dtype))
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
                                           text_index, _text_range(layout), key_mask, scale, pack=ragged,
-                                          group_threads=env.cpu_group_threads())
+                                          group_threads=env.cpu_group_threads(), extra=extra)
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         tiling = tiling_for(pattern.exact_part(), layout)
         groups = tiling.kernel_groups(q.dtype)

@@ -44,7 +44,7 @@ from typing import ClassVar, Dict, NamedTuple, Optional, Tuple, Type
 
 import torch
 
-from .farfield import far_field_for
+from .farfield import block_far_for, far_field_for
 from .layout import TokenLayout, as_triple
 from .tiling import BlockGrid, axis_mask, block_sparse_select, tiling_for
 
@@ -399,6 +399,11 @@ class BlockSparse(Pattern):
         topk: fraction in (0, 1] of key blocks kept per query block (rounded up).
         threshold: in (0, 1]: keep the fewest key blocks whose pooled softmax mass reaches it.
 
+        far: a :class:`FarField`: the key blocks a query block does not keep are summarised
+            by pooled boxes instead of dropped (PSA's coarse levels; a box overlapping a kept
+            block is near and stays out). ``pool`` equal to ``block`` gives one pooled key
+            per dropped block.
+
     Exactly one of ``topk`` and ``threshold``. ``topk=1.0`` or ``threshold=1.0`` is dense.
     """
 
@@ -406,8 +411,10 @@ class BlockSparse(Pattern):
     block: Triple = (4, 8, 8)
     topk: Optional[float] = None
     threshold: Optional[float] = None
+    far: Optional[FarField] = None
 
     def __post_init__(self):
+        object.__setattr__(self, "far", FarField.of(self.far))
         object.__setattr__(self, "block", as_triple("block", self.block))
         if (self.topk is None) == (self.threshold is None):
             raise ValueError(f"BlockSparse needs exactly one of topk and threshold, got "
@@ -423,6 +430,11 @@ class BlockSparse(Pattern):
             object.__setattr__(self, name, float(value))
         self._set_spec()
 
+    def exact_part(self) -> "BlockSparse":
+        if self.far is None:
+            return self
+        return BlockSparse(block=self.block, topk=self.topk, threshold=self.threshold)
+
     def video_mask(self, layout, q=None, k=None):
         if q is None or k is None:
             raise ValueError("BlockSparse.mask needs q and k (the selection depends on them)")
@@ -432,16 +444,23 @@ class BlockSparse(Pattern):
         return sel[:, :, tok2blk][:, :, :, tok2blk]
 
     def density(self, layout, *, exact=False, q=None, k=None):
-        """Density of the selection; needs ``q`` and ``k`` unless ``topk`` is set."""
+        """Density of the selection; needs ``q`` and ``k`` unless ``topk`` is set. A far
+        field adds its pooled keys: counted exactly from ``q`` and ``k``, else estimated as
+        the boxes outside the kept share of the grid (``(1 - topk)`` of them)."""
         grid = BlockGrid(layout.grid, self.block)
         sizes = grid.block_sizes().double()
+        far = None if self.far is None else block_far_for(self, layout)
         if q is not None and k is not None:
-            sel = block_sparse_select(self, layout, grid, q, k).double()
-            video_pairs = (sizes[:, None] * sel * sizes[None, :]).sum((-1, -2)).mean().item()
+            sel = block_sparse_select(self.exact_part(), layout, grid, q, k)
+            video_pairs = (sizes[:, None] * sel.double() * sizes[None, :]).sum((-1, -2)).mean().item()
+            if far is not None:
+                video_pairs += (sizes[:, None] * (~far.near(sel)).double()).sum((-1, -2)).mean().item()
         elif self.topk is not None:
             nb = grid.num_blocks
             keep = min(nb, max(1, math.ceil(self.topk * nb)))
             video_pairs = layout.video_len ** 2 * keep / nb
+            if far is not None:
+                video_pairs += layout.video_len * far.num_boxes * (1 - keep / nb)
         else:
             raise ValueError("BlockSparse(threshold=...).density needs q and k: the selection "
                              "depends on the data")
@@ -458,10 +477,10 @@ ints joined by x, each >= 1; a fraction is a number in (0, 1].
   sliding-tile:tile=4x8x8,window=3x3x3     tiles of tile tokens attend to window tiles
                                            (an even window: one tile more before the
                                            query's tile than after; always whole tiles)
-  neighborhood:kernel=3x9x9,far=1x8x8      far=POOL (neighborhood, sliding-tile): keys
-                                           outside the window count as one pooled key
-                                           per box of POOL tokens instead of none;
-                                           sinks=N keeps N far keys per head exact
+  neighborhood:kernel=3x9x9,far=1x8x8      far=POOL (any kind but full): keys outside
+                                           the pattern count as one pooled key per box
+                                           of POOL tokens instead of none; sinks=N
+                                           keeps N far keys per head exact
   block-sparse:block=4x8x8,topk=0.2        per query block, the top 20% of key blocks;
                                            or threshold=0.9: the fewest key blocks that
                                            hold 90% of the pooled softmax mass
@@ -486,7 +505,8 @@ _SPEC_KINDS: Dict[str, _SpecKind] = {
          "sinks": ("count", "16")},
         (("tile",), ("window",))),
     "block_sparse": _SpecKind(
-        {"block": ("size", "4x8x8"), "topk": ("fraction", "0.2"), "threshold": ("fraction", "0.9")},
+        {"block": ("size", "4x8x8"), "topk": ("fraction", "0.2"), "threshold": ("fraction", "0.9"),
+         "far": ("size", "1x8x8"), "sinks": ("count", "16")},
         (("topk", "threshold"),)),
 }
 

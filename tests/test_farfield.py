@@ -202,7 +202,7 @@ def test_serialisation_and_specs_round_trip(tmp_path):
     ("neighborhood:kernel=3x9x9,far=0x8x8", "far=0x8x8: every entry must be >= 1"),
     ("neighborhood:kernel=3x9x9,far=1x8", "far='1x8' has 2 entries"),
     ("full:far=1x8x8", "full takes no fields"),
-    ("block-sparse:block=4x8x8,topk=0.2,far=1x8x8", "unknown field 'far'"),
+    ("block-sparse:block=4x8x8,topk=0.2,far=1x8", "far='1x8' has 2 entries"),
     ("neighborhood:kernel=3x9x9,sinks=4", "sinks=4 needs far="),
     ("neighborhood:kernel=3x9x9,far=1x8x8,sinks=0", "sinks=0 must be >= 1"),
     ("neighborhood:kernel=3x9x9,far=1x8x8,sinks=x", "sinks='x' must be an int >= 1"),

@@ -278,6 +278,7 @@ def block_sparse_attention(
     scale: float,
     pack: bool = False,
     group_threads: bool = True,
+    extra: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Block-sparse attention with a different key-block set per batch and head.
 
@@ -302,18 +303,21 @@ def block_sparse_attention(
             (the null block) pads rows that keep fewer blocks.
         text_index: ``[n_text]`` int64 text token indices (global keys).
         group_threads: as in :func:`grouped_attention`.
+        extra: keys every query block sees besides its blocks (a far field's pooled keys and
+            sinks): ``(ke, ve, bias)``, ``ke, ve``: ``[B, H, n_extra, D]`` and ``bias``:
+            ``[B, H, nb, n_extra]`` additive per query block (``-inf``: not seen).
     Returns:
         ``[B, S, H, D]``.
     """
     per_block = _packed_block_outputs if pack else _whole_block_outputs
     out = Output(q)
-    tasks = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale)
+    tasks = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale, extra)
     parallel.run(tasks, q, k, v, group_threads=group_threads)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
     return out.out
 
 
-def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale):
+def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale, extra):
     """Per query block tasks, keys gathered as whole padded blocks."""
     b, s, h, d = q.shape
     nb1, p = block_tokens.shape
@@ -355,6 +359,10 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
             if n_text:
                 mask = torch.cat([mask, text_valid], dim=-1)
             mask = mask[:, :, None, :]
+        if extra is not None:
+            ke, ve, bias = extra
+            mask = far_mask(mask, bias[:, :, i, None, :], kg.shape[2], q.dtype)
+            kg, vg = torch.cat([kg, ke], dim=2), torch.cat([vg, ve], dim=2)
         qg = heads_view(q2.index_select(0, token_rows(b, s, q_tok)).view(b, -1, h, d))
         out.put_tokens(q_tok, _sdpa_heads(qg, kg, vg, mask, scale, may_have_empty_rows=key_mask is not None))
 
@@ -381,7 +389,7 @@ def _length_groups(lengths: torch.Tensor, ratio: float = 0.8, max_groups: int = 
     return groups
 
 
-def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale):
+def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale, extra):
     """Per query block tasks, each (batch, head) row's keys packed to its valid tokens."""
     b, s, h, d = q.shape
     bh = b * h
@@ -423,6 +431,12 @@ def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, te
             q_out = (base + q_tok[None, :] * h).reshape(-1)
             qg = q_rows.index_select(0, q_out).view(g, 1, -1, d)
             mask = None if keep is None else keep[:, None, None, :]
+            if extra is not None:
+                ke, ve, bias = extra
+                n_e = ke.shape[2]
+                mask = far_mask(mask, bias.view(bh, nb, n_e)[rows, i][:, None, None, :], kg.shape[1], q.dtype)
+                kg = torch.cat([kg, ke.reshape(bh, n_e, d).index_select(0, rows)], dim=1)
+                vg = torch.cat([vg, ve.reshape(bh, n_e, d).index_select(0, rows)], dim=1)
             o = _sdpa_heads(qg, kg[:, None], vg[:, None], mask, scale, may_have_empty_rows=key_mask is not None)
             out.put_rows(q_out, o)
 
