@@ -204,7 +204,7 @@ class Pattern:
         video = self.video_mask(layout, q, k)
         if layout.text_len == 0:
             return video
-        s, v0, t0, n = layout.seq_len, layout.video_start, layout.text_start, layout.video_len
+        s, v0, n = layout.seq_len, layout.video_start, layout.video_len
         full = torch.ones(*video.shape[:-2], s, s, dtype=torch.bool)
         full[..., v0:v0 + n, v0:v0 + n] = video
         return full
