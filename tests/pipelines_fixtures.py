@@ -33,12 +33,13 @@ def build(family: str, seed: int = 0):
     return _BUILDERS[family]()
 
 
-def _wan():
-    from diffusers import WanTransformer3DModel
+def _wan(class_name="WanTransformer3DModel", **config):
+    """Wan and the classes built on its blocks (same config, same inputs); ``config`` adds to the config."""
+    import diffusers
 
-    m = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
-                              in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-                              rope_max_seq_len=32)
+    m = getattr(diffusers, class_name)(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                       in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32,
+                                       num_layers=2, rope_max_seq_len=32, **config)
     inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
                   encoder_hidden_states=_randn(2, 6, 16, seed=2))
     return m.eval(), inputs, (3, 5, 7)
@@ -59,13 +60,14 @@ def _hunyuan_video():
     return m.eval(), inputs, (3, 5, 7)
 
 
-def _cogvideox():
-    from diffusers import CogVideoXTransformer3DModel
+def _cogvideox(class_name="CogVideoXTransformer3DModel"):
+    """CogVideoX and ConsisID, built on its blocks (same config, same inputs)."""
+    import diffusers
 
-    m = CogVideoXTransformer3DModel(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=4,
-                                    out_channels=4, time_embed_dim=16, text_embed_dim=16, num_layers=2,
-                                    sample_width=14, sample_height=10, sample_frames=9, patch_size=2,
-                                    max_text_seq_length=6, use_rotary_positional_embeddings=True)
+    m = getattr(diffusers, class_name)(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=4,
+                                       out_channels=4, time_embed_dim=16, text_embed_dim=16, num_layers=2,
+                                       sample_width=14, sample_height=10, sample_frames=9, patch_size=2,
+                                       max_text_seq_length=6, use_rotary_positional_embeddings=True)
     inputs = dict(hidden_states=_randn(2, 3, 4, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
                   encoder_hidden_states=_randn(2, 6, 16, seed=2))
     return m.eval(), inputs, (3, 5, 7)
@@ -97,6 +99,14 @@ def _mochi():
     return m.eval(), inputs, (3, 5, 7)
 
 
+def _image_ids(h, w, axes):
+    """FLUX position ids of an ``h x w`` image, ``[h * w, axes]``: rows ``(0, y, x, 0...)``."""
+    ids = torch.zeros(h, w, axes)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return ids.reshape(-1, axes)
+
+
 def _flux():
     from diffusers import FluxTransformer2DModel
 
@@ -104,12 +114,9 @@ def _flux():
                                attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=16,
                                pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
     h, w = 5, 7
-    img_ids = torch.zeros(h, w, 3)
-    img_ids[..., 1] = torch.arange(h)[:, None]
-    img_ids[..., 2] = torch.arange(w)[None, :]
     inputs = dict(hidden_states=_randn(2, h * w, 4, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
                   pooled_projections=_randn(2, 8, seed=3), timestep=torch.tensor([0.7, 0.7]),
-                  img_ids=img_ids.reshape(-1, 3), txt_ids=torch.zeros(6, 3))
+                  img_ids=_image_ids(h, w, 3), txt_ids=torch.zeros(6, 3))
     return m.eval(), inputs, (1, h, w)
 
 
@@ -125,14 +132,9 @@ def _sd3():
 
 
 def _wan_vace():
-    from diffusers import WanVACETransformer3DModel
-
-    m = WanVACETransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
-                                  in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-                                  rope_max_seq_len=32, vace_layers=[0], vace_in_channels=6)
-    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
-                  encoder_hidden_states=_randn(2, 6, 16, seed=2), control_hidden_states=_randn(2, 6, 3, 10, 14, seed=3))
-    return m.eval(), inputs, (3, 5, 7)
+    m, inputs, grid = _wan("WanVACETransformer3DModel", vace_layers=[0], vace_in_channels=6)
+    inputs["control_hidden_states"] = _randn(2, 6, 3, 10, 14, seed=3)
+    return m, inputs, grid
 
 
 def _wan_animate():
@@ -147,40 +149,6 @@ def _wan_animate():
     inputs = dict(hidden_states=_randn(2, 12, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
                   encoder_hidden_states=_randn(2, 6, 16, seed=2), pose_hidden_states=_randn(2, 4, 2, 10, 14, seed=3),
                   face_pixel_values=_randn(2, 3, 5, 4, 4, seed=4))
-    return m.eval(), inputs, (3, 5, 7)
-
-
-def _skyreels_v2():
-    from diffusers import SkyReelsV2Transformer3DModel
-
-    m = SkyReelsV2Transformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
-                                     in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-                                     rope_max_seq_len=32)
-    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
-                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
-    return m.eval(), inputs, (3, 5, 7)
-
-
-def _chronoedit():
-    from diffusers import ChronoEditTransformer3DModel
-
-    m = ChronoEditTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
-                                     in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-                                     rope_max_seq_len=32)
-    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
-                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
-    return m.eval(), inputs, (3, 5, 7)
-
-
-def _consisid():
-    from diffusers import ConsisIDTransformer3DModel
-
-    m = ConsisIDTransformer3DModel(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=4,
-                                   out_channels=4, time_embed_dim=16, text_embed_dim=16, num_layers=2,
-                                   sample_width=14, sample_height=10, sample_frames=9, patch_size=2,
-                                   max_text_seq_length=6, use_rotary_positional_embeddings=True)
-    inputs = dict(hidden_states=_randn(2, 3, 4, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
-                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
     return m.eval(), inputs, (3, 5, 7)
 
 
@@ -251,11 +219,8 @@ def _flux2():
                                 attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=16,
                                 timestep_guidance_channels=16, axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False)
     h, w = 5, 7
-    img_ids = torch.zeros(h, w, 4)
-    img_ids[..., 1] = torch.arange(h)[:, None]
-    img_ids[..., 2] = torch.arange(w)[None, :]
     inputs = dict(hidden_states=_randn(2, h * w, 4, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
-                  timestep=torch.tensor([0.7, 0.7]), img_ids=img_ids.reshape(-1, 4), txt_ids=torch.zeros(6, 4))
+                  timestep=torch.tensor([0.7, 0.7]), img_ids=_image_ids(h, w, 4), txt_ids=torch.zeros(6, 4))
     return m.eval(), inputs, (1, h, w)
 
 
@@ -296,7 +261,9 @@ def _ltx2():
 
 _BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvideox, "ltx": _ltx, "mochi": _mochi,
              "flux": _flux, "sd3": _sd3, "wan_vace": _wan_vace, "wan_animate": _wan_animate,
-             "skyreels_v2": _skyreels_v2, "chronoedit": _chronoedit, "consisid": _consisid, "allegro": _allegro,
+             "skyreels_v2": lambda: _wan("SkyReelsV2Transformer3DModel"),
+             "chronoedit": lambda: _wan("ChronoEditTransformer3DModel"),
+             "consisid": lambda: _cogvideox("ConsisIDTransformer3DModel"), "allegro": _allegro,
              "cosmos": _cosmos, "easyanimate": _easyanimate, "qwenimage": _qwenimage, "lumina2": _lumina2,
              "flux2": _flux2, "hunyuan_video15": _hunyuan_video15, "ltx2": _ltx2}
 

@@ -12,12 +12,16 @@ An :class:`Adapter` answers four questions for its model class, and nothing else
   forward (``grid``, ``text_len``), from the bound forward arguments and the model config;
 * where joint text sits in the self-attention sequence (``text_position``).
 
-Adding a family is one small file that defines an adapter and calls :func:`register`.
+Adding a family is one small file that defines an adapter and calls :func:`register`; the
+helpers at the end of this module (:func:`layer_names`, :func:`hidden_states_grid`,
+:func:`patchified_grid`, :func:`config_patch`, :func:`require`, :func:`encoder_len`) cover
+what most families share, so the file holds only what is particular to its model.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -142,14 +146,72 @@ def require(bound: Dict[str, Any], name: str, model) -> Any:
     return value
 
 
-def as_pair(value) -> Tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def layer_names(*patterns: str) -> Callable[[str, Any], bool]:
+    r"""An ``is_self_attention`` predicate: True for the modules whose whole name (as in
+    ``model.named_modules()``) matches one of the regular expressions ``patterns``.
+
+    ``layer_names(r"blocks\.\d+\.attn1")`` selects ``blocks.0.attn1``, ``blocks.1.attn1``, ...
+    and neither ``blocks.0.attn2`` nor ``blocks.0.attn1.to_q``.
+    """
+    if not patterns:
+        raise ValueError("layer_names() needs at least one pattern")
+    compiled = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return lambda name, module: compiled.fullmatch(name) is not None
+
+
+def config_patch(model) -> Triple:
+    """``(pt, ph, pw)``, the patch of ``model.config``: ``patch_size`` is either a
+    ``(pt, ph, pw)`` triple (Wan, Cosmos) or one size for H and W, time then being patched by
+    ``patch_size_t`` when the config has one that is set (CogVideoX 1.0 leaves it ``None``)
+    and not patched otherwise."""
+    patch = model.config.patch_size
+    if isinstance(patch, (tuple, list)):
+        pt, ph, pw = patch
+        return pt, ph, pw
+    return getattr(model.config, "patch_size_t", None) or 1, patch, patch
+
+
+def patchified_grid(sizes: Triple, patch: Triple, *, ceil_frames: bool = False) -> Triple:
+    """The token grid ``(T, H, W)`` that patchifying a latent of ``sizes = (F, H, W)`` with
+    ``patch = (pt, ph, pw)`` makes: each size over its patch, rounded down (a strided patch
+    embedding drops a remainder), the frames rounded up with ``ceil_frames`` (CogVideoX 1.5
+    pads them to a multiple of ``pt``)."""
+    (f, h, w), (pt, ph, pw) = sizes, patch
+    return (ceil_div(f, pt) if ceil_frames else f // pt, h // ph, w // pw)
+
+
+_FRAME_AXIS = {"BCFHW": 2, "BFCHW": 1, "BCHW": None}
+
+
+def hidden_states_grid(layout: str, *, ceil_frames: bool = False) -> Callable[[Any, Dict[str, Any]], Triple]:
+    """A ``grid`` function for models whose ``hidden_states`` is the unpatchified latent,
+    patchified by :func:`config_patch`.
+
+    Args:
+        layout: the axes of ``hidden_states``: ``"BCFHW"`` (most video models), ``"BFCHW"``
+            (CogVideoX and its derivatives) or ``"BCHW"`` (images, ``T = 1``, only the spatial
+            patch applies).
+        ceil_frames: round the frames up (see :func:`patchified_grid`).
+    """
+    if layout not in _FRAME_AXIS:
+        raise ValueError(f"{layout=} is not one of {sorted(_FRAME_AXIS)}")
+    frame_axis = _FRAME_AXIS[layout]
+
+    def grid(model, bound: Dict[str, Any]) -> Triple:
+        x = require(bound, "hidden_states", model)
+        if x.dim() != len(layout):
+            raise ValueError(f"{type(model).__name__}: hidden_states has shape {tuple(x.shape)}; dit_sparse expects "
+                             f"{len(layout)} dimensions ({layout})")
+        pt, ph, pw = config_patch(model)
+        if frame_axis is None:
+            return (1, x.shape[-2] // ph, x.shape[-1] // pw)
+        return patchified_grid((x.shape[frame_axis], x.shape[-2], x.shape[-1]), (pt, ph, pw), ceil_frames=ceil_frames)
+
+    return grid
 
 
 def encoder_len(model, bound: Dict[str, Any]) -> int:

@@ -8,21 +8,17 @@ self-attention ``attention_mask`` (a per-video-token mask, which Allegro's pipel
 passes) is refused: the processor repeats it per head, which is not a key padding mask.
 """
 
-import re
+from . import Adapter, hidden_states_grid, layer_names, register, require
 
-from . import Adapter, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
+_patchified = hidden_states_grid("BCFHW")
 
 
 def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
+    require(bound, "hidden_states", model)
     if bound.get("attention_mask") is not None:
         raise ValueError("AllegroTransformer3DModel: attention_mask (a self-attention mask over video tokens) is "
                          "not supported by dit_sparse; call without it, as AllegroPipeline does")
-    p, pt = model.config.patch_size, model.config.patch_size_t
-    _, _, f, h, w = x.shape
-    return (f // pt, h // p, w // p)
+    return _patchified(model, bound)
 
 
 ALLEGRO = register(Adapter(
@@ -32,5 +28,5 @@ ALLEGRO = register(Adapter(
     core_module="diffusers.models.attention_processor",
     text_position=None,
     grid=_grid,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

@@ -6,19 +6,7 @@ intercepted name is ``F`` in ``diffusers.models.attention_processor``. Input
 ``[B, F, C, H, W]``; CogVideoX 1.5 patches time too (``patch_size_t``, frames rounded up).
 """
 
-import re
-
-from . import Adapter, ceil_div, encoder_len, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p, pt = model.config.patch_size, model.config.patch_size_t or 1
-    _, f, _, h, w = x.shape
-    return (ceil_div(f, pt), h // p, w // p)
-
+from . import Adapter, encoder_len, hidden_states_grid, layer_names, register
 
 COGVIDEOX = register(Adapter(
     family="cogvideox",
@@ -26,7 +14,7 @@ COGVIDEOX = register(Adapter(
     core="sdpa",
     core_module="diffusers.models.attention_processor",
     text_position="first",
-    grid=_grid,
+    grid=hidden_states_grid("BFCHW", ceil_frames=True),
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

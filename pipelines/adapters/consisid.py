@@ -7,19 +7,7 @@ Joint attention in ``transformer_blocks.N.attn1``: text first, then video, throu
 ``patch_size`` only.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p = model.config.patch_size
-    _, f, _, h, w = x.shape
-    return (f, h // p, w // p)
-
+from . import Adapter, encoder_len, hidden_states_grid, layer_names, register
 
 CONSISID = register(Adapter(
     family="consisid",
@@ -27,7 +15,7 @@ CONSISID = register(Adapter(
     core="sdpa",
     core_module="diffusers.models.attention_processor",
     text_position="first",
-    grid=_grid,
+    grid=hidden_states_grid("BFCHW"),
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

@@ -7,19 +7,7 @@ with a 3D ``patch_size``; the condition and padding masks are extra input channe
 not change the grid.
 """
 
-import re
-
-from . import Adapter, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    pt, ph, pw = model.config.patch_size
-    _, _, f, h, w = x.shape
-    return (f // pt, h // ph, w // pw)
-
+from . import Adapter, hidden_states_grid, layer_names, register
 
 COSMOS = register(Adapter(
     family="cosmos",
@@ -27,6 +15,6 @@ COSMOS = register(Adapter(
     core="dispatch",
     core_module="diffusers.models.transformers.transformer_cosmos",
     text_position=None,
-    grid=_grid,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    grid=hidden_states_grid("BCFHW"),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

@@ -6,18 +6,7 @@ then the optional T5 tokens) first, then the video. ``EasyAnimateAttnProcessor2_
 Input ``[B, C, F, H, W]``, patchified frame by frame with a spatial ``patch_size``.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p = model.config.patch_size
-    _, _, f, h, w = x.shape
-    return (f, h // p, w // p)
+from . import Adapter, encoder_len, hidden_states_grid, layer_names, register
 
 
 def _text_len(model, bound):
@@ -31,7 +20,7 @@ EASYANIMATE = register(Adapter(
     core="sdpa",
     core_module="diffusers.models.transformers.transformer_easyanimate",
     text_position="first",
-    grid=_grid,
+    grid=hidden_states_grid("BCFHW"),
     text_len=_text_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

@@ -6,11 +6,7 @@ grid is read from ``img_ids`` (rows ``(0, y, x)``), ``T = 1``. ``FluxAttnProcess
 ``dispatch_attention_fn``.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$")
+from . import Adapter, encoder_len, layer_names, register, require
 
 
 def _grid(model, bound):
@@ -34,5 +30,5 @@ FLUX = register(Adapter(
     text_position="first",
     grid=_grid,
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"),
 ))

@@ -9,11 +9,7 @@ coordinate, and the reference KV cache (``kv_cache_mode``) attends them causally
 is one token grid, so such forwards are refused.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$")
+from . import Adapter, encoder_len, layer_names, register, require
 
 
 def _grid(model, bound):
@@ -42,5 +38,5 @@ FLUX2 = register(Adapter(
     text_position="first",
     grid=_grid,
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"),
 ))

@@ -7,19 +7,7 @@ which becomes ``key_mask``. The text refiner's attention (text only) stays dense
 Input ``[B, C, F, H, W]`` with ``patch_size`` and ``patch_size_t``.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p, pt = model.config.patch_size, model.config.patch_size_t
-    _, _, f, h, w = x.shape
-    return (f // pt, h // p, w // p)
-
+from . import Adapter, encoder_len, hidden_states_grid, layer_names, register
 
 HUNYUAN_VIDEO = register(Adapter(
     family="hunyuan_video",
@@ -27,7 +15,7 @@ HUNYUAN_VIDEO = register(Adapter(
     core="dispatch",
     core_module="diffusers.models.transformers.transformer_hunyuan_video",
     text_position="last",
-    grid=_grid,
+    grid=hidden_states_grid("BCFHW"),
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"),
 ))

@@ -12,18 +12,7 @@ mask. The text refiner's attention (text only) stays dense. Input ``[B, C, F, H,
 ``patch_size`` and ``patch_size_t``.
 """
 
-import re
-
-from . import Adapter, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p, pt = model.config.patch_size, model.config.patch_size_t
-    _, _, f, h, w = x.shape
-    return (f // pt, h // p, w // p)
+from . import Adapter, hidden_states_grid, layer_names, register, require
 
 
 def _text_len(model, bound):
@@ -37,7 +26,7 @@ HUNYUAN_VIDEO15 = register(Adapter(
     core="dispatch",
     core_module="diffusers.models.transformers.transformer_hunyuan_video15",
     text_position="last",
-    grid=_grid,
+    grid=hidden_states_grid("BCFHW"),
     text_len=_text_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn"),
 ))

@@ -6,17 +6,12 @@ cross-attention). The input is already packed ``[B, S, C]``; the grid comes from
 ``patch_size_t`` / ``patch_size``. ``LTXVideoAttnProcessor`` calls ``dispatch_attention_fn``.
 """
 
-import re
-
-from . import Adapter, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
+from . import Adapter, config_patch, layer_names, patchified_grid, register, require
 
 
 def _grid(model, bound):
-    f, h, w = (int(require(bound, name, model)) for name in ("num_frames", "height", "width"))
-    p, pt = model.config.patch_size, model.config.patch_size_t
-    return (f // pt, h // p, w // p)
+    sizes = tuple(int(require(bound, name, model)) for name in ("num_frames", "height", "width"))
+    return patchified_grid(sizes, config_patch(model))
 
 
 LTX = register(Adapter(
@@ -26,5 +21,5 @@ LTX = register(Adapter(
     core_module="diffusers.models.transformers.transformer_ltx",
     text_position=None,
     grid=_grid,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

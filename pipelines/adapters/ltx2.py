@@ -12,11 +12,7 @@ append reference tokens to the video (IC-LoRA, with ``video_self_attention_mask`
 pass tiles through ``video_coords`` alone are refused: neither is one grid the arguments name.
 """
 
-import re
-
-from . import Adapter, ceil_div, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
+from . import Adapter, ceil_div, config_patch, layer_names, register, require
 
 
 def _grid(model, bound):
@@ -26,8 +22,8 @@ def _grid(model, bound):
                          "the video, IC-LoRA); dit_sparse supports video self-attention over one token grid only; "
                          "call without video_self_attention_mask")
     f, h, w = (int(require(bound, name, model)) for name in ("num_frames", "height", "width"))
-    p, pt = model.config.patch_size, model.config.patch_size_t
-    grid = (ceil_div(f, pt), ceil_div(h, p), ceil_div(w, p))
+    pt, ph, pw = config_patch(model)
+    grid = (ceil_div(f, pt), ceil_div(h, ph), ceil_div(w, pw))
     if grid[0] * grid[1] * grid[2] != x.shape[1]:
         raise ValueError(f"LTX2VideoTransformer3DModel: num_frames={f}, height={h}, width={w} make a {grid} grid of "
                          f"{grid[0] * grid[1] * grid[2]} tokens but hidden_states has {x.shape[1]} video tokens "
@@ -42,5 +38,5 @@ LTX2 = register(Adapter(
     core_module="diffusers.models.transformers.transformer_ltx2",
     text_position=None,
     grid=_grid,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

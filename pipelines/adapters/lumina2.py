@@ -10,17 +10,7 @@ a different offset in each, which is not one token layout, so such a forward is 
 (run such prompts in separate forwards). Input ``[B, C, H, W]``, ``T = 1``.
 """
 
-import re
-
-from . import Adapter, register, require
-
-_SELF = re.compile(r"^layers\.\d+\.attn$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p = model.config.patch_size
-    return (1, x.shape[-2] // p, x.shape[-1] // p)
+from . import Adapter, hidden_states_grid, layer_names, register, require
 
 
 def _text_len(model, bound):
@@ -40,7 +30,7 @@ LUMINA2 = register(Adapter(
     core="sdpa",
     core_module="diffusers.models.transformers.transformer_lumina2",
     text_position="first",
-    grid=_grid,
+    grid=hidden_states_grid("BCHW"),
     text_len=_text_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"layers\.\d+\.attn"),
 ))

@@ -6,19 +6,7 @@ the text. ``MochiAttnProcessor2_0`` drops the padded text tokens itself and call
 each call (``variable_text``). Input ``[B, C, F, H, W]``, spatial ``patch_size`` only.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn1$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p = model.config.patch_size
-    _, _, f, h, w = x.shape
-    return (f, h // p, w // p)
-
+from . import Adapter, encoder_len, hidden_states_grid, layer_names, register
 
 MOCHI = register(Adapter(
     family="mochi",
@@ -26,8 +14,8 @@ MOCHI = register(Adapter(
     core="sdpa",
     core_module="diffusers.models.attention_processor",
     text_position="last",
-    grid=_grid,
+    grid=hidden_states_grid("BCFHW"),
     text_len=encoder_len,
     variable_text=True,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn1"),
 ))

@@ -8,11 +8,7 @@ Qwen-Image-Edit appends reference-image tokens after the target image (several
 ``img_shapes`` per sample); that sequence is not one grid and is refused.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn$")
+from . import Adapter, encoder_len, layer_names, register, require
 
 
 def _grid(model, bound):
@@ -40,5 +36,5 @@ QWENIMAGE = register(Adapter(
     text_position="first",
     grid=_grid,
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn"),
 ))

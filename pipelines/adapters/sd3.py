@@ -6,18 +6,7 @@ sparsified. The processor calls ``F.scaled_dot_product_attention`` directly. Inp
 ``[B, C, H, W]``, ``T = 1``.
 """
 
-import re
-
-from . import Adapter, encoder_len, register, require
-
-_SELF = re.compile(r"^transformer_blocks\.\d+\.attn2?$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    p = model.config.patch_size
-    return (1, x.shape[-2] // p, x.shape[-1] // p)
-
+from . import Adapter, encoder_len, hidden_states_grid, layer_names, register
 
 SD3 = register(Adapter(
     family="sd3",
@@ -25,7 +14,7 @@ SD3 = register(Adapter(
     core="sdpa",
     core_module="diffusers.models.attention_processor",
     text_position="last",
-    grid=_grid,
+    grid=hidden_states_grid("BCHW"),
     text_len=encoder_len,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    is_self_attention=layer_names(r"transformer_blocks\.\d+\.attn2?"),
 ))

@@ -5,19 +5,7 @@ cross-attention ``attn2``, never sparsified). ``WanAttnProcessor`` calls
 ``dispatch_attention_fn``. Input ``[B, C, F, H, W]``, ``patch_size = (pt, ph, pw)``.
 """
 
-import re
-
-from . import Adapter, register, require
-
-_SELF = re.compile(r"^blocks\.\d+\.attn1$")
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    pt, ph, pw = model.config.patch_size
-    _, _, f, h, w = x.shape
-    return (f // pt, h // ph, w // pw)
-
+from . import Adapter, hidden_states_grid, layer_names, register
 
 WAN = register(Adapter(
     family="wan",
@@ -25,6 +13,6 @@ WAN = register(Adapter(
     core="dispatch",
     core_module="diffusers.models.transformers.transformer_wan",
     text_position=None,
-    grid=_grid,
-    is_self_attention=lambda name, module: bool(_SELF.match(name)),
+    grid=hidden_states_grid("BCFHW"),
+    is_self_attention=layer_names(r"blocks\.\d+\.attn1"),
 ))

@@ -18,20 +18,9 @@ enter through the cross-attention ``attn2``. Each class's ``WanAttention`` proce
   grid is unchanged.
 """
 
-import re
+from . import Adapter, hidden_states_grid, layer_names, register
 
-from . import Adapter, register, require
-
-_BLOCKS = re.compile(r"^blocks\.\d+\.attn1$")
-_VACE = re.compile(r"^(blocks|vace_blocks)\.\d+\.attn1$")
-_MODULE = "diffusers.models.transformers."
-
-
-def _grid(model, bound):
-    x = require(bound, "hidden_states", model)
-    pt, ph, pw = model.config.patch_size
-    _, _, f, h, w = x.shape
-    return (f // pt, h // ph, w // pw)
+_grid = hidden_states_grid("BCFHW")
 
 
 def _skyreels_grid(model, bound):
@@ -43,46 +32,16 @@ def _skyreels_grid(model, bound):
     return _grid(model, bound)
 
 
-def _self(pattern):
-    return lambda name, module: bool(pattern.match(name))
+def _wan_like(family: str, model_class: str, module: str, *, grid=_grid, layers=(r"blocks\.\d+\.attn1",)) -> Adapter:
+    """A Wan-derived class: video-only self-attention, ``dispatch_attention_fn`` looked up in
+    ``diffusers.models.transformers.<module>``."""
+    return register(Adapter(family=family, model_class=model_class, core="dispatch",
+                            core_module=f"diffusers.models.transformers.{module}", text_position=None, grid=grid,
+                            is_self_attention=layer_names(*layers)))
 
 
-WAN_VACE = register(Adapter(
-    family="wan_vace",
-    model_class="WanVACETransformer3DModel",
-    core="dispatch",
-    core_module=_MODULE + "transformer_wan",
-    text_position=None,
-    grid=_grid,
-    is_self_attention=_self(_VACE),
-))
-
-WAN_ANIMATE = register(Adapter(
-    family="wan_animate",
-    model_class="WanAnimateTransformer3DModel",
-    core="dispatch",
-    core_module=_MODULE + "transformer_wan_animate",
-    text_position=None,
-    grid=_grid,
-    is_self_attention=_self(_BLOCKS),
-))
-
-SKYREELS_V2 = register(Adapter(
-    family="skyreels_v2",
-    model_class="SkyReelsV2Transformer3DModel",
-    core="dispatch",
-    core_module=_MODULE + "transformer_skyreels_v2",
-    text_position=None,
-    grid=_skyreels_grid,
-    is_self_attention=_self(_BLOCKS),
-))
-
-CHRONOEDIT = register(Adapter(
-    family="chronoedit",
-    model_class="ChronoEditTransformer3DModel",
-    core="dispatch",
-    core_module=_MODULE + "transformer_chronoedit",
-    text_position=None,
-    grid=_grid,
-    is_self_attention=_self(_BLOCKS),
-))
+WAN_VACE = _wan_like("wan_vace", "WanVACETransformer3DModel", "transformer_wan",
+                     layers=(r"blocks\.\d+\.attn1", r"vace_blocks\.\d+\.attn1"))
+WAN_ANIMATE = _wan_like("wan_animate", "WanAnimateTransformer3DModel", "transformer_wan_animate")
+SKYREELS_V2 = _wan_like("skyreels_v2", "SkyReelsV2Transformer3DModel", "transformer_skyreels_v2", grid=_skyreels_grid)
+CHRONOEDIT = _wan_like("chronoedit", "ChronoEditTransformer3DModel", "transformer_chronoedit")
