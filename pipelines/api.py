@@ -382,7 +382,8 @@ def observe(target, observer) -> "hooks.ObserverHandle":
     runtime's shim. Calls are tagged with a layer only in layers :func:`apply` sparsified
     (apply :class:`~dit_sparse.Full` to tag every layer without changing the output).
     Observers are process-wide for those families (every model of the same classes is
-    observed) and are not called under context parallelism.
+    observed). Under Ulysses context parallelism they see only the calls that a sparsified
+    layer claims on its sparse steps, each with the rank's heads (``call.head_offset``).
 
     Example: time the attention core of a pipeline::
 

@@ -29,7 +29,8 @@ module global.
 
 Under diffusers' context parallelism with Ulysses, the shim goes through diffusers' own
 Ulysses all-to-all (``_templated_context_parallel_attention``) with a forward op that runs
-the sparse core on the rank's heads, offsetting per-head patterns by the rank's first head.
+the sparse core on the rank's heads, offsetting per-head patterns by the rank's first head;
+observers see that call (every token, the rank's heads, ``AttentionCall.head_offset``).
 Ring attention needs log-sum-exp outputs and is not supported.
 """
 
@@ -335,7 +336,15 @@ class SparseLayer:
 
         def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                        enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
-            return self.attend(query, key, value, attn_mask, scale, head_offset=rank * query.shape[2])
+            offset = rank * query.shape[2]
+
+            def default():
+                return self.attend(query, key, value, attn_mask, scale, head_offset=offset)
+
+            if _OBSERVERS:
+                return _observed(AttentionCall(query, key, value, attn_mask, scale, self, True, head_offset=offset),
+                                 default)
+            return default()
 
         def backward_op(ctx, grad_out, *args, **kwargs):
             raise NotImplementedError("dit_sparse attention under context parallelism is inference-only")
@@ -421,13 +430,18 @@ class AttentionCall:
         step: denoising step of the layer's run (None outside a sparsified layer).
         patterns: per-head patterns of the current phase (None when the layer is dense now,
             or outside a sparsified layer).
+        head_offset: the layer's index of ``query``'s first head: 0, except under Ulysses
+            context parallelism, where a rank sees every token for heads ``head_offset ...``
+            only (and only the calls a sparsified layer claims on its sparse steps).
     """
 
-    def __init__(self, query, key, value, attn_mask, scale, layer: Optional["SparseLayer"], sparse: bool):
+    def __init__(self, query, key, value, attn_mask, scale, layer: Optional["SparseLayer"], sparse: bool,
+                 head_offset: int = 0):
         self.query, self.key, self.value = query, key, value
         self.attn_mask, self.scale = attn_mask, scale
         self._layer = layer
         self.sparse = bool(sparse)
+        self.head_offset = int(head_offset)
 
     @property
     def layer(self) -> Optional[str]:
@@ -471,8 +485,8 @@ class AttentionCall:
         elif len(patterns) != layer.heads:
             raise ValueError(f"patterns: {len(patterns)} given for layer {layer.name!r}, which has {layer.heads} "
                              "heads; pass one pattern or one per head")
-        return layer.attend(self.query, self.key, self.value, self.attn_mask, self.scale, runs=head_runs(patterns),
-                            fn=fn or sparse_attention)
+        return layer.attend(self.query, self.key, self.value, self.attn_mask, self.scale, self.head_offset,
+                            runs=head_runs(patterns), fn=fn or sparse_attention)
 
     def density(self) -> float:
         """Fraction of query-key pairs the call computes: 1 when it runs dense, else the
@@ -482,14 +496,18 @@ class AttentionCall:
         if not self.sparse or layer is None:
             return 1.0
         layout = self.layout
+        heads = self.query.shape[2]
         total = 0.0
         for h0, h1, pattern in layer.runs:
+            lo, hi = max(h0 - self.head_offset, 0), min(h1 - self.head_offset, heads)
+            if lo >= hi:
+                continue
             try:
                 d = _static_density(pattern, layout)
             except ValueError:  # data-dependent (BlockSparse with a threshold)
-                d = pattern.density(layout, q=self.query[:, :, h0:h1], k=self.key[:, :, h0:h1])
-            total += d * (h1 - h0)
-        return total / layer.heads
+                d = pattern.density(layout, q=self.query[:, :, lo:hi], k=self.key[:, :, lo:hi])
+            total += d * (hi - lo)
+        return total / heads
 
     def __repr__(self):
         return (f"AttentionCall(layer={self.layer!r}, step={self.step}, sparse={self.sparse}, "
@@ -571,9 +589,6 @@ def _dispatch_shim(original):
         layer = _ACTIVE.layer
         claimed = layer is not None and not is_causal and dropout_p == 0.0 and layer.claims(query, key, 1)
         if claimed and parallel_config is not None:
-            if _OBSERVERS:
-                raise NotImplementedError("dit_sparse observers do not see calls under context parallelism; "
-                                          "remove the observer or run on one process")
             return layer.attend_parallel(query, key, value, attn_mask, scale, parallel_config)
 
         def default():

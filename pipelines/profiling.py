@@ -10,16 +10,35 @@ sampled steps, every candidate pattern's output from the same q, k, v with
 call's q, k, v outlives the call. The error table then goes through the pure selection of
 :mod:`dit_sparse.selection` and becomes a :class:`dit_sparse.Plan`.
 
-Limits: one process (no context parallelism while profiling); the pipeline is called once
-per (prompt, seed), with ``output_type="latent"`` unless ``call_kwargs`` says otherwise.
+Over several processes (``torchrun``: gloo on CPU, nccl on GPUs), every rank calls
+``profile`` with the same arguments (checked before anything runs). Without context
+parallelism the (prompt, seed) runs are dealt round-robin: rank ``r`` runs ``r, r + world, ...``.
+Under diffusers' Ulysses context parallelism every rank runs every run, and after Ulysses'
+all-to-all holds every token for its slice of the heads: it measures those heads, at their
+global indices. The recorder keeps its sums per run and per head, zero where this rank
+measured nothing, and one float64 ``all_reduce`` (SUM) gives every rank the sums a single
+process would hold (each value only meets zeros); the runs are then added in run order, so
+every rank builds the same table and plan, equal to the bit to one process's profile of the
+same runs with the same numerics (thread count, device). Under Ulysses, q, k, v come from
+projections of sequence shards, equal to one process's to rounding. Kernel times
+(``cost="time"``) are measured on rank 0 and broadcast, the progress bar shows on rank 0, and
+an error on one rank is raised on every rank once the runs are over (under Ulysses, an error
+inside the pipeline leaves the other ranks waiting in diffusers' all-to-all until the process
+group's timeout).
+
+Limits: the pipeline is called once per (prompt, seed), with ``output_type="latent"`` unless
+``call_kwargs`` says otherwise. Context parallelism: Ulysses over all processes only (no ring
+attention, no tensor parallelism). Each rank holds the per-run sums, runs x sampled steps x
+layers x heads x candidates float64 numbers.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,23 +66,42 @@ class _AllFull:
         return Full()
 
 
+#: The per-run sums a recorder keeps, by name: ``err`` ``[S, L, H, C]`` squared error of each
+#: candidate, ``norm`` ``[S, L, H]`` squared dense norm, ``dens`` ``[L, H, C]`` summed density,
+#: ``calls`` ``[S, L, H]`` measured calls (S sampled steps, L layers, H heads, C candidates).
+_SUMS = ("err", "norm", "dens", "calls")
+
+
+def _zero_sums(steps: int, layers: int, heads: int, cands: int,
+               runs: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Zero sums (:data:`_SUMS`), with a leading ``[runs]`` dimension when ``runs`` is given."""
+    lead = () if runs is None else (runs,)
+    shapes = {"err": (steps, layers, heads, cands), "norm": (steps, layers, heads), "dens": (layers, heads, cands),
+              "calls": (steps, layers, heads)}
+    return {k: torch.zeros(lead + shapes[k], dtype=torch.float64) for k in _SUMS}
+
+
 class _Recorder:
-    """The attention function of a profiling run: dense output, candidate errors on sampled steps."""
+    """The attention function of a profiling run: dense output, candidate errors on sampled steps.
+
+    Sums are kept per run (one pipeline call), so that the runs' contributions are added in
+    run order whichever process ran them (:func:`_table_from`). Under Ulysses context
+    parallelism (``head_split``) a call holds heads ``call.head_offset ...`` only, and its
+    sums go to those heads' slots."""
 
     def __init__(self, layers: Sequence[str], heads: int, candidates: Sequence[Pattern], sample_steps: Iterable[int],
-                 on_step=None):
+                 on_step=None, head_split: bool = False):
         self.index = {name: i for i, name in enumerate(layers)}
         self.heads = heads
         self.candidates = list(candidates)
-        self.sample_steps = set(sample_steps)
+        self.sample_steps = sorted(set(sample_steps))
+        self.step_pos = {s: i for i, s in enumerate(self.sample_steps)}
         self.on_step = on_step
-        n_layers, n_cand = len(layers), len(self.candidates)
-        self.err_sq: Dict[int, torch.Tensor] = {}
-        self.norm_sq: Dict[int, torch.Tensor] = {}
-        self.dens_sum = torch.zeros(n_layers, heads, n_cand, dtype=torch.float64)
-        self.dens_calls = torch.zeros(n_layers, dtype=torch.float64)
+        self.head_split = head_split
+        self.sums: Dict[int, Dict[str, torch.Tensor]] = {}
         self.grid: Optional[Tuple[int, int, int]] = None
         self.text_len: Optional[int] = None
+        self.local_heads = heads
         self.steps_seen = set()
         self.run = 0
         self._last = None
@@ -84,44 +122,65 @@ class _Recorder:
             self.steps_seen.add(step)
             if self.on_step is not None:
                 self.on_step(step)
-        if step not in self.sample_steps:
+        if step not in self.step_pos:
             return dense
         if self.grid is None:
             self.grid, self.text_len = layout.grid, layout.text_len
             self.layout, self.head_dim, self.device, self.dtype = layout, q.shape[-1], q.device, q.dtype
+            self.local_heads = q.shape[2]
         elif layout.grid != self.grid:
             raise ValueError(f"token grid changed during profiling: {layout.grid} after {self.grid}; profile one "
                              "resolution at a time")
-        if q.shape[2] != self.heads:
-            raise RuntimeError(f"layer {layer_name!r}: got {q.shape[2]} heads, expected {self.heads} (profiling does "
-                               "not support context parallelism)")
-        i = self.index[layer_name]
+        h0 = int(getattr(self.call, "head_offset", 0)) if self.head_split else 0
+        h1 = h0 + q.shape[2]
+        if h1 > self.heads or (not self.head_split and q.shape[2] != self.heads):
+            raise RuntimeError(f"layer {layer_name!r}: got heads {h0}..{h1 - 1}, expected {self.heads} heads (is "
+                               "the transformer sharded by a parallelism profiling does not know?)")
         _, diff_sq, dense_sq, density = candidate_errors(q, k, v, self.candidates, layout, key_mask=key_mask,
                                                          scale=scale, dense=dense)
-        if step not in self.err_sq:
-            l, h, c = len(self.index), self.heads, len(self.candidates)
-            self.err_sq[step] = torch.zeros(l, h, c, dtype=torch.float64)
-            self.norm_sq[step] = torch.zeros(l, h, dtype=torch.float64)
-        self.err_sq[step][i] += diff_sq
-        self.norm_sq[step][i] += dense_sq
-        self.dens_sum[i] += density
-        self.dens_calls[i] += 1
+        sums = self.sums.get(self.run)
+        if sums is None:
+            sums = self.sums[self.run] = _zero_sums(len(self.sample_steps), len(self.index), self.heads,
+                                                    len(self.candidates))
+        i, s = self.index[layer_name], self.step_pos[step]
+        sums["err"][s, i, h0:h1] += diff_sq
+        sums["norm"][s, i, h0:h1] += dense_sq
+        sums["dens"][i, h0:h1] += density
+        sums["calls"][s, i, h0:h1] += 1
         return dense
 
-    def table(self, layers: Sequence[str]) -> ErrorTable:
-        steps = sorted(self.err_sq)
-        if not steps:
-            raise RuntimeError(f"no self-attention call ran at the sampled steps {sorted(self.sample_steps)} "
-                               f"(steps seen: {sorted(self.steps_seen)})")
-        missing = [n for n, i in self.index.items() if self.dens_calls[i] == 0]
-        if missing:
-            raise RuntimeError(f"self-attention layers {missing} never ran during profiling")
-        err = torch.stack([self.err_sq[s] for s in steps])
-        norm = torch.stack([self.norm_sq[s] for s in steps])
-        errors = torch.where(norm[..., None] > 0, (err / norm[..., None].clamp_min(1e-300)).sqrt(),
-                             torch.zeros_like(err))
-        density = (self.dens_sum / self.dens_calls[:, None, None]).clamp(0.0, 1.0)
-        return ErrorTable(tuple(layers), self.heads, tuple(self.candidates), tuple(steps), errors, density, norm)
+    def stacked(self, runs: int) -> Dict[str, torch.Tensor]:
+        """``{name: [runs, ...]}``: this process's per-run sums, zero for runs it did not record."""
+        zero = _zero_sums(len(self.sample_steps), len(self.index), self.heads, len(self.candidates))
+        return {k: torch.stack([self.sums[r][k] if r in self.sums else zero[k] for r in range(runs)])
+                for k in _SUMS}
+
+
+def _table_from(stacked: Dict[str, torch.Tensor], layers: Sequence[str], heads: int, candidates: Sequence[Pattern],
+                sample_steps: Sequence[int], steps_seen: Iterable[int] = ()) -> ErrorTable:
+    """The error table of per-run sums ``{name: [runs, ...]}`` (:data:`_SUMS`), the runs added
+    in run order: the same table, to the bit, however the runs were spread over processes."""
+    total = {}
+    for k, t in stacked.items():
+        total[k] = t[0].clone()
+        for r in range(1, t.shape[0]):
+            total[k] += t[r]
+    ran = total["calls"].sum((1, 2)) > 0
+    steps = [s for s, r in zip(sample_steps, ran.tolist()) if r]
+    if not steps:
+        raise RuntimeError(f"no self-attention call ran at the sampled steps {list(sample_steps)} "
+                           f"(steps seen: {sorted(steps_seen)})")
+    calls = total["calls"].sum(0)
+    missing = [n for i, n in enumerate(layers) if (calls[i] == 0).all()]
+    if missing:
+        raise RuntimeError(f"self-attention layers {missing} never ran during profiling")
+    partly = {n: (calls[i] == 0).nonzero().flatten().tolist() for i, n in enumerate(layers) if (calls[i] == 0).any()}
+    if partly:
+        raise RuntimeError(f"heads never measured during profiling, by layer: {partly}")
+    err, norm = total["err"][ran], total["norm"][ran]
+    errors = torch.where(norm[..., None] > 0, (err / norm[..., None].clamp_min(1e-300)).sqrt(), torch.zeros_like(err))
+    density = (total["dens"] / calls[..., None]).clamp(0.0, 1.0)
+    return ErrorTable(tuple(layers), heads, tuple(candidates), tuple(steps), errors, density, norm)
 
 
 def time_candidates(candidates: Sequence[Pattern], layout, heads: int, head_dim: int, *, device="cpu",
@@ -152,6 +211,147 @@ def time_candidates(candidates: Sequence[Pattern], layout, heads: int, head_dim:
 
     dense = best(Full())
     return torch.tensor([1.0 if isinstance(p, Full) else best(p) / dense for p in candidates], dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Several processes
+# --------------------------------------------------------------------------------------
+
+
+class _Processes:
+    """How one profile is spread over the processes of the default ``torch.distributed`` group.
+
+    ``split``: ``"none"`` (this process alone), ``"runs"`` (rank ``r`` runs the (prompt, seed)
+    runs ``r, r + world, ...`` for every head) or ``"heads"`` (diffusers' Ulysses context
+    parallelism: every rank runs every run, for its slice of the heads). Either way each
+    (run, head) is measured by exactly one rank, so a SUM of the per-run sums, zero where a
+    rank measured nothing, adds only zeros to each value: every rank ends with the same sums,
+    to the bit, as one process measuring everything.
+    """
+
+    def __init__(self, split: str = "none", rank: int = 0, world: int = 1, device: Optional[torch.device] = None):
+        self.split, self.rank, self.world = split, rank, world
+        self.device = device or torch.device("cpu")
+
+    @property
+    def many(self) -> bool:
+        return self.split != "none"
+
+    def mine(self, runs: int) -> List[int]:
+        """The runs this process runs, in order."""
+        if self.split == "runs":
+            return list(range(self.rank, runs, self.world))
+        return list(range(runs))
+
+    def _collective(self, name: str, t: torch.Tensor, *args) -> torch.Tensor:
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        getattr(dist, name)(t, *args)
+        return t.cpu()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        return self._collective("all_reduce", t, dist.ReduceOp.SUM)
+
+    def from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        return self._collective("broadcast", t, 0)
+
+    def ranks_where(self, flag: bool) -> List[int]:
+        """The ranks on which ``flag`` is true (every rank takes part)."""
+        flags = torch.zeros(self.world, dtype=torch.float64)
+        flags[self.rank] = float(bool(flag))
+        return self.sum(flags).nonzero().flatten().tolist()
+
+    def raise_if_failed(self, error: Optional[BaseException]) -> None:
+        """Every rank learns whether any failed; a failed rank raises its own error, the others say which failed."""
+        failed = self.ranks_where(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(f"profiling failed on rank(s) {failed} of {self.world}; their own error says why")
+
+    def rank0_json(self, value: Any) -> Any:
+        """Rank 0's JSON-able ``value`` on every rank (sent as UTF-8 bytes)."""
+        data = _json(value).encode() if self.rank == 0 else b""
+        size = int(self.from_rank0(torch.tensor([len(data)], dtype=torch.int64)))
+        buf = (torch.tensor(list(data), dtype=torch.uint8) if self.rank == 0 else
+               torch.zeros(size, dtype=torch.uint8))
+        return json.loads(bytes(self.from_rank0(buf).tolist()).decode())
+
+    def check_same(self, what: str, mine: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """Rank 0's ``mine``; raises on every rank when another rank's (not None) differs."""
+        ref = self.rank0_json(mine)
+        # through JSON on this rank too, so that tuples and lists compare equal
+        here = None if mine is None else json.loads(_json(mine))
+        diff = sorted(k for k in set(ref) | set(here or {}) if here is not None and here.get(k) != ref.get(k))
+        bad = self.ranks_where(bool(diff))
+        if bad:
+            mine_note = f" (here, rank {self.rank}: {diff} differ)" if diff else ""
+            raise ValueError(f"rank(s) {bad} {what} unlike rank 0{mine_note}; every rank must profile the same "
+                             "pipeline with the same arguments")
+        return ref
+
+
+def _reduced_table(procs: _Processes, recorder: Optional[_Recorder], runs: int, layers: Sequence[str], heads: int,
+                   candidates: Sequence[Pattern], sample_steps: Sequence[int]) -> ErrorTable:
+    """The error table of every rank's sums (``recorder`` None: this rank measured nothing)."""
+    stacked = (recorder.stacked(runs) if recorder is not None else
+               _zero_sums(len(sample_steps), len(layers), heads, len(candidates), runs=runs))
+    if procs.many:
+        flat = procs.sum(torch.cat([stacked[k].flatten() for k in _SUMS]))
+        parts = flat.split([stacked[k].numel() for k in _SUMS])
+        stacked = {k: part.view_as(stacked[k]) for k, part in zip(_SUMS, parts)}
+    return _table_from(stacked, layers, heads, candidates, sample_steps,
+                       recorder.steps_seen if recorder is not None else ())
+
+
+def _json(value: Any) -> str:
+    """JSON text of ``value``; what JSON cannot hold (tensors, callables) by its type only, since
+    its repr may differ between processes (addresses)."""
+    return json.dumps(value, sort_keys=True, default=lambda o: f"<{type(o).__name__}>")
+
+
+def _parallel_configs(pipe) -> List[Any]:
+    from .api import _transformers
+
+    models, _ = _transformers(pipe)
+    return [c for _, m in models for c in [getattr(m, "_parallel_config", None)] if c is not None]
+
+
+def _processes(pipe, distributed: Optional[bool]) -> _Processes:
+    """How to spread a profile of ``pipe`` (see :func:`profile`'s ``distributed``)."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"distributed={distributed!r} must be None (automatic), True or False")
+    import torch.distributed as dist
+
+    on = dist.is_available() and dist.is_initialized()
+    if distributed and not on:
+        raise RuntimeError("distributed=True but torch.distributed is not initialised: launch with torchrun and "
+                           "call torch.distributed.init_process_group() before profiling")
+    configs = _parallel_configs(pipe)
+    if any(getattr(c, "tensor_parallel_config", None) is not None for c in configs):
+        raise NotImplementedError("profiling under tensor parallelism is not supported (each rank would measure "
+                                  "partial heads); profile with context parallelism (Ulysses) or data parallelism")
+    cps = [c.context_parallel_config for c in configs if getattr(c, "context_parallel_config", None) is not None]
+    if not on or distributed is False:
+        if cps:
+            raise ValueError(f"distributed={distributed!r}, but the transformer runs under context parallelism, "
+                             "which needs torch.distributed; pass distributed=None or True")
+        return _Processes()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+              else torch.device("cpu"))
+    for cp in cps:
+        if cp.ring_degree > 1 or getattr(cp, "ulysses_anything", False) or cp.ulysses_degree != world:
+            raise NotImplementedError(
+                "profiling under context parallelism needs Ulysses over every process (ulysses_degree == world "
+                f"size), got ulysses_degree={cp.ulysses_degree}, ring_degree={cp.ring_degree}, ulysses_anything="
+                f"{getattr(cp, 'ulysses_anything', False)}, world size {world}")
+    if cps:
+        return _Processes("heads", rank, world, device)
+    return _Processes("runs", rank, world, device) if world > 1 else _Processes()
 
 
 # --------------------------------------------------------------------------------------
@@ -246,7 +446,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
             num_frames: Optional[int] = None, progress: bool = True, dense_bound: Optional[float] = None,
             max_dense_fraction: float = 0.5, model_name: Optional[str] = None,
             call_kwargs: Optional[Dict[str, Any]] = None, per_head: bool = True, cost: str = "density",
-            phases: Optional[Sequence[Tuple[int, float]]] = None) -> Plan:
+            phases: Optional[Sequence[Tuple[int, float]]] = None, distributed: Optional[bool] = None) -> Plan:
     """Profile ``pipe`` with dense attention on calibration prompts and choose a plan.
 
     Args:
@@ -276,8 +476,12 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
             steps on, each chosen on its own sampled steps under its own ``value`` (a
             ``max_error`` or ``budget``, as the plan's mode), e.g. ``max_error=0.1,
             phases=[(10, 0.25)]`` (:func:`dit_sparse.selection.select`).
+        distributed: ``None`` (default): when ``torch.distributed`` is initialised with more
+            than one process, profile over all of them (every rank must call ``profile`` with
+            the same arguments; see the module docstring); ``True``: the same, and an error
+            when it is not initialised; ``False``: profile in this process alone.
     Returns:
-        a :class:`dit_sparse.Plan`.
+        a :class:`dit_sparse.Plan` (the same on every rank when distributed).
     """
     mode, _ = check_mode(max_error, budget)
     check_phases(phases, mode)
@@ -285,7 +489,7 @@ def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None
     measured = measure(pipe, prompts, candidates=candidates, num_inference_steps=num_inference_steps,
                        sample_steps=sample_steps, seeds=seeds, height=height, width=width, num_frames=num_frames,
                        progress=progress, model_name=model_name, call_kwargs=call_kwargs,
-                       time_kernels=cost == "time")
+                       time_kernels=cost == "time", distributed=distributed)
     return measured.plan(max_error=max_error, budget=budget, dense_bound=dense_bound,
                          max_dense_fraction=max_dense_fraction, per_head=per_head, cost=cost, phases=phases)
 
@@ -294,7 +498,7 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
             sample_steps: Optional[Sequence[int]] = None, seeds: Sequence[int] = (0,), height: Optional[int] = None,
             width: Optional[int] = None, num_frames: Optional[int] = None, progress: bool = True,
             model_name: Optional[str] = None, call_kwargs: Optional[Dict[str, Any]] = None,
-            time_kernels: bool = False) -> Measurement:
+            time_kernels: bool = False, distributed: Optional[bool] = None) -> Measurement:
     """The measuring half of :func:`profile` (same arguments): a :class:`Measurement`.
     ``time_kernels`` also times every candidate (:func:`time_candidates`; needed for
     ``Measurement.plan(cost="time")``)."""
@@ -328,11 +532,22 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
             kwargs[key] = val
     kwargs.update(call_kwargs or {})
 
+    procs = _processes(pipe, distributed)
+    if procs.many:
+        given = None if candidates is None else [p.to_dict() for p in _check_candidates(candidates, (1, 1, 1))]
+        procs.check_same("were given other arguments", {
+            "model": [desc["class"], desc["layers"], desc["heads"]], "prompts_sha256": prompts_digest(prompts),
+            "seeds": seeds, "sample_steps": steps, "call": kwargs, "candidates": given, "split": procs.split,
+            "time_kernels": bool(time_kernels)})
+    runs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    mine = procs.mine(len(runs))
+
     bar = None
-    if progress:
+    if progress and procs.rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(prompts) * len(seeds) * num_inference_steps, desc="profiling", unit="step")
+        where = f" (rank 0 of {procs.world})" if procs.many else ""
+        bar = tqdm(total=len(mine) * num_inference_steps, desc=f"profiling{where}", unit="step")
 
     # The candidates depend on the grid, known at the first self-attention call: the recorder
     # is built lazily through this holder.
@@ -343,7 +558,8 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
         if rec is None:
             cands = _check_candidates(candidates, call.layout.grid)
             rec = holder["recorder"] = _Recorder(desc["layers"], desc["heads"], cands, steps,
-                                                 on_step=(lambda s: bar.update(1)) if bar is not None else None)
+                                                 on_step=(lambda s: bar.update(1)) if bar is not None else None,
+                                                 head_split=procs.split == "heads")
             rec.run = holder.get("run", 0)
         return rec.observe(call, proceed)
 
@@ -353,18 +569,23 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
         pipe.set_progress_bar_config(disable=True)
     handle = apply(pipe, _AllFull(), dense_steps=0)
     watch = observe(pipe, observer)
+    error: Optional[Exception] = None
     try:
-        run = 0
-        for prompt in prompts:
-            for seed in seeds:
-                holder["run"] = run
-                if "recorder" in holder:
-                    holder["recorder"].run = run
-                handle.steps.reset()
-                generator = torch.Generator(device="cpu").manual_seed(seed)
-                with torch.no_grad():
-                    pipe(prompt=prompt, generator=generator, **kwargs)
-                run += 1
+        for run in mine:
+            prompt, seed = runs[run]
+            holder["run"] = run
+            if "recorder" in holder:
+                holder["recorder"].run = run
+            handle.steps.reset()
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            with torch.no_grad():
+                pipe(prompt=prompt, generator=generator, **kwargs)
+        if mine and "recorder" not in holder:
+            raise RuntimeError("the pipeline ran no self-attention layer while profiling")
+    except Exception as exc:
+        if not procs.many:
+            raise
+        error = exc  # told to the other ranks below, which would otherwise wait for this one forever
     finally:
         watch.remove()
         handle.remove()
@@ -375,15 +596,26 @@ def measure(pipe, prompts, *, candidates=None, num_inference_steps: Optional[int
         if bar is not None:
             bar.close()
 
-    recorder: _Recorder = holder.get("recorder")
-    if recorder is None:
-        raise RuntimeError("the pipeline ran no self-attention layer while profiling")
-    table = recorder.table(desc["layers"])
+    recorder: Optional[_Recorder] = holder.get("recorder")
+    meta = None
+    if recorder is not None:
+        meta = {"grid": list(recorder.grid or ()), "text_len": recorder.text_len or 0,
+                "candidates": [p.to_dict() for p in recorder.candidates]}
+    if procs.many:
+        procs.raise_if_failed(error)
+        # a rank with no run of its own (fewer runs than ranks) takes the grid and candidates of rank 0
+        meta = procs.check_same("measured another grid or other candidates", meta)
+    cands = recorder.candidates if recorder is not None else [parse_pattern(c) for c in meta["candidates"]]
+    table = _reduced_table(procs, recorder, len(runs), desc["layers"], desc["heads"], cands, steps)
     if time_kernels:
-        table.time = time_candidates(table.candidates, recorder.layout, desc["heads"], recorder.head_dim,
-                                     device=recorder.device, dtype=recorder.dtype)
+        # timed on rank 0 only, so that every rank ranks candidates by the same times
+        times = torch.zeros(len(cands), dtype=torch.float64)
+        if procs.rank == 0:
+            times = time_candidates(table.candidates, recorder.layout, recorder.local_heads, recorder.head_dim,
+                                    device=recorder.device, dtype=recorder.dtype)
+        table.time = procs.from_rank0(times) if procs.many else times
     context = dict(prompts=prompts, seeds=seeds, num_inference_steps=num_inference_steps, height=height, width=width,
-                   num_frames=num_frames, text_len=recorder.text_len or 0, grid=recorder.grid, model_name=model_name)
+                   num_frames=num_frames, text_len=meta["text_len"], grid=tuple(meta["grid"]), model_name=model_name)
     return Measurement(table, desc, context)
 
 

@@ -5,6 +5,12 @@
         --steps 20 --height 64 --width 64 --frames 9 --seeds 0 1
 
 ``--model`` defaults to the embedded tiny Wan model (and its trained generation settings).
+Over several processes, launch it with torchrun (gloo on CPU, nccl with ``--device cuda``,
+each rank on GPU ``LOCAL_RANK``); the (prompt, seed) runs are dealt over the ranks, rank 0
+writes the plan and prints, the other ranks are quiet:
+
+    torchrun --nproc-per-node 2 -m dit_sparse profile --prompts prompts.txt -o plan.json --budget 0.3
+
 ``--prompts`` takes prompts or prompts files: a file holds one prompt per line (blank lines
 and lines starting with # are skipped), or a JSON list of strings when it ends in .json. The plan is written
 atomically: an existing file is replaced only by a complete new plan.
@@ -115,11 +121,56 @@ def run(args) -> int:
     out = _check_out(args.out)
     gen.check_model_args(args)
 
+    rank, started = _start_processes(args)
+    try:
+        code = _profile(args, rank, prompts, seeds, candidates, sample_steps, phases, out)
+        if started:
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank tears the group down while another still talks to it
+        return code
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _start_processes(args):
+    """``(rank, started)``. Under torchrun with more than one process: the default process
+    group from torchrun's environment (nccl for ``--device cuda``, each rank on GPU
+    ``LOCAL_RANK``; gloo on CPU), and every rank but 0 quiet. ``started``: this call made it."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_torchelastic_launched() or dist.is_initialized():
+        return (dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), False
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        import torch
+
+        local = dist.get_node_local_rank()
+        if args.device == "cuda":
+            args.device = f"cuda:{local}"
+        torch.cuda.set_device(torch.device(args.device))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.get_world_size() == 1:
+        dist.destroy_process_group()
+        return 0, False
+    rank = dist.get_rank()
+    if rank != 0:
+        args.quiet = True
+    return rank, True
+
+
+def _profile(args, rank: int, prompts, seeds, candidates, sample_steps, phases, out: Path) -> int:
     import dit_sparse as ds
+
+    from . import generate as gen
 
     pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
     settings = gen.prepare(args, pipe, embedded)
-    _warn_if_cannot_pay(pipe, candidates, settings, args.device, embedded)
+    if rank == 0:
+        _warn_if_cannot_pay(pipe, candidates, settings, args.device, embedded)
     from dit_sparse.pipelines.tiny import EMBEDDED_NAME
 
     name = f"embedded:{EMBEDDED_NAME}" if embedded else args.model
@@ -130,9 +181,10 @@ def run(args) -> int:
         height=settings.height, width=settings.width, num_frames=settings.frames,
         progress=not args.quiet, dense_bound=args.dense_bound, model_name=name, call_kwargs=call_kwargs,
         per_head=not args.per_layer, cost=args.cost, phases=phases)
-    plan.save(out)
-    print(plan.summary())
-    print(f"\nwrote {out}")
+    if rank == 0:  # every rank holds the same plan; one writes it
+        plan.save(out)
+        print(plan.summary())
+        print(f"\nwrote {out}")
     return 0
 
 
