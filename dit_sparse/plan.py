@@ -112,7 +112,7 @@ def pattern_spec(pattern: Pattern) -> str:
         return "neighborhood:" + ",".join(parts) + far
     if isinstance(pattern, BlockSparse):
         sel = f"topk={pattern.topk!r}" if pattern.topk is not None else f"threshold={pattern.threshold!r}"
-        return f"block-sparse:block={triple(pattern.block)},{sel}"
+        return f"block-sparse:block={triple(pattern.block)},{sel}{far}"
     return json.dumps(pattern.to_dict(), sort_keys=True)
 
 

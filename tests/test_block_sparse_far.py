@@ -178,6 +178,9 @@ def test_spec_dict_and_errors():
     assert parse_pattern("block-sparse:block=2x4x4,topk=0.3,far=2x4x4,sinks=3") == pattern
     assert ds.Pattern.from_dict(pattern.to_dict()) == pattern
     assert pattern.exact_part() == ds.BlockSparse(block=(2, 4, 4), topk=0.3)
+    from dit_sparse.plan import pattern_spec
+
+    assert parse_pattern(pattern_spec(pattern)) == pattern  # the CLI's labels
     with pytest.raises(ValueError, match="pool"):
         ds.BlockSparse(block=4, topk=0.2, far=(0, 8, 8))
     with pytest.raises(ValueError, match="sinks"):

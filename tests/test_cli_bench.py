@@ -221,6 +221,7 @@ def test_bench_warmup_runs_default(tmp_path, capsys, model_args):
     ("frontier folder missing", "--frontier: folder 'FOLDER/sub' does not exist"),
     ("frontier is a folder", "is a folder; give a file name ending in .png"),
     ("frontier is the out file", "is also the --out file"),
+    ("same pattern twice", "given twice"),
 ])
 def test_bench_errors(tmp_path, capsys, model_args, plan_path, case, expected):
     out_dir = tmp_path / "out"
@@ -251,6 +252,9 @@ def test_bench_errors(tmp_path, capsys, model_args, plan_path, case, expected):
         argv += ["--pattern", PATTERN, "--frontier", str(tmp_path / "x.png")]
     elif case == "frontier is the out file":
         argv += ["--pattern", PATTERN, "--out", str(out_dir / "side.png"), "--frontier", str(out_dir / "side.png")]
+    elif case == "same pattern twice":  # the far field is part of the label: these differ
+        argv += ["--pattern", "block-sparse:block=1x4x4,topk=0.5", "--pattern", "block-sparse:block=1x4x4,topk=0.5",
+                 "--pattern", "block-sparse:block=1x4x4,topk=0.5,far=1x4x4"]
     expected = expected.replace("FOLDER", str(out_dir))
     code = main(argv)
     captured = capsys.readouterr()

@@ -156,6 +156,11 @@ def _configs(args) -> List[gen.Sparsity]:
     for spec in args.pattern:
         pattern = gen.load_pattern(spec)
         sparse.append(gen.Sparsity(pattern_spec(pattern), pattern, args.dense_steps))
+    labels = [c.label for c in sparse]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        fail(f"--plan/--pattern: {', '.join(twice)} given twice; give each configuration once "
+             "(plans are told apart by file name)")
     if cache is None:
         return [gen.Sparsity("dense"), *sparse]
     configs = [gen.Sparsity("dense"), gen.Sparsity(f"cache {cache}", cache=cache)]
