@@ -5,7 +5,7 @@ which pattern to run, with the error and density measured when it was chosen, pl
 early denoising steps stay dense, and optionally later phases of the schedule with patterns
 of their own. It is plain JSON (format ``"dit-sparse-plan"``, version 1; 2 when it has
 phases; 3 when a pattern has a far field, ``"far": {"pool": [1, 8, 8]}``; 4 when a sliding
-tile has an even window entry), written atomically, validated field by field on load,
+tile has an even window entry; 5 when a block-sparse pattern has a far field), written atomically, validated field by field on load,
 never pickled::
 
     {
@@ -76,8 +76,9 @@ from .patterns import BlockSparse, Full, Neighborhood, Pattern, SlidingTile
 from .report import format_table
 
 FORMAT = "dit-sparse-plan"
-VERSION = 4  # the newest version read; a plan is written with the oldest version that holds it
+VERSION = 5  # the newest version read; a plan is written with the oldest version that holds it
 TILE_ALIGNED_VERSION = 4  # from this version on, an even-window sliding tile is tile-aligned
+BLOCK_FAR_VERSION = 5  # from this version on, a block-sparse pattern may have a far field
 
 
 class PlanGridWarning(UserWarning):
@@ -181,15 +182,25 @@ def _even_tile(pattern: Pattern) -> bool:
     return isinstance(pattern, SlidingTile) and any(w % 2 == 0 for w in pattern.window)
 
 
-def _even_candidate(candidate) -> bool:
-    """A ``profile.candidates`` entry whose pattern is an even-window sliding tile."""
+def _block_far(pattern: Pattern) -> bool:
+    """A block-sparse pattern with a far field (new in version 5)."""
+    return isinstance(pattern, BlockSparse) and pattern.far is not None
+
+
+def _candidate_is(candidate, test) -> bool:
+    """Whether a ``profile.candidates`` entry holds a valid pattern for which ``test`` holds."""
     pattern = candidate.get("pattern") if isinstance(candidate, dict) else None
-    if not isinstance(pattern, dict) or pattern.get("kind") != SlidingTile.kind:
+    if not isinstance(pattern, dict):
         return False
     try:
-        return _even_tile(Pattern.from_dict(pattern))
+        return test(Pattern.from_dict(pattern))
     except (TypeError, ValueError):
         return False
+
+
+def _even_candidate(candidate) -> bool:
+    """A ``profile.candidates`` entry whose pattern is an even-window sliding tile."""
+    return _candidate_is(candidate, _even_tile)
 
 
 def _pattern(value, where: str, version: int = VERSION) -> Pattern:
@@ -493,9 +504,12 @@ class Plan:
 
     @property
     def version(self) -> int:
-        """The oldest format version that holds this plan: 4 with an even-window sliding tile
-        (in the layers, phases or ``profile.candidates``), 3 with far fields, 2 with phases,
-        else 1."""
+        """The oldest format version that holds this plan: 5 with a block-sparse far field, 4
+        with an even-window sliding tile (in the layers, phases or ``profile.candidates``), 3
+        with far fields, 2 with phases, else 1."""
+        candidates = self.profile.get("candidates", [])
+        if any(_block_far(p) for p in self._patterns()) or any(_candidate_is(c, _block_far) for c in candidates):
+            return BLOCK_FAR_VERSION
         if any(_even_tile(p) for p in self._patterns()) or any(
                 _even_candidate(c) for c in self.profile.get("candidates", [])):
             return TILE_ALIGNED_VERSION
@@ -539,6 +553,10 @@ class Plan:
         plan = cls(model, profile, dense_steps, layers, phases)
         if version < 3 and any(p.far is not None for p in plan._patterns()):
             _fail("['layers']", f"hold far fields, which need ['version'] 3 (the plan says {data['version']})")
+        if version < BLOCK_FAR_VERSION and (any(_block_far(p) for p in plan._patterns()) or any(
+                _candidate_is(c, _block_far) for c in plan.profile.get("candidates", []))):
+            _fail("['layers']", f"hold block-sparse far fields, which need ['version'] {BLOCK_FAR_VERSION} "
+                                f"(the plan says {data['version']})")
         return plan
 
     @staticmethod

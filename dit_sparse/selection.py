@@ -553,8 +553,8 @@ def default_candidates(grid) -> List[Pattern]:
     * :class:`SlidingTile` with tiles of ~1/4 of H and W (powers of two) and 1 x 3 x 3 and
       3 x 3 x 3 tile windows;
     * :class:`BlockSparse` over blocks of one frame and ~1/2 of H and W (at most 8 x 8
-      tokens), keeping the top
-      12.5 %, 25 % and 50 % of key blocks;
+      tokens), keeping the top 12.5 %, 25 % and 50 % of key blocks, and the first two again
+      with a far field of one pooled key per dropped block;
     * the sliding tiles and the spatially local 3D neighbourhoods again with a
       :class:`~dit_sparse.patterns.FarField` of one-frame boxes of ~1/4 of H and W (powers
       of two), so that a layer (or head) whose attention reaches far keeps it pooled;
@@ -595,6 +595,8 @@ def default_candidates(grid) -> List[Pattern]:
     block = (1, min(8, _pow2_at_most(h / 2)), min(8, _pow2_at_most(w / 2)))
     for topk in (0.125, 0.25, 0.5):
         add(BlockSparse(block=block, topk=topk), ("bs", block, topk))
+    for topk in (0.125, 0.25):  # the dropped blocks pooled, one key each
+        add(BlockSparse(block=block, topk=topk, far=block), ("bs-far", block, topk))
     out.append(Full())
     return out
 

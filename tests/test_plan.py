@@ -61,7 +61,7 @@ def test_round_trip_through_a_file(tmp_path):
     assert again.to_dict() == plan.to_dict() == plan_dict()
     assert again.dense_steps == 1 and again.grid == (3, 8, 8)
     assert again.layers[LAYERS[1]].patterns == (ds.Full(), ds.BlockSparse((1, 4, 4), topk=0.25))
-    assert FORMAT == "dit-sparse-plan" and VERSION == 4
+    assert FORMAT == "dit-sparse-plan" and VERSION == 5
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temporary file left behind
 
 
@@ -96,7 +96,7 @@ def test_grid_warning_once_per_grid():
 
 @pytest.mark.parametrize("changes, match", [
     ({"format": "other-plan"}, r"\['format'\].*'other-plan'"),
-    ({"version": 5}, r"\['version'\]: is 5, this dit-sparse reads versions 1 to 4"),
+    ({"version": 6}, r"\['version'\]: is 6, this dit-sparse reads versions 1 to 5"),
     ({"phases": []}, r"\['phases'\]: needs \['version'\] 2"),
     ({"version": 2, "phases": [{"start_step": 0, "layers": []}]},
      r"\['phases'\]\[0\]\['start_step'\]: must be an int >= 1"),
@@ -427,3 +427,24 @@ def test_shipped_plans_load_unchanged_and_mean_the_same(name):
     for p in tiles:  # each runs the windows it was profiled with (the strided rule's)
         for (lo, hi, _), (slo, shi, _) in zip(p.windows(layout), p.as_neighborhood().windows(layout)):
             assert lo.tolist() == slo.tolist() and hi.tolist() == shi.tolist(), p
+
+
+def test_block_sparse_far_fields_are_version_5(tmp_path):
+    doc = plan_dict()
+    far = {"kind": "block_sparse", "block": [1, 4, 4], "topk": 0.25, "threshold": None, "far": {"pool": [1, 4, 4]}}
+    doc["layers"][1]["heads"][1]["pattern"] = dict(far)
+    with pytest.raises(ValueError, match=r"block-sparse far fields, which need \['version'\] 5 \(the plan says 4\)"):
+        Plan.from_dict(dict(doc, version=4))
+    plan = Plan.from_dict(dict(doc, version=5))
+    assert plan.patterns_for(LAYERS[1], 2)[1] == ds.BlockSparse(block=(1, 4, 4), topk=0.25, far=(1, 4, 4))
+    again = Plan.load(plan.save(tmp_path / "p.json"))
+    assert json.loads((tmp_path / "p.json").read_text())["version"] == 5 and again.to_dict() == plan.to_dict()
+    # a candidate alone needs it too; a window far field alone still writes version 3
+    only_candidate = plan_dict()
+    only_candidate["profile"]["candidates"].append({"pattern": dict(far), "error": 0.1, "density": 0.3})
+    with pytest.raises(ValueError, match="need"):
+        Plan.from_dict(dict(only_candidate, version=3))
+    assert Plan.from_dict(dict(only_candidate, version=5)).to_dict()["version"] == 5
+    window_far = plan_dict()
+    window_far["layers"][0]["pattern"]["far"] = {"pool": [1, 4, 4]}
+    assert Plan.from_dict(dict(window_far, version=3)).to_dict()["version"] == 3

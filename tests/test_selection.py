@@ -211,7 +211,7 @@ def test_default_candidates_cover_the_shapes_in_tokens():
     assert all(k[i] <= grid[i] for k in kernels for i in range(3))
     assert (5, 16, 24) not in kernels
     assert any(isinstance(p, ds.SlidingTile) for p in cands)
-    assert sorted(p.topk for p in cands if isinstance(p, ds.BlockSparse)) == [0.125, 0.25, 0.5]
+    assert sorted(p.topk for p in cands if isinstance(p, ds.BlockSparse) and p.far is None) == [0.125, 0.25, 0.5]
     assert isinstance(cands[-1], ds.Full) and len(set(cands)) == len(cands)
     # relative to the grid: a larger grid has larger windows (in tokens)
     big = [p.kernel for p in default_candidates((5, 32, 48)) if type(p) is ds.Neighborhood]
@@ -286,8 +286,11 @@ def test_default_candidates_offer_far_fields_on_local_patterns():
     far = [p for p in cands if p.far is not None]
     plain = {p.spec for p in cands if p.far is None}
     assert far and all(p.far.pool == (1, 8, 8) for p in far)
-    for p in far:  # each is a local candidate of the list, again with a far field
+    for p in far:  # each is a local candidate of the list, or a block-sparse one, again with a far field
         assert p.exact_part().spec in plain
-        assert p.exact_part().kernel[1] < 32 and p.exact_part().kernel[2] < 32
-    assert not any(isinstance(p, ds.BlockSparse) and p.far for p in cands)
+        if isinstance(p, ds.BlockSparse):
+            assert p.far.pool == p.block and p.topk in (0.125, 0.25)
+        else:
+            assert p.exact_part().kernel[1] < 32 and p.exact_part().kernel[2] < 32
+    assert sum(isinstance(p, ds.BlockSparse) and p.far is not None for p in cands) == 2
     assert isinstance(cands[-1], ds.Full)
