@@ -105,7 +105,7 @@ def far_field_for(pattern, layout: TokenLayout) -> FarFieldTables:
         raise TypeError(f"far fields are defined for neighborhood and sliding-tile patterns, got {pattern.spec!r}")
     pool = tuple(min(p, n) for p, n in zip(far.pool, layout.grid))
     boxes = BlockGrid(layout.grid, pool)
-    per_axis = [_axis_near(lo, hi, d, p) for (lo, hi, d), p in zip(pattern.exact_part().windows(layout), pool)]
+    per_axis = axis_near_tables(pattern, layout)
     nt, nh, nw = (a.shape[0] for a in per_axis)
     at, ah, aw = per_axis
     near = (at[:, None, None, :, None, None] & ah[None, :, None, None, :, None]
@@ -186,6 +186,40 @@ def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, l
         sink_bias = torch.zeros(seen.shape, dtype=torch.float32, device=q.device).masked_fill_(~seen, float("-inf"))
         ke, ve, bias = torch.cat([ke, ks], 2), torch.cat([ve, vs], 2), torch.cat([bias, sink_bias], 3)
     return ke.contiguous(), ve.contiguous(), bias
+
+
+@functools.lru_cache(maxsize=128)
+def axis_near_tables(pattern, layout: TokenLayout) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three per-axis near tables ``[nboxes_a, nboxes_a]`` bool (query box x key box)
+    whose AND is :attr:`FarFieldTables.near`."""
+    pool = tuple(min(p, n) for p, n in zip(pattern.far.pool, layout.grid))
+    return tuple(_axis_near(lo, hi, d, p) for (lo, hi, d), p in zip(pattern.exact_part().windows(layout), pool))
+
+
+def sink_ranges_exact(pattern) -> bool:
+    """Whether :func:`near_box_ranges` holds for ``pattern`` on every layout: on each axis the
+    dilation is 1 or at most the pool. Windows are intervals that move monotonically with the
+    query, so the keys a box's queries attend are one interval, and with a dilation ``d`` one
+    interval with gaps of at most ``d - 1``, which no box of ``pool >= d`` tokens falls in."""
+    return all(d == 1 or d <= p for d, p in zip(pattern.exact_part().dilation, pattern.far.pool))
+
+
+@functools.lru_cache(maxsize=128)
+def near_box_ranges(pattern, layout: TokenLayout) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
+    """Per axis ``(lo, hi)``: int64 ``[nboxes_a]``, the key boxes near each query box of the
+    axis are ``lo..hi`` (inclusive), so that the near relation of two boxes is three range
+    tests (how the Triton kernel checks sinks). Raises ValueError where an axis' near boxes
+    are not one range (a dilation larger than the pool: :func:`sink_ranges_exact`)."""
+    out = []
+    for axis, table in zip("THW", axis_near_tables(pattern, layout)):
+        cols = torch.arange(table.shape[1])
+        lo = torch.where(table, cols, table.shape[1]).min(1).values
+        hi = torch.where(table, cols, -1).max(1).values
+        if not bool((table.sum(1) == hi - lo + 1).all()):
+            raise ValueError(f"the near boxes of axis {axis} are not one range for pattern {pattern.spec!r} on "
+                             f"grid={layout.grid} (a dilation larger than the pool); allowed: dilation 1 or <= pool")
+        out.append((lo, hi))
+    return tuple(out)
 
 
 def select_sinks(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, n: int,

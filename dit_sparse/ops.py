@@ -91,7 +91,11 @@ def _why_not_triton(q: torch.Tensor, pattern: Optional[Pattern] = None, key_mask
     if isinstance(pattern, BlockSparse) and pattern.far is not None:
         return f"far fields of block-sparse patterns run on the CPU kernel only (pattern {pattern.spec!r})"
     if pattern is not None and pattern.far is not None and pattern.far.sinks:
-        return f"far-field sinks are not in the Triton kernel yet (pattern {pattern.spec!r})"
+        from .farfield import sink_ranges_exact
+
+        if not sink_ranges_exact(pattern):
+            return (f"its sink check needs dilation 1 or <= pool on every axis, got dilation="
+                    f"{pattern.dilation} and pool={pattern.far.pool} (pattern {pattern.spec!r})")
     return None
 
 
@@ -339,7 +343,8 @@ def _preferred_tile(pattern: Pattern) -> Tuple[int, int, int]:
 def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
     from .kernels.triton_attn.launcher import block_shape, kernel_config
 
-    cfg = kernel_config(q.dtype, q.shape[-1], far=pattern.far is not None)
+    far = pattern.far
+    cfg = kernel_config(q.dtype, q.shape[-1], far=far is not None, sinks=far is not None and far.sinks > 0)
     prefer = _preferred_tile(pattern)
     return cfg, block_shape(cfg.block_m, prefer), block_shape(cfg.block_n, prefer)
 
@@ -357,13 +362,20 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
         windows, selection = torch.cat(bm.windows).contiguous(), None
     far = {}
     if bm.far is not None:
-        from .farfield import far_field_for, pooled_keys
+        from .farfield import far_field_for, pooled_keys, select_sinks
 
         fb = bm.far
-        far = dict(far_keys=pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask),
+        n = pattern.far.sinks
+        chosen = select_sinks(q, k, layout, n, key_mask) if n else None
+        far = dict(far_keys=pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask, chosen),
                    far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices,
                             fb.far_query_boxes),
                    pool=fb.pool, boxes=fb.boxes_per_axis)
+        if chosen is not None:
+            idx, valid = chosen
+            with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
+                near_ranges = _device_near_ranges(pattern, layout, q.device)
+            far.update(sinks=idx.masked_fill(~valid, -1), near_ranges=near_ranges)
     return launch(
         q, k, v, key_mask, bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
         windows, selection, grid=layout.grid, text_len=layout.text_len, text_start=layout.text_start,
@@ -377,6 +389,15 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
 @functools.lru_cache(maxsize=256)
 def _device_block_mask(pattern, layout, q_block, kv_block, device):
     return static_block_mask(pattern, layout, q_block, kv_block).to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_near_ranges(pattern, layout, device):
+    """The Triton kernel's sink check: the far field's per-axis near box ranges, int32
+    ``lo_t, hi_t, lo_h, hi_h, lo_w, hi_w`` on ``device``."""
+    from .farfield import near_box_ranges
+
+    return torch.cat([t for pair in near_box_ranges(pattern, layout) for t in pair]).to(torch.int32).to(device)
 
 
 @functools.lru_cache(maxsize=1)

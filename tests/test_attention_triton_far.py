@@ -115,16 +115,6 @@ def test_far_field_triton_equals_cpu_backend():
                                atol=2 * ATOL[torch.float32], rtol=0)
 
 
-def test_explicit_triton_backend_refuses_sinks_clearly():
-    """The kernel has no sink keys yet: an explicit backend='triton' says so rather than
-    returning something else than the definition."""
-    layout = ds.TokenLayout((2, 6, 8), text_len=3)
-    q, k, v = make_qkv(layout, batch=1, heads=2, head_dim=32)
-    pattern = ds.Neighborhood((1, 3, 3), far=ds.FarField((1, 3, 4), sinks=2))
-    with pytest.raises(ValueError, match="backend='triton' cannot run this call: far-field sinks are not in the Triton kernel yet"):
-        ds.sparse_attention(q, k, v, pattern, layout, backend="triton")
-
-
 def _rows_of_blocks(layout, q_block):
     """Video token indices of every query block's valid rows, by plain loops."""
     t, h, w = layout.grid

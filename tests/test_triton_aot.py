@@ -1,9 +1,11 @@
 """Every shipped Triton config compiles ahead of time for sm_80 and sm_90a, without a GPU,
-as the plain kernel and with the far-field loop compiled in.
+as the plain kernel, with the far-field loop compiled in, and with the far-field and sink
+loops compiled in.
 
 Runs ``scripts/triton_aot_report.py`` in a child process without TRITON_INTERPRET (an
 interpreted kernel cannot be compiled) and prints its report (registers, spills, shared
-memory). The head_dim 64 and 128 configs must not spill, nor any build with the far loop.
+memory). The head_dim 64 and 128 configs must not spill, nor any build with the far loop
+(with or without sinks).
 """
 
 import json
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dit_sparse.kernels.triton_attn.configs import CONFIGS, FAR_CONFIGS
+from dit_sparse.kernels.triton_attn.configs import CONFIGS, FAR_CONFIGS, SINK_CONFIGS, get_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "triton_aot_report.py"
 
@@ -31,8 +33,9 @@ def report(tmp_path_factory):
 
 
 def test_every_config_compiles_for_both_archs(report):
-    got = {(r["dtype"], r["head_dim"], r["arch"], r["far"]) for r in report}
-    want = {(d, h, a, far) for (d, h) in CONFIGS for a in ("sm_80", "sm_90a") for far in (False, True)}
+    got = {(r["dtype"], r["head_dim"], r["arch"], r["far"], r["sinks"]) for r in report}
+    want = {(d, h, a, far, sinks) for (d, h) in CONFIGS for a in ("sm_80", "sm_90a")
+            for far, sinks in ((False, False), (True, False), (True, True))}
     assert got == want
     for r in report:
         assert r["ptxas_ok"] and r["cubin_bytes"] > 0 and r["registers"] is not None, r
@@ -49,12 +52,20 @@ def test_default_configs_do_not_spill(report, head_dim):
 
 def test_far_loop_builds_do_not_spill(report):
     rows = [r for r in report if r["far"]]
-    assert len(rows) == 2 * len(CONFIGS)
+    assert len(rows) == 4 * len(CONFIGS)
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
 
 
-def test_far_configs_keep_the_tiles():
-    """A far-field override changes warps or stages only: the block masks stay the same."""
-    for key, cfg in FAR_CONFIGS.items():
+def test_far_and_sink_configs_keep_the_tiles():
+    """A far-field or sink override changes warps or stages only: the block masks stay the same."""
+    for key, cfg in [*FAR_CONFIGS.items(), *SINK_CONFIGS.items()]:
         assert (cfg.block_m, cfg.block_n) == (CONFIGS[key].block_m, CONFIGS[key].block_n), key
+
+
+def test_sink_configs_are_chosen_with_sinks_only():
+    for (dtype, head_dim), cfg in SINK_CONFIGS.items():
+        assert get_config(dtype, head_dim, far=True, sinks=True) == cfg
+        assert get_config(dtype, head_dim, far=True) == FAR_CONFIGS.get((dtype, head_dim), CONFIGS[dtype, head_dim])
+    with pytest.raises(ValueError, match="sinks=True needs far=True"):
+        get_config("float16", 64, sinks=True)

@@ -3,7 +3,8 @@
 ``block_m``/``block_n`` are token counts of the 3D query and key blocks (powers of two, as
 ``tl.arange`` needs); the launcher turns them into 3D shapes that fit the pattern. Every entry
 is compiled ahead of time for sm_80 and sm_90a in the tests (``tests/test_triton_aot.py``),
-which also checks that the head_dim 64 and 128 entries do not spill registers.
+which also checks that the head_dim 64 and 128 entries do not spill registers, nor any build
+with the far-field loop (overrides: ``FAR_CONFIGS``) or with the sink loop too (``SINK_CONFIGS``).
 """
 
 from dataclasses import dataclass
@@ -46,6 +47,19 @@ FAR_CONFIGS = {
     ("float32", 64): TileConfig(64, 64, 8, 2),
 }
 
+# With the sink loop compiled in as well (HAS_SINKS): FAR_CONFIGS / CONFIGS, except where that
+# spills; then the entry here, with the same tile sizes. The configs already at 255 registers
+# with the far loop need one more warp group (head_dim 32) or one pipeline stage less.
+SINK_CONFIGS = {
+    ("float16", 32): TileConfig(128, 64, 8, 3),
+    ("float16", 128): TileConfig(64, 64, 8, 1),
+    ("float16", 256): TileConfig(64, 32, 8, 1),
+    ("bfloat16", 32): TileConfig(128, 64, 8, 3),
+    ("bfloat16", 128): TileConfig(64, 64, 8, 1),
+    ("bfloat16", 256): TileConfig(64, 32, 8, 1),
+    ("float32", 128): TileConfig(64, 32, 8, 1),
+}
+
 
 def head_dim_bucket(head_dim: int) -> int:
     """Smallest bucket >= head_dim (the kernel pads the head dimension to it)."""
@@ -55,11 +69,15 @@ def head_dim_bucket(head_dim: int) -> int:
     raise ValueError(f"head_dim={head_dim} exceeds the largest supported {HEAD_DIM_BUCKETS[-1]}")
 
 
-def get_config(dtype_name: str, head_dim: int, far: bool = False) -> TileConfig:
+def get_config(dtype_name: str, head_dim: int, far: bool = False, sinks: bool = False) -> TileConfig:
     """The shipped config for a dtype and head_dim (``far``: of the kernel with the far-field
-    loop); lists the valid keys when there is none."""
+    loop; ``sinks``: with the sink loop too); lists the valid keys when there is none."""
     key = (dtype_name, head_dim_bucket(head_dim))
     if key not in CONFIGS:
         raise ValueError(f"no Triton tile config for dtype={dtype_name!r}, head_dim={head_dim}; "
                          f"valid (dtype, head_dim) keys: {sorted(CONFIGS)}")
+    if sinks and not far:
+        raise ValueError("sinks=True needs far=True (sinks are part of a far field)")
+    if sinks and key in SINK_CONFIGS:
+        return SINK_CONFIGS[key]
     return FAR_CONFIGS.get(key, CONFIGS[key]) if far else CONFIGS[key]

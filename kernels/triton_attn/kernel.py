@@ -15,7 +15,17 @@ FlashAttention 1/2), with ``log2(e)`` folded into the scale so that ``exp2`` is 
    the far tables, ``BLOCK_N`` at a time, with their additive ``log2(count)`` bias (``-inf``
    for boxes the key mask empties): first the boxes every row sees, unmasked; then
    (far box, query box) pairs for the boxes only some rows see, which a row keeps iff the
-   pair's query box is its own pool box (computed from its coordinates).
+   pair's query box is its own pool box (computed from its coordinates). With sinks
+   (``HAS_SINKS``) the pooled keys and their bias are per (batch, head), since each head's
+   sinks leave their boxes' means and counts;
+5. with sinks (``HAS_SINKS``, compiled only then), the (batch, head)'s sink keys, read from
+   K and V at their token indices (the launcher lists their pool box coordinates beside them:
+   no integer division in the loop), ``BLOCK_N`` at a time, for video rows only: a row keeps a
+   sink iff its pool box is not near the sink's box. The near relation is the AND of one
+   relation per axis (it factorises as the exact mask does), and per axis the key boxes near
+   a query box are one range (``dit_sparse.farfield.near_box_ranges``), so each row loads
+   three ``[lo, hi]`` box ranges once and the check is three range tests, like the window
+   test of step 2: no gathered ``[BLOCK_M, BLOCK_N]`` table loads in the loop.
 
 Token coordinates come from the block index and the offset inside the block, so tokens stay
 in diffusers' natural order: no permutation pass. Rows whose every key is masked return 0.
@@ -76,6 +86,7 @@ def sparse_attention_fwd(
     KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
     WIN, SEL,
     KP, VP, LC, FAR_FULL_NUM, FAR_FULL_IDX, FAR_NUM, FAR_IDX, FAR_QBOX,
+    SINK, NEAR,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -90,11 +101,12 @@ def sparse_attention_fwd(
     DIL_T, DIL_H, DIL_W,
     SEL_NB, SEL_NB_H, SEL_NB_W, PB_T, PB_H, PB_W,
     MAXF_F, MAXF_P, POOL_T, POOL_H, POOL_W, NBX_T, NBX_H, NBX_W,
+    N_SINKS,
     QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     LUT_PER_HEAD: tl.constexpr, MASK_MODE: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    HAS_DILATION: tl.constexpr, HAS_FAR: tl.constexpr,
+    HAS_DILATION: tl.constexpr, HAS_FAR: tl.constexpr, HAS_SINKS: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = QT * QH * QW
@@ -188,7 +200,10 @@ def sparse_attention_fwd(
     if HAS_FAR:
         KPb = KP + b.to(tl.int64) * stride_pb + h * stride_ph
         VPb = VP + b.to(tl.int64) * stride_pb + h * stride_ph
-        LCb = LC + b * (NBX_T * NBX_H * NBX_W)
+        if HAS_SINKS:
+            LCb = LC + pid_z * (NBX_T * NBX_H * NBX_W)
+        else:
+            LCb = LC + b * (NBX_T * NBX_H * NBX_W)
         n_far_full = tl.load(FAR_FULL_NUM + pid_m)
         for start in range(0, n_far_full, BLOCK_N):
             c = start + tl.arange(0, BLOCK_N)
@@ -206,6 +221,34 @@ def sparse_attention_fwd(
             qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
             qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
             qk = tl.where(q_box[:, None] == f_q_box[None, :], qk, float("-inf"))
+            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
+
+    # --- 5. sinks: exact far keys per (batch, head), unless near the row's pool box -------
+    if HAS_SINKS:
+        # The key boxes near the row's box form one range per axis: [lo, hi] per axis.
+        r_bt = qt // POOL_T
+        r_bh = qh // POOL_H
+        r_bw = qw // POOL_W
+        lo_bt = tl.load(NEAR + r_bt, mask=q_valid, other=0)
+        hi_bt = tl.load(NEAR + NBX_T + r_bt, mask=q_valid, other=0)
+        lo_bh = tl.load(NEAR + 2 * NBX_T + r_bh, mask=q_valid, other=0)
+        hi_bh = tl.load(NEAR + 2 * NBX_T + NBX_H + r_bh, mask=q_valid, other=0)
+        lo_bw = tl.load(NEAR + 2 * (NBX_T + NBX_H) + r_bw, mask=q_valid, other=0)
+        hi_bw = tl.load(NEAR + 2 * (NBX_T + NBX_H) + NBX_W + r_bw, mask=q_valid, other=0)
+        n_sink = tl.where(is_video_q, N_SINKS, 0)
+        SINKb = SINK + pid_z.to(tl.int64) * 4 * N_SINKS  # rows: token, box t, box h, box w
+        for start in range(0, n_sink, BLOCK_N):
+            c = start + tl.arange(0, BLOCK_N)
+            c_valid = c < n_sink
+            s_tok = tl.load(SINKb + c, mask=c_valid, other=-1)  # video token, -1: no sink
+            s_valid = s_tok >= 0
+            s_tok = tl.where(s_valid, s_tok, 0)
+            near = (_in_window(tl.load(SINKb + N_SINKS + c, mask=c_valid, other=0), qt, lo_bt, hi_bt, 1, False)
+                    & _in_window(tl.load(SINKb + 2 * N_SINKS + c, mask=c_valid, other=0), qh, lo_bh, hi_bh, 1, False)
+                    & _in_window(tl.load(SINKb + 3 * N_SINKS + c, mask=c_valid, other=0), qw, lo_bw, hi_bw, 1, False))
+            k_tok = (VIDEO_START + s_tok).to(tl.int64)
+            qk, v = _scores(q, Kb, Vb, k_tok, s_valid, qk_scale, offs_d, stride_ks, stride_vs, HEAD_DIM, PRECISION)
+            qk = tl.where(near | ~s_valid[None, :], float("-inf"), qk)
             acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

@@ -17,8 +17,8 @@ _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.floa
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def kernel_config(dtype: torch.dtype, head_dim: int, far: bool = False):
-    return get_config(_DTYPE_NAMES[dtype], head_dim, far)
+def kernel_config(dtype: torch.dtype, head_dim: int, far: bool = False, sinks: bool = False):
+    return get_config(_DTYPE_NAMES[dtype], head_dim, far, sinks)
 
 
 def launch(
@@ -35,6 +35,7 @@ def launch(
     far_keys: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
     far_lut: Optional[Tuple[torch.Tensor, ...]] = None,
     pool: Tuple[int, int, int] = (1, 1, 1), boxes: Tuple[int, int, int] = (1, 1, 1),
+    sinks: Optional[torch.Tensor] = None, near_ranges: Optional[torch.Tensor] = None,
     scale: float, num_warps: int = 4, num_stages: int = 2,
 ) -> torch.Tensor:
     """Run the kernel. q, k, v: ``[B, S, H, D]`` (last dim contiguous); returns ``[B, S, H, D]``.
@@ -48,6 +49,13 @@ def launch(
     ``far_lut = (full_num, full_idx, num, idx, query_boxes)``: the ``[1, NQ]`` /
     ``[1, NQ, width]`` int32 lists of ``dit_sparse.blockmask.FarBlocks``, over ``boxes`` pool
     boxes per axis of ``pool`` tokens.
+
+    Far-field sinks (with a far field only) are ``sinks``: ``[B, H, N]`` integer video token
+    indices (0 = the first video token) of every (batch, head)'s sink keys, ``-1`` for none;
+    and ``near_ranges``: the int32 concatenation ``lo_t, hi_t, lo_h, hi_h, lo_w, hi_w``
+    (``[boxes[a]]`` each) of ``dit_sparse.farfield.near_box_ranges``: per axis, the key boxes
+    near each query box; a row sees a sink iff the sink's box is outside its box's range on
+    some axis. With sinks the pooled keys are per head: ``log_count`` is ``[B, H, nb]``.
     """
     from .kernel import sparse_attention_fwd
 
@@ -58,6 +66,10 @@ def launch(
         raise ValueError("far_keys and far_lut come together (a far field needs both)")
     if far_keys is not None and windows is None:
         raise ValueError("a far field runs with window masks only (neighborhood patterns)")
+    if (sinks is None) != (near_ranges is None):
+        raise ValueError("sinks and near_ranges come together (sink keys need the near box ranges)")
+    if sinks is not None and far_keys is None:
+        raise ValueError("sinks run with a far field only (far_keys and far_lut)")
     out = torch.empty_like(q)
     mask_mode = 0 if windows is not None else 1
     dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
@@ -72,9 +84,10 @@ def launch(
     if far_keys is not None:
         kp, vp, log_count = far_keys
         nb = math.prod(boxes)
-        if kp.shape != (b, nb, h, d) or vp.shape != kp.shape or log_count.shape != (b, nb):
+        lc_shape, lc_name = ((b, h, nb), "[B, H, nb] (with sinks)") if sinks is not None else ((b, nb), "[B, nb]")
+        if kp.shape != (b, nb, h, d) or vp.shape != kp.shape or log_count.shape != lc_shape:
             raise ValueError(f"far_keys shapes kp={tuple(kp.shape)}, vp={tuple(vp.shape)}, "
-                             f"log_count={tuple(log_count.shape)} must be [B, nb, H, D] x2 and [B, nb] "
+                             f"log_count={tuple(log_count.shape)} must be [B, nb, H, D] x2 and {lc_name} "
                              f"with B={b}, nb={nb} (boxes={boxes}), H={h}, D={d}")
         kp, vp = kp.to(q.dtype).contiguous(), vp.to(q.dtype).contiguous()
         bias = (log_count.float() * LOG2E).contiguous()  # the kernel's scores are in log2 units
@@ -85,12 +98,30 @@ def launch(
         bias = dummy.float()
         far_full_num = far_full_idx = far_num = far_idx = far_qbox = dummy
         pooled_strides = (0, 0, 0)
+    if sinks is not None:
+        if sinks.dim() != 3 or tuple(sinks.shape[:2]) != (b, h) or sinks.shape[2] < 1:
+            raise ValueError(f"sinks shape {tuple(sinks.shape)} must be [B, H, N] with B={b}, H={h}, N >= 1")
+        if sinks.dtype.is_floating_point or sinks.dtype == torch.bool:
+            raise TypeError(f"sinks.dtype={sinks.dtype} must be an integer type (video token indices)")
+        n_near = 2 * sum(boxes)
+        if near_ranges.dtype != torch.int32 or near_ranges.numel() != n_near:
+            raise ValueError(f"near_ranges must be int32 with 2 * sum(boxes={boxes}) = {n_near} elements, "
+                             f"got {near_ranges.dtype} with {near_ranges.numel()}")
+        # Each sink's pool box coordinates beside its token: [B, H, 4, N] (token, box t, h, w).
+        tok = sinks.long()
+        coords = (tok // (grid[1] * grid[2]) // pool[0], tok // grid[2] % grid[1] // pool[1], tok % grid[2] // pool[2])
+        sink_tok = torch.stack([tok.clamp(min=-1), *coords], dim=2).to(torch.int32).contiguous()
+        near = near_ranges.contiguous()
+        n_sinks = sinks.shape[2]
+    else:
+        sink_tok, near, n_sinks = dummy, dummy, 0
     sparse_attention_fwd[(num_q_blocks, b * h)](
         q, k, v, out, km,
         kv_num, kv_idx, full_num, full_idx,
         windows if windows is not None else dummy,
         selection if selection is not None else dummy.to(torch.int8),
         kp, vp, bias, far_full_num, far_full_idx, far_num, far_idx, far_qbox,
+        sink_tok, near,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -105,11 +136,12 @@ def launch(
         dilation[0], dilation[1], dilation[2],
         sel_nb, sel_nb_h, sel_nb_w, selection_block[0], selection_block[1], selection_block[2],
         far_full_idx.shape[-1], far_idx.shape[-1], pool[0], pool[1], pool[2], boxes[0], boxes[1], boxes[2],
+        n_sinks,
         QT=q_block[0], QH=q_block[1], QW=q_block[2],
         KT=kv_block[0], KH=kv_block[1], KW=kv_block[2],
         HEAD_DIM=d, BLOCK_D=head_dim_bucket(d),
         LUT_PER_HEAD=lut_per_head, MASK_MODE=mask_mode, HAS_KEY_MASK=key_mask is not None,
-        HAS_DILATION=max(dilation) > 1, HAS_FAR=far_keys is not None,
+        HAS_DILATION=max(dilation) > 1, HAS_FAR=far_keys is not None, HAS_SINKS=sinks is not None,
         PRECISION="tf32",
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -118,7 +150,7 @@ def launch(
 
 _POINTER_ARGS = ("Q", "K", "V", "O", "KP", "VP")
 _INT32_POINTERS = ("KV_NUM", "KV_IDX", "FULL_NUM", "FULL_IDX", "WIN",
-                   "FAR_FULL_NUM", "FAR_FULL_IDX", "FAR_NUM", "FAR_IDX", "FAR_QBOX")
+                   "FAR_FULL_NUM", "FAR_FULL_IDX", "FAR_NUM", "FAR_IDX", "FAR_QBOX", "SINK", "NEAR")
 _INT_ARGS = (
     "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
     "stride_vb", "stride_vs", "stride_vh", "stride_ob", "stride_os", "stride_oh", "stride_kmb",
@@ -126,7 +158,7 @@ _INT_ARGS = (
     "NQ", "NVQ", "MAXK_P", "MAXK_F", "NQB_H", "NQB_W", "NKB_H", "NKB_W",
     "DIL_T", "DIL_H", "DIL_W", "SEL_NB", "SEL_NB_H", "SEL_NB_W", "PB_T", "PB_H", "PB_W",
     "stride_pb", "stride_ps", "stride_ph",
-    "MAXF_F", "MAXF_P", "POOL_T", "POOL_H", "POOL_W", "NBX_T", "NBX_H", "NBX_W",
+    "MAXF_F", "MAXF_P", "POOL_T", "POOL_H", "POOL_W", "NBX_T", "NBX_H", "NBX_W", "N_SINKS",
 )
 
 _ALIGNED_INTS = ("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
@@ -152,16 +184,18 @@ def block_shape(tokens: int, prefer: Sequence[int] = (1, 8, 8)) -> Tuple[int, in
 
 
 def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0, key_mask: bool = False,
-                far: bool = False, config=None, q_block=None, kv_block=None):
+                far: bool = False, sinks: bool = False, config=None, q_block=None, kv_block=None):
     """Compile the kernel ahead of time for ``sm_<arch>`` without a GPU; returns the
     ``CompiledKernel`` (``.asm['ptx']``, ``.asm['cubin']``, ``.metadata.shared``). ``far``
-    compiles the far-field loop in (window masks only)."""
+    compiles the far-field loop in (window masks only), ``sinks`` also the sink loop."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from .kernel import sparse_attention_fwd
 
-    cfg = config or get_config(dtype_name, head_dim, far)
+    if sinks and not far:
+        raise ValueError("sinks=True needs far=True (sinks are part of a far field)")
+    cfg = config or get_config(dtype_name, head_dim, far, sinks)
     q_block = q_block or block_shape(cfg.block_m)
     kv_block = kv_block or block_shape(cfg.block_n)
     ty = _TRITON_TYPES[dtype_name]
@@ -177,7 +211,7 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
         "KT": kv_block[0], "KH": kv_block[1], "KW": kv_block[2],
         "HEAD_DIM": head_dim, "BLOCK_D": head_dim_bucket(head_dim),
         "LUT_PER_HEAD": mask_mode == 1, "MASK_MODE": mask_mode, "HAS_KEY_MASK": key_mask,
-        "HAS_DILATION": False, "HAS_FAR": far,
+        "HAS_DILATION": False, "HAS_FAR": far, "HAS_SINKS": sinks,
         "PRECISION": "tf32",
     }
     signature.update({name: "constexpr" for name in constexprs})
