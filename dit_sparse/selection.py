@@ -85,7 +85,8 @@ def head_density(pattern: Pattern, layout: TokenLayout, q: Optional[torch.Tensor
 
     Static patterns have one density for every head (``pattern.density(layout)``); a
     :class:`BlockSparse` selection depends on the head's q and k (``[B, S, heads, D]``) and
-    is averaged over the batch.
+    is averaged over the batch (a far field's pooled keys counted like
+    :meth:`BlockSparse.density`).
     """
     if not isinstance(pattern, BlockSparse):
         heads = 1 if q is None else q.shape[2]
@@ -96,8 +97,13 @@ def head_density(pattern: Pattern, layout: TokenLayout, q: Optional[torch.Tensor
         raise ValueError(f"{pattern!r}: a per-head density needs q and k")
     grid = BlockGrid(layout.grid, pattern.block)
     sizes = grid.block_sizes().double()
-    sel = block_sparse_select(pattern, layout, grid, q, k, scale).double()  # [B, H, nb, nb]
-    video_pairs = (sizes[:, None] * sel * sizes[None, :]).sum((-1, -2)).mean(0)  # [H]
+    sel = block_sparse_select(pattern, layout, grid, q, k, scale)  # [B, H, nb, nb]
+    video_pairs = (sizes[:, None] * sel.double() * sizes[None, :]).sum((-1, -2)).mean(0)  # [H]
+    if pattern.far is not None:  # one pooled key per box the query block does not hold near
+        from .farfield import block_far_for
+
+        far = ~block_far_for(pattern, layout).near(sel)
+        video_pairs = video_pairs + (sizes[:, None] * far.double()).sum((-1, -2)).mean(0)
     s, n = layout.seq_len, layout.video_len
     return (video_pairs + s * s - n * n) / (s * s)
 

@@ -73,3 +73,15 @@ def mask_rows(pattern, layout, q, k, rows):
         return m | (rb < 0)[:, None] | (cb < 0)[None, :]
     mask = pattern.mask(layout, q, k)
     return mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))[..., rows, :]
+
+
+def case_layout(case):
+    """The layout of a ``(grid, text_len, text_position, pattern)`` case."""
+    grid, text, position, _ = case
+    return ds.TokenLayout(grid, text_len=text, text_position=position)
+
+
+def case_id(case):
+    """A pytest id for a ``(grid, text_len, text_position, pattern)`` case."""
+    grid, text, position, pattern = case
+    return f"{'x'.join(map(str, grid))}-text{text}{position}-{pattern.spec}"

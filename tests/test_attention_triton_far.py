@@ -17,7 +17,7 @@ from dit_sparse import env
 from dit_sparse.blockmask import static_block_mask
 from dit_sparse.farfield import far_field_for
 from dit_sparse.kernels.triton_attn.launcher import block_shape
-from attention_cases import ATOL, make_key_mask, make_qkv
+from attention_cases import ATOL, case_id, case_layout, make_key_mask, make_qkv
 
 needs_interpreter = pytest.mark.skipif(not env.triton_interpret(),
                                        reason="needs TRITON_INTERPRET=1 before triton is imported")
@@ -32,16 +32,6 @@ CASES = [
 ]
 
 
-def _layout(case):
-    grid, text, position, _ = case
-    return ds.TokenLayout(grid, text_len=text, text_position=position)
-
-
-def _ids(case):
-    grid, text, position, pattern = case
-    return f"{'x'.join(map(str, grid))}-text{text}{position}-{pattern.spec}"
-
-
 def _check(pattern, layout, dtype, head_dim, key_mask, batch=2, heads=1):
     q, k, v = make_qkv(layout, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype)
     ref = ds.reference_attention(q, k, v, pattern, layout, key_mask=key_mask)
@@ -53,17 +43,17 @@ def _check(pattern, layout, dtype, head_dim, key_mask, batch=2, heads=1):
 
 @needs_interpreter
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "key-mask"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_far_field_fp32(case, masked):
-    layout = _layout(case)
+    layout = case_layout(case)
     _check(case[3], layout, torch.float32, 64, make_key_mask(layout) if masked else None)
 
 
 @needs_interpreter
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("case", [CASES[1], CASES[2]], ids=_ids)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2]], ids=case_id)
 def test_far_field_fp16(case, head_dim):
-    layout = _layout(case)
+    layout = case_layout(case)
     _check(case[3], layout, torch.float16, head_dim, make_key_mask(layout))
 
 
@@ -106,7 +96,7 @@ def test_unit_pools_through_triton_are_full_attention():
 
 @needs_interpreter
 def test_far_field_triton_equals_cpu_backend():
-    layout = _layout(CASES[3])
+    layout = case_layout(CASES[3])
     q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=32)
     km = make_key_mask(layout)
     pattern = CASES[3][3]
@@ -131,12 +121,12 @@ def _rows_of_blocks(layout, q_block):
 
 
 @pytest.mark.parametrize("q_tokens", [16, 64, 128])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_far_blocks_match_the_rows(case, q_tokens):
     """Per query block: the unchecked list is exactly the boxes every row sees; the checked
     pairs (far box, query box) are exactly the boxes some rows (not all) see, each with every
     query box of the block that sees it; both in increasing order; text blocks list nothing."""
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     q_block = block_shape(q_tokens, (1, 8, 8))
     bm = static_block_mask(pattern, layout, q_block, q_block)
     fb = bm.far

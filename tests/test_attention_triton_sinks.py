@@ -14,7 +14,7 @@ import torch
 import dit_sparse as ds
 from dit_sparse import env
 from dit_sparse.farfield import far_field_for, near_box_ranges, select_sinks, sink_ranges_exact
-from attention_cases import ATOL, make_key_mask, make_qkv
+from attention_cases import ATOL, case_id, case_layout, make_key_mask, make_qkv
 
 needs_interpreter = pytest.mark.skipif(not env.triton_interpret(),
                                        reason="needs TRITON_INTERPRET=1 before triton is imported")
@@ -30,16 +30,6 @@ CASES = [
 ]
 
 
-def _layout(case):
-    grid, text, position, _ = case
-    return ds.TokenLayout(grid, text_len=text, text_position=position)
-
-
-def _ids(case):
-    grid, text, position, pattern = case
-    return f"{'x'.join(map(str, grid))}-text{text}{position}-{pattern.spec}"
-
-
 def _check(pattern, layout, q, k, v, key_mask=None):
     ref = ds.reference_attention(q, k, v, pattern, layout, key_mask=key_mask)
     out = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="triton")
@@ -50,18 +40,18 @@ def _check(pattern, layout, q, k, v, key_mask=None):
 
 @needs_interpreter
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "key-mask"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_sinks_fp32(case, masked):
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=64)
     _check(pattern, layout, q, k, v, make_key_mask(layout) if masked else None)
 
 
 @needs_interpreter
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("case", [CASES[0], CASES[1]], ids=_ids)
+@pytest.mark.parametrize("case", [CASES[0], CASES[1]], ids=case_id)
 def test_sinks_fp16(case, head_dim):
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=head_dim, dtype=torch.float16)
     _check(pattern, layout, q, k, v, make_key_mask(layout))
 
@@ -71,7 +61,7 @@ def test_sinks_differ_per_head_and_change_the_output():
     """Each (batch, head) has its own sinks and its own pooled keys; the sinks matter (the
     result differs from the far field without them by far more than the tolerance)."""
     case = CASES[0]
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=32)
     idx, _ = select_sinks(q, k, layout, pattern.far.sinks)
     assert not torch.equal(idx[:, 0], idx[:, 1]) and not torch.equal(idx[0], idx[1])
@@ -109,7 +99,7 @@ def test_masked_sink_candidate_and_too_few_kept_keys():
     """Batch 0 masks the key that would be its first sink (another takes its place); batch 1
     keeps fewer video keys than there are sinks (absent sinks contribute nothing)."""
     case = CASES[0]
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=32)
     v0 = layout.video_start
     top = int(select_sinks(q, k, layout, pattern.far.sinks)[0][0, 0, 0])
@@ -139,7 +129,7 @@ def test_unit_pools_with_sinks_are_full_attention():
 @needs_interpreter
 def test_sinks_triton_equals_cpu_backend():
     case = CASES[2]
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     q, k, v = make_qkv(layout, batch=2, heads=2, head_dim=32)
     km = make_key_mask(layout)
     torch.testing.assert_close(ds.sparse_attention(q, k, v, pattern, layout, key_mask=km, backend="triton"),
@@ -147,11 +137,11 @@ def test_sinks_triton_equals_cpu_backend():
                                atol=2 * ATOL[torch.float32], rtol=0)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_near_box_ranges_are_the_far_near_table(case):
     """The kernel's per-axis near box ranges: "inside on every axis" is the far field's near
     table, checked box pair by box pair."""
-    layout, pattern = _layout(case), case[3]
+    layout, pattern = case_layout(case), case[3]
     tables = far_field_for(pattern, layout)
     (lo_t, hi_t), (lo_h, hi_h), (lo_w, hi_w) = near_box_ranges(pattern, layout)
     nt, nh, nw = tables.boxes.blocks_per_axis

@@ -196,3 +196,14 @@ def test_triton_says_why_not(monkeypatch):
     reason = ops._why_not_triton(q, pattern)
     assert reason is not None and "CPU kernel only" in reason and pattern.spec in reason
     assert ops._why_not_triton(q, pattern.exact_part()) is None
+
+
+def test_profiler_head_density_counts_pooled_keys():
+    from dit_sparse.selection import head_density
+
+    layout, q, k, _, _ = _inputs((4, 8, 8), 3, "last", False)
+    pattern = ds.BlockSparse(block=(2, 4, 4), topk=0.25, far=(1, 2, 2))
+    per_head = head_density(pattern, layout, q, k)
+    binary = head_density(pattern.exact_part(), layout, q, k)
+    assert bool((per_head > binary).all())
+    assert float(per_head.mean()) == pytest.approx(pattern.density(layout, q=q, k=k))
