@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_vace", "wan_animate",
             "skyreels_v2", "chronoedit", "consisid", "allegro", "cosmos", "easyanimate",
-            "qwenimage", "lumina2", "flux2", "hunyuan_video15", "ltx2")
+            "qwenimage", "lumina2", "flux2", "hunyuan_video15", "ltx2", "anyflow", "joyimage_edit",
+            "motif_video")
 
 HEADS, HEAD_DIM = 4, 8
 
@@ -259,13 +260,54 @@ def _ltx2():
     return m.eval(), inputs, (3, 5, 7)
 
 
+def _anyflow():
+    from diffusers import AnyFlowTransformer3DModel
+
+    m = AnyFlowTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+                                  in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                                  rope_max_seq_len=32)
+    # [B, F, C, H, W]; flow-map timesteps t and r are given per frame
+    inputs = dict(hidden_states=_randn(2, 3, 4, 10, 14, seed=1), timestep=torch.full((2, 3), 700.0),
+                  r_timestep=torch.full((2, 3), 500.0), encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _joyimage_edit():
+    from diffusers import JoyImageEditTransformer3DModel
+
+    m = JoyImageEditTransformer3DModel(patch_size=[1, 2, 2], in_channels=4, out_channels=4, hidden_size=HEADS * HEAD_DIM,
+                                       num_attention_heads=HEADS, text_dim=16, mlp_width_ratio=2.0, num_layers=2,
+                                       rope_dim_list=[2, 2, 4])
+    # editing input [B, N, C, F, H, W]: 3 single-frame items stacked into a 3-frame grid
+    inputs = dict(hidden_states=_randn(2, 3, 4, 1, 10, 14, seed=1), timestep=torch.tensor([700.0, 700.0]),
+                  encoder_hidden_states=_randn(2, 6, 16, seed=2))
+    return m.eval(), inputs, (3, 5, 7)
+
+
+def _motif_video():
+    from diffusers import MotifVideoTransformer3DModel
+
+    m = MotifVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=HEADS,
+                                     attention_head_dim=HEAD_DIM, num_layers=1, num_single_layers=1, mlp_ratio=2.0,
+                                     patch_size=2, patch_size_t=1, text_embed_dim=16, image_embed_dim=12,
+                                     rope_axes_dim=(2, 2, 4), enable_text_cross_attention_single=True)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, 4:] = 0  # padded text in the first element
+    # first-frame image embeddings (3 tokens) go before the text
+    inputs = dict(hidden_states=_randn(2, 4, 3, 10, 14, seed=1), timestep=torch.tensor([700, 700]),
+                  encoder_hidden_states=_randn(2, 7, 16, seed=2), encoder_attention_mask=mask,
+                  image_embeds=_randn(2, 3, 12, seed=3))
+    return m.eval(), inputs, (3, 5, 7)
+
+
 _BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvideox, "ltx": _ltx, "mochi": _mochi,
              "flux": _flux, "sd3": _sd3, "wan_vace": _wan_vace, "wan_animate": _wan_animate,
              "skyreels_v2": lambda: _wan("SkyReelsV2Transformer3DModel"),
              "chronoedit": lambda: _wan("ChronoEditTransformer3DModel"),
              "consisid": lambda: _cogvideox("ConsisIDTransformer3DModel"), "allegro": _allegro,
              "cosmos": _cosmos, "easyanimate": _easyanimate, "qwenimage": _qwenimage, "lumina2": _lumina2,
-             "flux2": _flux2, "hunyuan_video15": _hunyuan_video15, "ltx2": _ltx2}
+             "flux2": _flux2, "hunyuan_video15": _hunyuan_video15, "ltx2": _ltx2, "anyflow": _anyflow,
+             "joyimage_edit": _joyimage_edit, "motif_video": _motif_video}
 
 
 def run(model, inputs):

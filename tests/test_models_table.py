@@ -112,3 +112,31 @@ def test_ltx2_appended_reference_tokens_are_refused():
     assert "140 video tokens" in message and "(3, 5, 7)" in message
     message = _forward_error("ltx2", video_self_attention_mask=torch.ones(2, 105, 105))
     assert "video_self_attention_mask" in message
+
+
+def test_motif_video_decoder_layers_are_refused():
+    model, inputs, grid = build("motif_video")
+    model.register_to_config(num_decoder_layers=1)
+    apply(model, ds.Full())
+    try:
+        with pytest.raises(ValueError, match="num_decoder_layers=1"):
+            run(model, inputs)
+    finally:
+        assert remove(model)
+
+
+def test_joyimage_edit_grid_of_single_and_multi_item_inputs():
+    model, inputs, grid = build("joyimage_edit")
+    adapter = adapter_for(model)
+    assert adapter.grid(model, {"hidden_states": torch.zeros(2, 4, 3, 10, 14)}) == (3, 5, 7)
+    assert adapter.grid(model, {"hidden_states": torch.zeros(2, 2, 4, 2, 10, 14)}) == (4, 5, 7)  # 2 items x 2 frames
+    with pytest.raises(ValueError, match=r"shape \(2, 4, 10, 14\)"):
+        adapter.grid(model, {"hidden_states": torch.zeros(2, 4, 10, 14)})
+    single = {**inputs, "hidden_states": torch.randn(2, 4, 3, 10, 14, generator=torch.Generator().manual_seed(5))}
+    dense = run(model, single)
+    apply(model, ds.Neighborhood(kernel=(3, 3, 3)))
+    try:
+        sparse = run(model, single)
+    finally:
+        assert remove(model)
+    assert sparse.shape == dense.shape and (sparse - dense).abs().max() > 1e-3

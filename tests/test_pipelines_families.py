@@ -41,6 +41,9 @@ TEXT = {
     "flux2": ("first", [6, 6]),
     "hunyuan_video15": ("last", [15, 15]),  # 3 image + 5 ByT5 + 7 MLLM tokens, padding last
     "ltx2": ("first", [0, 0]),  # attn1: video tokens only (audio attention stays dense)
+    "anyflow": ("first", [0, 0]),
+    "joyimage_edit": ("last", [6, 6]),  # 3 items stacked as frames, then the text
+    "motif_video": ("last", [10, 10]),  # 3 image-embedding + 7 text tokens, padded text masked
 }
 
 
@@ -57,6 +60,10 @@ def _expected_key_mask(family, inputs, grid, batch):
     if family == "hunyuan_video":
         text = inputs["encoder_attention_mask"].bool()
         return torch.cat([torch.ones(batch, n, dtype=torch.bool), text], dim=1)
+    if family == "motif_video":
+        text = inputs["encoder_attention_mask"].bool()
+        image = torch.ones(batch, inputs["image_embeds"].shape[1], dtype=torch.bool)
+        return torch.cat([torch.ones(batch, n, dtype=torch.bool), image, text], dim=1)
     if family == "hunyuan_video15":
         # The model packs [valid image, valid ByT5, valid MLLM, padding...] after the video;
         # all-zero image embeddings (text-to-video) count as padding.

@@ -75,7 +75,7 @@ def register(adapter: Adapter) -> Adapter:
 
 _FAMILY_FILES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_derivatives",
                  "consisid", "allegro", "cosmos", "easyanimate", "qwenimage", "lumina2",
-                 "flux2", "hunyuan_video15", "ltx2")
+                 "flux2", "hunyuan_video15", "ltx2", "joyimage", "motif_video")
 
 # Transformer classes dit-sparse does not support, with why: class name -> reason.
 # ``adapter_for`` raises with the reason; docs/models.md is generated from this table and the
@@ -96,6 +96,25 @@ REFUSED: Dict[str, str] = {
     "HunyuanVideoFramepackTransformer3DModel": "self-attention also holds clean history latents at 1x/2x/4x "
                                                "downsampling (FramePack context packing): several grids of "
                                                "different resolutions, not one grid plus text",
+    "AnyFlowFARTransformer3DModel": "frame-level autoregressive (FAR): causal flex-attention BlockMask over "
+                                    "clean context chunks at a coarser patch plus the noisy chunk, with a KV "
+                                    "cache; several grids under a causal mask, not one grid",
+    "HeliosTransformer3DModel": "self-attention also holds short/mid/long history latents patchified at 1x/2x/4x "
+                                "(several grids of different resolutions) with amplified history keys",
+    "Cosmos3OmniTransformer": "mixture-of-transformers over packed variable-length items: causal understanding "
+                              "tokens plus generation tokens (vision, sound, action) attending to both; not one grid",
+    "JoyImageEditPlusTransformer3DModel": "target and reference images of different sizes (shape_list) packed per "
+                                          "sample into one padded sequence: several grids, not one",
+    "Kandinsky6Transformer3DModel": "not adapted yet: its video self-attention "
+                                    "(visual_transformer_blocks.N.video_dec_block.self_attention) fits one grid, "
+                                    "but its attention modules name the head count num_heads, not heads",
+    "Kandinsky6SRTransformer3DModel": "brings its own sparse attention (NABLA plus a sliding-tile prior, a "
+                                      "flex-attention BlockMask); dit_sparse has no pattern for it and would replace it",
+    "MiniMaxH3Transformer3DModel": "one packed sequence of text, conditioning image/video, audio and target video "
+                                   "rows scattered at caller-given indices: no token grid the forward names",
+    "SanaWMLTX2RefinerTransformer3DModel": "chunk-causal autoregressive refiner: each block's queries attend to a "
+                                           "sliding-window KV cache (attention sink plus refined history), not to "
+                                           "their own grid",
     "TransformerTemporalModel": _NOT_A_GRID + " (temporal attention inside a UNet)",
     "PriorTransformer": _NOT_A_GRID + " (CLIP-embedding prior)",
     "StableAudioDiTModel": "audio: 1D latent sequence, no spatial grid",

@@ -1,6 +1,6 @@
-"""Classes built on Wan's blocks: WanVACE, WanAnimate, SkyReels-V2 and ChronoEdit.
+"""Classes built on Wan's blocks: WanVACE, WanAnimate, SkyReels-V2, ChronoEdit and AnyFlow.
 
-All four patchify ``[B, C, F, H, W]`` with a 3D ``patch_size`` exactly like Wan, and their
+All five patchify the latent with a 3D ``patch_size`` exactly like Wan, and their
 self-attention (``attn1`` of each block) holds video tokens only; text and image tokens
 enter through the cross-attention ``attn2``. Each class's ``WanAttention`` processor calls
 ``dispatch_attention_fn``, looked up in the module that defines the processor:
@@ -16,6 +16,9 @@ enter through the cross-attention ``attn2``. Each class's ``WanAttention`` proce
   which no dit-sparse pattern expresses; such forwards are refused with an error.
 * ``ChronoEditTransformer3DModel``: a Wan copy whose temporal RoPE skips frames; the token
   grid is unchanged.
+* ``AnyFlowTransformer3DModel``: the bidirectional AnyFlow flow-map model (a Wan 2.1 backbone
+  with a dual-timestep embedding); its input is ``[B, F, C, H, W]`` (frames before channels).
+  Its causal sibling ``AnyFlowFARTransformer3DModel`` is refused (see ``REFUSED``).
 """
 
 from . import Adapter, hidden_states_grid, layer_names, register
@@ -45,3 +48,4 @@ WAN_VACE = _wan_like("wan_vace", "WanVACETransformer3DModel", "transformer_wan",
 WAN_ANIMATE = _wan_like("wan_animate", "WanAnimateTransformer3DModel", "transformer_wan_animate")
 SKYREELS_V2 = _wan_like("skyreels_v2", "SkyReelsV2Transformer3DModel", "transformer_skyreels_v2", grid=_skyreels_grid)
 CHRONOEDIT = _wan_like("chronoedit", "ChronoEditTransformer3DModel", "transformer_chronoedit")
+ANYFLOW = _wan_like("anyflow", "AnyFlowTransformer3DModel", "transformer_anyflow", grid=hidden_states_grid("BFCHW"))
