@@ -160,8 +160,14 @@ def _transformers(target) -> Tuple[List[Tuple[str, torch.nn.Module]], Any]:
                     f"got {type(target).__name__}")
 
 
+def _heads(module) -> int:
+    """An attention module's head count (``heads``; Kandinsky 6's modules call it ``num_heads``)."""
+    heads = getattr(module, "heads", None)
+    return int(module.num_heads if heads is None else heads)
+
+
 def _head_dim(module) -> Optional[int]:
-    heads = int(module.heads)
+    heads = _heads(module)
     inner = getattr(module, "inner_dim", None)
     if inner is None and hasattr(module, "to_q"):
         inner = getattr(module.to_q, "out_features", None)
@@ -181,7 +187,7 @@ def describe_model(target) -> Dict[str, Any]:
             if not adapter.is_self_attention(name, module):
                 continue
             layers.append(prefix + name)
-            h, d = int(module.heads), _head_dim(module)
+            h, d = _heads(module), _head_dim(module)
             if heads is None:
                 heads, head_dim = h, d
             elif (h, d) != (heads, head_dim):
@@ -303,7 +309,7 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
                 continue
             full_name = prefix + name
             all_names.append(full_name)
-            phases = [_layer_patterns(source, full_name, int(module.heads), phase)
+            phases = [_layer_patterns(source, full_name, _heads(module), phase)
                       for phase in range(len(phase_starts) + 1)]
             if any(p is not None for p in phases):
                 chosen.append((full_name, module, phases))
@@ -326,10 +332,10 @@ def apply(target, spec, *, dense_steps: Union[int, float, None] = None, backend:
                 if isinstance(original, torch.nn.Module):
                     raise TypeError(f"layer {name!r} uses {type(original).__name__}, a processor with weights "
                                     "(e.g. IP-Adapter); dit_sparse does not wrap those")
-                layer = hooks.SparseLayer(name, int(module.heads), phases, state, backend)
+                layer = hooks.SparseLayer(name, _heads(module), phases, state, backend)
                 module.processor = hooks.wrap_processor(original, layer)
                 handle._undo.append(lambda module=module, original=original: setattr(module, "processor", original))
-                dense = (Full(),) * int(module.heads)
+                dense = (Full(),) * _heads(module)
                 handle.layers[name] = dense if phases[0] is None else phases[0]
                 for i, p in enumerate(phases[1:]):
                     handle.phases[i][1][name] = dense if p is None else p

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_vace", "wan_animate",
             "skyreels_v2", "chronoedit", "consisid", "allegro", "cosmos", "easyanimate",
             "qwenimage", "lumina2", "flux2", "hunyuan_video15", "ltx2", "anyflow", "joyimage_edit",
-            "motif_video")
+            "motif_video", "kandinsky6")
 
 HEADS, HEAD_DIM = 4, 8
 
@@ -300,6 +300,20 @@ def _motif_video():
     return m.eval(), inputs, (3, 5, 7)
 
 
+def _kandinsky6():
+    from diffusers import Kandinsky6Transformer3DModel
+
+    m = Kandinsky6Transformer3DModel(in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16,
+                                     patch_size=(1, 2, 2), model_dim=HEADS * HEAD_DIM, ff_dim=32, num_text_blocks=1,
+                                     num_visual_blocks=2, axes_dims=(2, 2, 4), visual_cond=False, in_audio_dim=4,
+                                     out_audio_dim=4)
+    # channels-last video [B, T, H, W, C] plus audio (its self-attention stays dense)
+    inputs = dict(hidden_states=_randn(2, 3, 10, 14, 4, seed=1), encoder_hidden_states=_randn(2, 6, 16, seed=2),
+                  pooled_projections=_randn(2, 8, seed=3), timestep=torch.tensor([700.0, 700.0]),
+                  audio_hidden_states=_randn(2, 9, 4, seed=4))
+    return m.eval(), inputs, (3, 5, 7)
+
+
 _BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvideox, "ltx": _ltx, "mochi": _mochi,
              "flux": _flux, "sd3": _sd3, "wan_vace": _wan_vace, "wan_animate": _wan_animate,
              "skyreels_v2": lambda: _wan("SkyReelsV2Transformer3DModel"),
@@ -307,7 +321,7 @@ _BUILDERS = {"wan": _wan, "hunyuan_video": _hunyuan_video, "cogvideox": _cogvide
              "consisid": lambda: _cogvideox("ConsisIDTransformer3DModel"), "allegro": _allegro,
              "cosmos": _cosmos, "easyanimate": _easyanimate, "qwenimage": _qwenimage, "lumina2": _lumina2,
              "flux2": _flux2, "hunyuan_video15": _hunyuan_video15, "ltx2": _ltx2, "anyflow": _anyflow,
-             "joyimage_edit": _joyimage_edit, "motif_video": _motif_video}
+             "joyimage_edit": _joyimage_edit, "motif_video": _motif_video, "kandinsky6": _kandinsky6}
 
 
 def run(model, inputs):

@@ -44,6 +44,7 @@ TEXT = {
     "anyflow": ("first", [0, 0]),
     "joyimage_edit": ("last", [6, 6]),  # 3 items stacked as frames, then the text
     "motif_video": ("last", [10, 10]),  # 3 image-embedding + 7 text tokens, padded text masked
+    "kandinsky6": ("first", [0, 0]),
 }
 
 

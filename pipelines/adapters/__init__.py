@@ -75,7 +75,7 @@ def register(adapter: Adapter) -> Adapter:
 
 _FAMILY_FILES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi", "flux", "sd3", "wan_derivatives",
                  "consisid", "allegro", "cosmos", "easyanimate", "qwenimage", "lumina2",
-                 "flux2", "hunyuan_video15", "ltx2", "joyimage", "motif_video")
+                 "flux2", "hunyuan_video15", "ltx2", "joyimage", "motif_video", "kandinsky6")
 
 # Transformer classes dit-sparse does not support, with why: class name -> reason.
 # ``adapter_for`` raises with the reason; docs/models.md is generated from this table and the
@@ -105,9 +105,6 @@ REFUSED: Dict[str, str] = {
                               "tokens plus generation tokens (vision, sound, action) attending to both; not one grid",
     "JoyImageEditPlusTransformer3DModel": "target and reference images of different sizes (shape_list) packed per "
                                           "sample into one padded sequence: several grids, not one",
-    "Kandinsky6Transformer3DModel": "not adapted yet: its video self-attention "
-                                    "(visual_transformer_blocks.N.video_dec_block.self_attention) fits one grid, "
-                                    "but its attention modules name the head count num_heads, not heads",
     "Kandinsky6SRTransformer3DModel": "brings its own sparse attention (NABLA plus a sliding-tile prior, a "
                                       "flex-attention BlockMask); dit_sparse has no pattern for it and would replace it",
     "MiniMaxH3Transformer3DModel": "one packed sequence of text, conditioning image/video, audio and target video "
