@@ -290,3 +290,39 @@ def block_sparse_block_mask(pattern: BlockSparse, layout: TokenLayout, q: torch.
     num, idx, fnum, fidx = _tables(any_rel, full_rel)
     return BlockMask(layout, q_block, kv_block, num, idx, fnum, fidx, nvq, any_rel.shape[-1],
                      selection=sel, selection_block=pattern.block)
+
+
+def block_sparse_far_blocks(pattern: BlockSparse, layout: TokenLayout, selection: torch.Tensor,
+                            q_block: Triple) -> Tuple[FarBlocks, torch.Tensor]:
+    """The far field of a block-sparse pattern for the kernel's query blocks, per (batch, head).
+
+    ``selection``: the ``[Z, n_sel, n_sel]`` block selection (``Z = B * H``) of the pattern's
+    blocks. A pool box is near a pattern block when it overlaps one of the block's selected
+    key blocks (:meth:`~dit_sparse.farfield.BlockFarTables.near`). Returns ``(far, near)``:
+    :class:`FarBlocks` with ``Z = B * H`` rows whose pairs name pattern blocks as query boxes
+    (a kernel block spanning several pattern blocks lists a box that only some of them see
+    once per pattern block that sees it; a block inside one pattern block lists every box as
+    seen by all its rows), and ``near``: ``[Z, n_sel, nb]`` bool (the sinks' check).
+    """
+    from .farfield import block_far_for
+
+    tables = block_far_for(pattern, layout)
+    near = tables.near(selection.cpu())  # [Z, n_sel, nb]
+    z, _, nb = near.shape
+    q_grid = BlockGrid(layout.grid, q_block)
+    nvq = q_grid.num_blocks
+    n_q = nvq + (-(-layout.text_len // math.prod(q_block)) if layout.text_len else 0)
+    covers = _overlap(layout.grid, q_block, pattern.block) > 0  # [nvq, n_sel]
+    some_near = (covers.float() @ near.float()) > 0             # [Z, nvq, nb]
+    zi, qi, box = (~some_near).nonzero(as_tuple=True)
+    fnum, (fidx,) = _padded_rows(zi * n_q + qi, (box,), z * n_q)
+    pair_q, pair_p = covers.nonzero(as_tuple=True)              # sorted by kernel block
+    if bool((covers.sum(1) > 1).any()):
+        seen = ~near[:, pair_p] & some_near[:, pair_q]          # [Z, pairs, nb]
+        zp, pair, far_box = seen.nonzero(as_tuple=True)
+        num, (idx, qbox) = _padded_rows(zp * n_q + pair_q[pair], (far_box, pair_p[pair]), z * n_q)
+    else:  # every kernel block lies in one pattern block: no per-row check
+        num, (idx, qbox) = _padded_rows(torch.zeros(0, dtype=torch.int64), (torch.zeros(0), torch.zeros(0)), z * n_q)
+    far = FarBlocks(tables.boxes.block, tables.boxes.blocks_per_axis, fnum.view(z, n_q), fidx.view(z, n_q, -1),
+                    num.view(z, n_q), idx.view(z, n_q, -1), qbox.view(z, n_q, -1))
+    return far, near

@@ -88,9 +88,7 @@ def _why_not_triton(q: torch.Tensor, pattern: Optional[Pattern] = None, key_mask
         import triton  # noqa: F401
     except ImportError:  # pragma: no cover - triton is a dependency
         return "triton is not installed"
-    if isinstance(pattern, BlockSparse) and pattern.far is not None:
-        return f"far fields of block-sparse patterns run on the CPU kernel only (pattern {pattern.spec!r})"
-    if pattern is not None and pattern.far is not None and pattern.far.sinks:
+    if pattern is not None and not isinstance(pattern, BlockSparse) and pattern.far is not None and pattern.far.sinks:
         from .farfield import sink_ranges_exact
 
         if not sink_ranges_exact(pattern):
@@ -344,7 +342,8 @@ def _kernel_blocks(pattern: Pattern, q: torch.Tensor):
     from .kernels.triton_attn.launcher import block_shape, kernel_config
 
     far = pattern.far
-    cfg = kernel_config(q.dtype, q.shape[-1], far=far is not None, sinks=far is not None and far.sinks > 0)
+    cfg = kernel_config(q.dtype, q.shape[-1], far=far is not None, sinks=far is not None and far.sinks > 0,
+                        block=isinstance(pattern, BlockSparse))
     prefer = _preferred_tile(pattern)
     return cfg, block_shape(cfg.block_m, prefer), block_shape(cfg.block_n, prefer)
 
@@ -354,13 +353,15 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
 
     cfg, q_block, kv_block = _kernel_blocks(pattern, q)
     if isinstance(pattern, BlockSparse):
-        bm = block_sparse_block_mask(pattern, layout, q, k, q_block, kv_block, scale).to(q.device)
+        bm = block_sparse_block_mask(pattern, layout, q, k, q_block, kv_block, scale)
+        far = _block_far_triton(q, k, v, pattern, layout, key_mask, bm.selection, q_block) if pattern.far else {}
+        bm = bm.to(q.device)
         windows, selection = None, bm.selection.to(torch.int8).contiguous()
     else:
         with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
             bm = _device_block_mask(pattern, layout, q_block, kv_block, q.device)
         windows, selection = torch.cat(bm.windows).contiguous(), None
-    far = {}
+        far = {}
     if bm.far is not None:
         from .farfield import far_field_for, pooled_keys, select_sinks
 
@@ -384,6 +385,32 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
         selection_block=bm.selection_block, **far, scale=scale, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
+
+
+def _block_far_triton(q, k, v, pattern: BlockSparse, layout: TokenLayout, key_mask, selection, q_block):
+    """The launcher's far-field arguments of a block-sparse pattern: far lists per (batch *
+    head, kernel query block) from the call's ``[B * H, n, n]`` block ``selection``, pooled
+    keys, and the sinks with their ``[B * H, n, N]`` near table."""
+    from .blockmask import block_sparse_far_blocks
+    from .farfield import block_far_for, pooled_keys, select_sinks
+
+    with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
+        fb, near = block_sparse_far_blocks(pattern, layout, selection, q_block)
+        tables = block_far_for(pattern, layout)
+    fb = fb.to(q.device)
+    n = pattern.far.sinks
+    chosen = select_sinks(q, k, layout, n, key_mask) if n else None
+    far = dict(far_keys=pooled_keys(k, v, layout, tables, key_mask, chosen),
+               far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices,
+                        fb.far_query_boxes),
+               pool=fb.pool, boxes=fb.boxes_per_axis)
+    if chosen is not None:
+        idx, valid = chosen
+        b, h, n_sinks = idx.shape
+        box = tables.token_box[idx.cpu()].reshape(b * h, 1, n_sinks).expand(-1, near.shape[1], -1)
+        sink_near = near.gather(2, box).to(torch.int32).contiguous().to(q.device)
+        far.update(sinks=idx.masked_fill(~valid, -1), sink_near=sink_near)
+    return far
 
 
 @functools.lru_cache(maxsize=256)

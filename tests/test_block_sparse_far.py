@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import dit_sparse as ds
-from dit_sparse import ops
 from dit_sparse.patterns import parse_pattern
 from dit_sparse.tiling import BlockGrid
 
@@ -185,17 +184,6 @@ def test_spec_dict_and_errors():
         ds.BlockSparse(block=4, topk=0.2, far=(0, 8, 8))
     with pytest.raises(ValueError, match="sinks"):
         parse_pattern("block-sparse:block=2x4x4,topk=0.3,sinks=3")
-
-
-def test_triton_says_why_not(monkeypatch):
-    from dit_sparse import env
-
-    monkeypatch.setattr(env, "triton_interpret", lambda: True)
-    q = torch.zeros(1, 16, 1, 8)
-    pattern = ds.BlockSparse(block=(1, 2, 2), topk=0.5, far=(1, 2, 2))
-    reason = ops._why_not_triton(q, pattern)
-    assert reason is not None and "CPU kernel only" in reason and pattern.spec in reason
-    assert ops._why_not_triton(q, pattern.exact_part()) is None
 
 
 def test_profiler_head_density_counts_pooled_keys():

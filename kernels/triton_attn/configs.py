@@ -4,7 +4,8 @@
 ``tl.arange`` needs); the launcher turns them into 3D shapes that fit the pattern. Every entry
 is compiled ahead of time for sm_80 and sm_90a in the tests (``tests/test_triton_aot.py``),
 which also checks that the head_dim 64 and 128 entries do not spill registers, nor any build
-with the far-field loop (overrides: ``FAR_CONFIGS``) or with the sink loop too (``SINK_CONFIGS``).
+with the far-field loop (overrides: ``FAR_CONFIGS``) or with the sink loop too (``SINK_CONFIGS``),
+with window masks or with a block selection (``BLOCK_FAR_CONFIGS``).
 """
 
 from dataclasses import dataclass
@@ -61,6 +62,38 @@ SINK_CONFIGS = {
 }
 
 
+# Block-sparse patterns with a far field (the block-selection mode of the far and sink loops):
+# FAR_CONFIGS / SINK_CONFIGS / CONFIGS, except where that spills; then the entry here, keyed by
+# (dtype, head_dim bucket, sinks). Its tiles may differ, since block-sparse block masks are
+# built per call from the pattern's own blocks. The selection mode keeps a per-row pattern
+# block and gathers [BLOCK_M, BLOCK_N] selection entries, so one pipeline stage, then smaller
+# key tiles, then smaller query tiles, until sm_80 and sm_90a both compile without spills.
+BLOCK_FAR_CONFIGS = {
+    ('float16', 32, False): TileConfig(64, 64, 8, 1),
+    ('float16', 32, True): TileConfig(64, 64, 8, 1),
+    ('float16', 64, False): TileConfig(128, 64, 8, 1),
+    ('float16', 64, True): TileConfig(128, 64, 8, 1),
+    ('float16', 128, False): TileConfig(64, 32, 8, 1),
+    ('float16', 128, True): TileConfig(64, 32, 8, 1),
+    ('float16', 256, False): TileConfig(32, 32, 8, 1),
+    ('float16', 256, True): TileConfig(32, 32, 8, 1),
+    ('bfloat16', 32, False): TileConfig(64, 64, 8, 1),
+    ('bfloat16', 32, True): TileConfig(64, 64, 8, 1),
+    ('bfloat16', 64, False): TileConfig(128, 64, 8, 1),
+    ('bfloat16', 64, True): TileConfig(128, 64, 8, 1),
+    ('bfloat16', 128, False): TileConfig(64, 32, 8, 1),
+    ('bfloat16', 128, True): TileConfig(64, 32, 8, 1),
+    ('bfloat16', 256, False): TileConfig(32, 32, 8, 1),
+    ('bfloat16', 256, True): TileConfig(32, 32, 8, 1),
+    ('float32', 32, False): TileConfig(128, 32, 8, 1),
+    ('float32', 32, True): TileConfig(128, 32, 8, 1),
+    ('float32', 64, False): TileConfig(64, 32, 8, 1),
+    ('float32', 64, True): TileConfig(64, 32, 8, 1),
+    ('float32', 128, False): TileConfig(32, 32, 8, 1),
+    ('float32', 128, True): TileConfig(32, 32, 8, 1),
+}
+
+
 def head_dim_bucket(head_dim: int) -> int:
     """Smallest bucket >= head_dim (the kernel pads the head dimension to it)."""
     for bucket in HEAD_DIM_BUCKETS:
@@ -69,15 +102,19 @@ def head_dim_bucket(head_dim: int) -> int:
     raise ValueError(f"head_dim={head_dim} exceeds the largest supported {HEAD_DIM_BUCKETS[-1]}")
 
 
-def get_config(dtype_name: str, head_dim: int, far: bool = False, sinks: bool = False) -> TileConfig:
+def get_config(dtype_name: str, head_dim: int, far: bool = False, sinks: bool = False,
+               block: bool = False) -> TileConfig:
     """The shipped config for a dtype and head_dim (``far``: of the kernel with the far-field
-    loop; ``sinks``: with the sink loop too); lists the valid keys when there is none."""
+    loop; ``sinks``: with the sink loop too; ``block``: of a block selection, i.e. a
+    block-sparse pattern); lists the valid keys when there is none."""
     key = (dtype_name, head_dim_bucket(head_dim))
     if key not in CONFIGS:
         raise ValueError(f"no Triton tile config for dtype={dtype_name!r}, head_dim={head_dim}; "
                          f"valid (dtype, head_dim) keys: {sorted(CONFIGS)}")
     if sinks and not far:
         raise ValueError("sinks=True needs far=True (sinks are part of a far field)")
+    if block and far and (*key, sinks) in BLOCK_FAR_CONFIGS:
+        return BLOCK_FAR_CONFIGS[(*key, sinks)]
     if sinks and key in SINK_CONFIGS:
         return SINK_CONFIGS[key]
     return FAR_CONFIGS.get(key, CONFIGS[key]) if far else CONFIGS[key]

@@ -27,6 +27,13 @@ FlashAttention 1/2), with ``log2(e)`` folded into the scale so that ``exp2`` is 
    three ``[lo, hi]`` box ranges once and the check is three range tests, like the window
    test of step 2: no gathered ``[BLOCK_M, BLOCK_N]`` table loads in the loop.
 
+Block-sparse patterns (``MASK_MODE = 1``) choose their key blocks per (batch, head), so their
+far field is per (batch, head) too: the far lists of step 4 have one row per (batch * head,
+query block), and a pair's query box is a block of the pattern (the row's own pattern block,
+``pq``, is what it compares). Their sinks (step 5) take a ``[B * H, pattern blocks, N]``
+int32 table of whether each sink's box is near each pattern block (a gathered load: sinks are
+few), since near is a property of the data-dependent selection, not of per-axis ranges.
+
 Token coordinates come from the block index and the offset inside the block, so tokens stay
 in diffusers' natural order: no permutation pass. Rows whose every key is masked return 0.
 """
@@ -204,37 +211,47 @@ def sparse_attention_fwd(
             LCb = LC + pid_z * (NBX_T * NBX_H * NBX_W)
         else:
             LCb = LC + b * (NBX_T * NBX_H * NBX_W)
-        n_far_full = tl.load(FAR_FULL_NUM + pid_m)
+        if MASK_MODE == 1:  # block-sparse: far lists per (batch * head, query block)
+            far_row = row
+            row_box = tl.where(q_valid, pq, -1)
+        else:
+            far_row = pid_m
+            row_box = q_box
+        n_far_full = tl.load(FAR_FULL_NUM + far_row)
         for start in range(0, n_far_full, BLOCK_N):
             c = start + tl.arange(0, BLOCK_N)
             f_valid = c < n_far_full
-            f = tl.load(FAR_FULL_IDX + pid_m * MAXF_F + c, mask=f_valid, other=0)
+            f = tl.load(FAR_FULL_IDX + far_row * MAXF_F + c, mask=f_valid, other=0)
             qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
             qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
             acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
-        n_far = tl.load(FAR_NUM + pid_m)
+        n_far = tl.load(FAR_NUM + far_row)
         for start in range(0, n_far, BLOCK_N):
             c = start + tl.arange(0, BLOCK_N)
             f_valid = c < n_far
-            f = tl.load(FAR_IDX + pid_m * MAXF_P + c, mask=f_valid, other=0)
-            f_q_box = tl.load(FAR_QBOX + pid_m * MAXF_P + c, mask=f_valid, other=-2)
+            f = tl.load(FAR_IDX + far_row * MAXF_P + c, mask=f_valid, other=0)
+            f_q_box = tl.load(FAR_QBOX + far_row * MAXF_P + c, mask=f_valid, other=-2)
             qk, v = _scores(q, KPb, VPb, f, f_valid, qk_scale, offs_d, stride_ps, stride_ps, HEAD_DIM, PRECISION)
             qk = qk + tl.load(LCb + f, mask=f_valid, other=float("-inf"))[None, :]
-            qk = tl.where(q_box[:, None] == f_q_box[None, :], qk, float("-inf"))
+            qk = tl.where(row_box[:, None] == f_q_box[None, :], qk, float("-inf"))
             acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, PRECISION)
 
     # --- 5. sinks: exact far keys per (batch, head), unless near the row's pool box -------
     if HAS_SINKS:
-        # The key boxes near the row's box form one range per axis: [lo, hi] per axis.
-        r_bt = qt // POOL_T
-        r_bh = qh // POOL_H
-        r_bw = qw // POOL_W
-        lo_bt = tl.load(NEAR + r_bt, mask=q_valid, other=0)
-        hi_bt = tl.load(NEAR + NBX_T + r_bt, mask=q_valid, other=0)
-        lo_bh = tl.load(NEAR + 2 * NBX_T + r_bh, mask=q_valid, other=0)
-        hi_bh = tl.load(NEAR + 2 * NBX_T + NBX_H + r_bh, mask=q_valid, other=0)
-        lo_bw = tl.load(NEAR + 2 * (NBX_T + NBX_H) + r_bw, mask=q_valid, other=0)
-        hi_bw = tl.load(NEAR + 2 * (NBX_T + NBX_H) + NBX_W + r_bw, mask=q_valid, other=0)
+        if MASK_MODE == 0:
+            # The key boxes near the row's box form one range per axis: [lo, hi] per axis.
+            r_bt = qt // POOL_T
+            r_bh = qh // POOL_H
+            r_bw = qw // POOL_W
+            lo_bt = tl.load(NEAR + r_bt, mask=q_valid, other=0)
+            hi_bt = tl.load(NEAR + NBX_T + r_bt, mask=q_valid, other=0)
+            lo_bh = tl.load(NEAR + 2 * NBX_T + r_bh, mask=q_valid, other=0)
+            hi_bh = tl.load(NEAR + 2 * NBX_T + NBX_H + r_bh, mask=q_valid, other=0)
+            lo_bw = tl.load(NEAR + 2 * (NBX_T + NBX_H) + r_bw, mask=q_valid, other=0)
+            hi_bw = tl.load(NEAR + 2 * (NBX_T + NBX_H) + NBX_W + r_bw, mask=q_valid, other=0)
+        else:
+            # [B * H, pattern blocks, N] int32: 1 where the sink's box is near the pattern block.
+            NEARb = NEAR + pid_z.to(tl.int64) * SEL_NB * N_SINKS
         n_sink = tl.where(is_video_q, N_SINKS, 0)
         SINKb = SINK + pid_z.to(tl.int64) * 4 * N_SINKS  # rows: token, box t, box h, box w
         for start in range(0, n_sink, BLOCK_N):
@@ -243,9 +260,15 @@ def sparse_attention_fwd(
             s_tok = tl.load(SINKb + c, mask=c_valid, other=-1)  # video token, -1: no sink
             s_valid = s_tok >= 0
             s_tok = tl.where(s_valid, s_tok, 0)
-            near = (_in_window(tl.load(SINKb + N_SINKS + c, mask=c_valid, other=0), qt, lo_bt, hi_bt, 1, False)
-                    & _in_window(tl.load(SINKb + 2 * N_SINKS + c, mask=c_valid, other=0), qh, lo_bh, hi_bh, 1, False)
-                    & _in_window(tl.load(SINKb + 3 * N_SINKS + c, mask=c_valid, other=0), qw, lo_bw, hi_bw, 1, False))
+            if MASK_MODE == 0:
+                near = (_in_window(tl.load(SINKb + N_SINKS + c, mask=c_valid, other=0), qt, lo_bt, hi_bt, 1, False)
+                        & _in_window(tl.load(SINKb + 2 * N_SINKS + c, mask=c_valid, other=0), qh, lo_bh, hi_bh, 1,
+                                     False)
+                        & _in_window(tl.load(SINKb + 3 * N_SINKS + c, mask=c_valid, other=0), qw, lo_bw, hi_bw, 1,
+                                     False))
+            else:
+                near = tl.load(NEARb + pq[:, None] * N_SINKS + c[None, :], mask=q_valid[:, None] & c_valid[None, :],
+                               other=1) != 0
             k_tok = (VIDEO_START + s_tok).to(tl.int64)
             qk, v = _scores(q, Kb, Vb, k_tok, s_valid, qk_scale, offs_d, stride_ks, stride_vs, HEAD_DIM, PRECISION)
             qk = tl.where(near | ~s_valid[None, :], float("-inf"), qk)

@@ -17,8 +17,8 @@ _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.floa
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def kernel_config(dtype: torch.dtype, head_dim: int, far: bool = False, sinks: bool = False):
-    return get_config(_DTYPE_NAMES[dtype], head_dim, far, sinks)
+def kernel_config(dtype: torch.dtype, head_dim: int, far: bool = False, sinks: bool = False, block: bool = False):
+    return get_config(_DTYPE_NAMES[dtype], head_dim, far, sinks, block)
 
 
 def launch(
@@ -36,6 +36,7 @@ def launch(
     far_lut: Optional[Tuple[torch.Tensor, ...]] = None,
     pool: Tuple[int, int, int] = (1, 1, 1), boxes: Tuple[int, int, int] = (1, 1, 1),
     sinks: Optional[torch.Tensor] = None, near_ranges: Optional[torch.Tensor] = None,
+    sink_near: Optional[torch.Tensor] = None,
     scale: float, num_warps: int = 4, num_stages: int = 2,
 ) -> torch.Tensor:
     """Run the kernel. q, k, v: ``[B, S, H, D]`` (last dim contiguous); returns ``[B, S, H, D]``.
@@ -44,18 +45,22 @@ def launch(
     masks); ``selection`` the ``[Z, nb, nb]`` int8 block selection (block-sparse masks); exactly
     one of them. LUTs are ``[Z, NQ]`` / ``[Z, NQ, width]`` int32 with ``Z`` 1 or ``B * H``.
 
-    A far field (windows only) is ``far_keys = (kp, vp, log_count)``: pooled keys and values
+    A far field is ``far_keys = (kp, vp, log_count)``: pooled keys and values
     ``[B, nb, H, D]`` in q's dtype and the natural-log bias ``[B, nb]`` float32; and
     ``far_lut = (full_num, full_idx, num, idx, query_boxes)``: the ``[1, NQ]`` /
     ``[1, NQ, width]`` int32 lists of ``dit_sparse.blockmask.FarBlocks``, over ``boxes`` pool
-    boxes per axis of ``pool`` tokens.
+    boxes per axis of ``pool`` tokens. With a block selection (block-sparse patterns) the lists
+    are ``[B * H, NQ]`` / ``[B * H, NQ, width]`` and ``query_boxes`` holds blocks of
+    ``selection_block`` (a row compares its own).
 
     Far-field sinks (with a far field only) are ``sinks``: ``[B, H, N]`` integer video token
     indices (0 = the first video token) of every (batch, head)'s sink keys, ``-1`` for none;
     and ``near_ranges``: the int32 concatenation ``lo_t, hi_t, lo_h, hi_h, lo_w, hi_w``
     (``[boxes[a]]`` each) of ``dit_sparse.farfield.near_box_ranges``: per axis, the key boxes
     near each query box; a row sees a sink iff the sink's box is outside its box's range on
-    some axis. With sinks the pooled keys are per head: ``log_count`` is ``[B, H, nb]``.
+    some axis. With sinks the pooled keys are per head: ``log_count`` is ``[B, H, nb]``. With
+    a block selection, ``sink_near`` replaces ``near_ranges``: ``[B * H, n_sel, N]`` int32, 1
+    where sink ``n``'s box is near selection block ``p`` (the row sees it iff 0).
     """
     from .kernel import sparse_attention_fwd
 
@@ -64,10 +69,12 @@ def launch(
         raise ValueError("q, k, v must have a contiguous last (head_dim) dimension")
     if (far_keys is None) != (far_lut is None):
         raise ValueError("far_keys and far_lut come together (a far field needs both)")
-    if far_keys is not None and windows is None:
-        raise ValueError("a far field runs with window masks only (neighborhood patterns)")
-    if (sinks is None) != (near_ranges is None):
-        raise ValueError("sinks and near_ranges come together (sink keys need the near box ranges)")
+    if windows is not None and ((sinks is None) != (near_ranges is None) or sink_near is not None):
+        raise ValueError("sinks and near_ranges come together (sink keys need the near box ranges); "
+                         "sink_near is for a block selection")
+    if selection is not None and ((sinks is None) != (sink_near is None) or near_ranges is not None):
+        raise ValueError("sinks and sink_near come together with a block selection (sink keys need their "
+                         "near table); near_ranges is for window masks")
     if sinks is not None and far_keys is None:
         raise ValueError("sinks run with a far field only (far_keys and far_lut)")
     out = torch.empty_like(q)
@@ -92,6 +99,10 @@ def launch(
         kp, vp = kp.to(q.dtype).contiguous(), vp.to(q.dtype).contiguous()
         bias = (log_count.float() * LOG2E).contiguous()  # the kernel's scores are in log2 units
         far_full_num, far_full_idx, far_num, far_idx, far_qbox = far_lut
+        z_far = b * h if selection is not None else 1
+        if far_full_num.shape[0] != z_far or far_num.shape[0] != z_far:
+            raise ValueError(f"far_lut leading dimensions {far_full_num.shape[0]}, {far_num.shape[0]} must be "
+                             f"{z_far} ({'B * H with a block selection' if selection is not None else '1'})")
         pooled_strides = (kp.stride(0), kp.stride(1), kp.stride(2))
     else:
         kp = vp = dummy.to(q.dtype)
@@ -103,10 +114,17 @@ def launch(
             raise ValueError(f"sinks shape {tuple(sinks.shape)} must be [B, H, N] with B={b}, H={h}, N >= 1")
         if sinks.dtype.is_floating_point or sinks.dtype == torch.bool:
             raise TypeError(f"sinks.dtype={sinks.dtype} must be an integer type (video token indices)")
-        n_near = 2 * sum(boxes)
-        if near_ranges.dtype != torch.int32 or near_ranges.numel() != n_near:
-            raise ValueError(f"near_ranges must be int32 with 2 * sum(boxes={boxes}) = {n_near} elements, "
-                             f"got {near_ranges.dtype} with {near_ranges.numel()}")
+        if selection is not None:
+            want = (b * h, sel_nb, sinks.shape[2])
+            if sink_near.dtype != torch.int32 or tuple(sink_near.shape) != want:
+                raise ValueError(f"sink_near must be int32 [B * H, n_sel, N] = {list(want)}, "
+                                 f"got {sink_near.dtype} {list(sink_near.shape)}")
+            near_ranges = sink_near
+        else:
+            n_near = 2 * sum(boxes)
+            if near_ranges.dtype != torch.int32 or near_ranges.numel() != n_near:
+                raise ValueError(f"near_ranges must be int32 with 2 * sum(boxes={boxes}) = {n_near} elements, "
+                                 f"got {near_ranges.dtype} with {near_ranges.numel()}")
         # Each sink's pool box coordinates beside its token: [B, H, 4, N] (token, box t, h, w).
         tok = sinks.long()
         coords = (tok // (grid[1] * grid[2]) // pool[0], tok // grid[2] % grid[1] // pool[1], tok % grid[2] // pool[2])
@@ -187,7 +205,8 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
                 far: bool = False, sinks: bool = False, config=None, q_block=None, kv_block=None):
     """Compile the kernel ahead of time for ``sm_<arch>`` without a GPU; returns the
     ``CompiledKernel`` (``.asm['ptx']``, ``.asm['cubin']``, ``.metadata.shared``). ``far``
-    compiles the far-field loop in (window masks only), ``sinks`` also the sink loop."""
+    compiles the far-field loop in (window masks with ``mask_mode=0``, a block selection with
+    ``mask_mode=1``), ``sinks`` also the sink loop."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -195,7 +214,7 @@ def aot_compile(dtype_name: str, head_dim: int, arch: int, *, mask_mode: int = 0
 
     if sinks and not far:
         raise ValueError("sinks=True needs far=True (sinks are part of a far field)")
-    cfg = config or get_config(dtype_name, head_dim, far, sinks)
+    cfg = config or get_config(dtype_name, head_dim, far, sinks, block=mask_mode == 1)
     q_block = q_block or block_shape(cfg.block_m)
     kv_block = kv_block or block_shape(cfg.block_n)
     ty = _TRITON_TYPES[dtype_name]
