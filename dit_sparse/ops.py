@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from . import env
 from .blockmask import block_sparse_block_mask, static_block_mask

@@ -85,3 +85,15 @@ def case_id(case):
     """A pytest id for a ``(grid, text_len, text_position, pattern)`` case."""
     grid, text, position, pattern = case
     return f"{'x'.join(map(str, grid))}-text{text}{position}-{pattern.spec}"
+
+
+def check_triton(pattern, layout, q, k, v, key_mask=None, *, against_cpu=False):
+    """The Triton backend's output against the float64 reference (and the CPU backend)."""
+    ref = ds.reference_attention(q, k, v, pattern, layout, key_mask=key_mask)
+    out = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="triton")
+    assert out.dtype == q.dtype and out.shape == q.shape
+    torch.testing.assert_close(out.float(), ref.float(), atol=ATOL[q.dtype], rtol=0)
+    if against_cpu:
+        cpu = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="cpu")
+        torch.testing.assert_close(out.float(), cpu.float(), atol=2 * ATOL[q.dtype], rtol=0)
+    return out

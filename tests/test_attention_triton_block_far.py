@@ -19,7 +19,7 @@ from dit_sparse import env, ops
 from dit_sparse.blockmask import block_sparse_far_blocks
 from dit_sparse.farfield import block_far_tables
 from dit_sparse.tiling import BlockGrid, block_sparse_select
-from attention_cases import ATOL, case_id, case_layout, make_key_mask, make_qkv
+from attention_cases import ATOL, case_id, case_layout, check_triton, make_key_mask, make_qkv
 
 needs_interpreter = pytest.mark.skipif(not env.triton_interpret(),
                                        reason="needs TRITON_INTERPRET=1 before triton is imported")
@@ -37,13 +37,7 @@ CASES = [
 
 
 def _check(pattern, layout, q, k, v, key_mask=None):
-    ref = ds.reference_attention(q, k, v, pattern, layout, key_mask=key_mask)
-    out = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="triton")
-    assert out.dtype == q.dtype and out.shape == q.shape
-    torch.testing.assert_close(out.float(), ref.float(), atol=ATOL[q.dtype], rtol=0)
-    cpu = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="cpu")
-    torch.testing.assert_close(out.float(), cpu.float(), atol=2 * ATOL[q.dtype], rtol=0)
-    return out
+    return check_triton(pattern, layout, q, k, v, key_mask, against_cpu=True)
 
 
 @needs_interpreter

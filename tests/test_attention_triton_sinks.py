@@ -14,7 +14,7 @@ import torch
 import dit_sparse as ds
 from dit_sparse import env
 from dit_sparse.farfield import far_field_for, near_box_ranges, select_sinks, sink_ranges_exact
-from attention_cases import ATOL, case_id, case_layout, make_key_mask, make_qkv
+from attention_cases import ATOL, case_id, case_layout, check_triton, make_key_mask, make_qkv
 
 needs_interpreter = pytest.mark.skipif(not env.triton_interpret(),
                                        reason="needs TRITON_INTERPRET=1 before triton is imported")
@@ -31,11 +31,7 @@ CASES = [
 
 
 def _check(pattern, layout, q, k, v, key_mask=None):
-    ref = ds.reference_attention(q, k, v, pattern, layout, key_mask=key_mask)
-    out = ds.sparse_attention(q, k, v, pattern, layout, key_mask=key_mask, backend="triton")
-    assert out.dtype == q.dtype and out.shape == q.shape
-    torch.testing.assert_close(out.float(), ref.float(), atol=ATOL[q.dtype], rtol=0)
-    return out
+    return check_triton(pattern, layout, q, k, v, key_mask, against_cpu=False)
 
 
 @needs_interpreter
