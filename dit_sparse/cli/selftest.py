@@ -217,6 +217,7 @@ CASES: Tuple[Case, ...] = (
     Case("block-sparse:block=1x4x4,topk=0.3", (3, 5, 7), 4, "first", key_mask=True),
     Case("block-sparse:block=2x4x4,threshold=0.5", (4, 6, 9), 3, "last"),
     Case("block-sparse:block=2x3x4,topk=0.5", (3, 7, 9), 0, key_mask=True),
+    Case("block-sparse:block=1x4x4,topk=0.3,far=1x4x4,sinks=2", (3, 8, 9), 3, "last", key_mask=True),
 )
 
 _BATCH, _HEADS = 2, 2
