@@ -133,6 +133,12 @@ class BlockFarTables:
         hits = selection.to(torch.float32) @ self.overlap.to(torch.float32)
         return hits > 0
 
+    def pooled_pairs(self, selection: torch.Tensor) -> torch.Tensor:
+        """``[B, H]`` float64: query-pooled-key pairs over all video queries under a block
+        ``selection`` (a pooled key counts as one key)."""
+        block_sizes = torch.bincount(self.token_block).double()
+        return (block_sizes[:, None] * (~self.near(selection)).double()).sum((-1, -2))
+
 
 @functools.lru_cache(maxsize=64)
 def block_far_tables(layout: TokenLayout, block: Tuple[int, int, int], pool: Tuple[int, int, int]) -> BlockFarTables:
@@ -155,12 +161,17 @@ def block_far_for(pattern, layout: TokenLayout) -> BlockFarTables:
     return block_far_tables(layout, pattern.block, pattern.far.pool)
 
 
-def sink_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, n: int, key_mask=None):
-    """``(chosen, ks, vs)``: :func:`select_sinks`' ``(idx, valid)`` and the sinks' keys and
-    values ``[B, H, n, D]``."""
-    chosen = select_sinks(q, k, layout, n, key_mask)
-    rows = (chosen[0] + layout.video_start)[..., None].expand(-1, -1, -1, k.shape[-1])
-    return chosen, k.transpose(1, 2).gather(2, rows), v.transpose(1, 2).gather(2, rows)
+def pattern_sinks(q: torch.Tensor, k: torch.Tensor, pattern, layout: TokenLayout, key_mask=None):
+    """:func:`select_sinks`' ``(idx, valid)`` for ``pattern``'s far field, or None without sinks."""
+    n = pattern.far.sinks
+    return select_sinks(q, k, layout, n, key_mask) if n else None
+
+
+def sink_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, idx: torch.Tensor):
+    """The keys and values ``[B, H, N, D]`` of the sinks ``idx`` (``[B, H, N]`` video token
+    indices, as :func:`select_sinks` gives them)."""
+    rows = (idx + layout.video_start)[..., None].expand(-1, -1, -1, k.shape[-1])
+    return k.transpose(1, 2).gather(2, rows), v.transpose(1, 2).gather(2, rows)
 
 
 def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layout: TokenLayout,
@@ -171,9 +182,7 @@ def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, l
     query block sees pooled, 0 for a sink it sees, ``-inf`` otherwise)."""
     tables = block_far_for(pattern, layout)
     near = tables.near(selection)  # [B, H, nq, nb]
-    chosen = ks = vs = None
-    if pattern.far.sinks:
-        chosen, ks, vs = sink_keys(q, k, v, layout, pattern.far.sinks, key_mask)
+    chosen = pattern_sinks(q, k, pattern, layout, key_mask)
     kp, vp, log_count = pooled_keys(k, v, layout, tables, key_mask, chosen)
     b, h, nq = near.shape[:3]
     log_count = log_count[:, None, None, :] if log_count.dim() == 2 else log_count[:, :, None, :]
@@ -181,6 +190,7 @@ def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, l
     ke, ve = kp.transpose(1, 2), vp.transpose(1, 2)
     if chosen is not None:
         idx, valid = chosen
+        ks, vs = sink_keys(k, v, layout, idx)
         sink_box = tables.token_box.to(idx.device)[idx]  # [B, H, N]
         seen = ~near.gather(3, sink_box[:, :, None, :].expand(-1, -1, nq, -1)) & valid[:, :, None, :]
         sink_bias = torch.zeros(seen.shape, dtype=torch.float32, device=q.device).masked_fill_(~seen, float("-inf"))
@@ -299,7 +309,7 @@ def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, sca
     if key_mask is not None:
         mask = mask & key_mask[:, None, None, :]
     v0, nv = layout.video_start, layout.video_len
-    sinks = select_sinks(q, k, layout, pattern.far.sinks, key_mask) if pattern.far.sinks else None
+    sinks = pattern_sinks(q, k, pattern, layout, key_mask)
     kp, vp, log_count = pooled_keys(k.double(), v.double(), layout, tables, key_mask, sinks)
     kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, H, nb, D]
     log_count = log_count.double().view(b, -1, 1, tables.num_boxes)  # [B, 1 or H, 1, nb]

@@ -274,21 +274,16 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
 
 def _far_inputs(q, k, v, pattern: Pattern, layout: TokenLayout, key_mask):
     """The CPU kernel's far-field argument (see ``kernels.cpu.attention.grouped_attention``)."""
-    from .farfield import far_field_for, pooled_keys, select_sinks
+    from .farfield import far_field_for, pattern_sinks, pooled_keys, sink_keys
 
     tables = far_field_for(pattern, layout)
-    n = pattern.far.sinks
-    chosen = select_sinks(q, k, layout, n, key_mask) if n else None
+    chosen = pattern_sinks(q, k, pattern, layout, key_mask)
     kp, vp, log_count = pooled_keys(k, v, layout, tables, key_mask, chosen)
     sinks = None
     if chosen is not None:
         idx, valid = chosen
-        rows = idx + layout.video_start
-        heads = k.transpose(1, 2)  # [B, H, S, D] view
-        gather = rows[..., None].expand(-1, -1, -1, k.shape[-1])
         sink_bias = torch.zeros(valid.shape, dtype=q.dtype).masked_fill_(~valid, float("-inf"))
-        sinks = (heads.gather(2, gather), v.transpose(1, 2).gather(2, gather), tables.token_box[idx], sink_bias,
-                 tables.near)
+        sinks = (*sink_keys(k, v, layout, idx), tables.token_box[idx], sink_bias, tables.near)
     return kp, vp, log_count, _far_groups(pattern, layout, q.dtype), sinks
 
 
@@ -362,15 +357,10 @@ def _run_triton(q, k, v, pattern, layout, key_mask, scale):
         windows, selection = torch.cat(bm.windows).contiguous(), None
         far = {}
     if bm.far is not None:
-        from .farfield import far_field_for, pooled_keys, select_sinks
+        from .farfield import far_field_for, pattern_sinks
 
-        fb = bm.far
-        n = pattern.far.sinks
-        chosen = select_sinks(q, k, layout, n, key_mask) if n else None
-        far = dict(far_keys=pooled_keys(k, v, layout, far_field_for(pattern, layout), key_mask, chosen),
-                   far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices,
-                            fb.far_query_boxes),
-                   pool=fb.pool, boxes=fb.boxes_per_axis)
+        chosen = pattern_sinks(q, k, pattern, layout, key_mask)
+        far = _far_launch_args(bm.far, k, v, layout, far_field_for(pattern, layout), key_mask, chosen)
         if chosen is not None:
             idx, valid = chosen
             with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
@@ -391,18 +381,13 @@ def _block_far_triton(q, k, v, pattern: BlockSparse, layout: TokenLayout, key_ma
     head, kernel query block) from the call's ``[B * H, n, n]`` block ``selection``, pooled
     keys, and the sinks with their ``[B * H, n, N]`` near table."""
     from .blockmask import block_sparse_far_blocks
-    from .farfield import block_far_for, pooled_keys, select_sinks
+    from .farfield import block_far_for, pattern_sinks
 
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         fb, near = block_sparse_far_blocks(pattern, layout, selection, q_block)
         tables = block_far_for(pattern, layout)
-    fb = fb.to(q.device)
-    n = pattern.far.sinks
-    chosen = select_sinks(q, k, layout, n, key_mask) if n else None
-    far = dict(far_keys=pooled_keys(k, v, layout, tables, key_mask, chosen),
-               far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices,
-                        fb.far_query_boxes),
-               pool=fb.pool, boxes=fb.boxes_per_axis)
+    chosen = pattern_sinks(q, k, pattern, layout, key_mask)
+    far = _far_launch_args(fb.to(q.device), k, v, layout, tables, key_mask, chosen)
     if chosen is not None:
         idx, valid = chosen
         b, h, n_sinks = idx.shape
@@ -410,6 +395,17 @@ def _block_far_triton(q, k, v, pattern: BlockSparse, layout: TokenLayout, key_ma
         sink_near = near.gather(2, box).to(torch.int32).contiguous().to(q.device)
         far.update(sinks=idx.masked_fill(~valid, -1), sink_near=sink_near)
     return far
+
+
+def _far_launch_args(fb, k, v, layout: TokenLayout, tables, key_mask, chosen):
+    """The launcher's far-field arguments common to every pattern: pooled keys of ``tables``
+    (the sinks ``chosen`` taken out), the far lists of ``fb`` (:class:`FarBlocks`), the pool."""
+    from .farfield import pooled_keys
+
+    return dict(far_keys=pooled_keys(k, v, layout, tables, key_mask, chosen),
+                far_lut=(fb.full_far_num_boxes, fb.full_far_indices, fb.far_num_boxes, fb.far_indices,
+                         fb.far_query_boxes),
+                pool=fb.pool, boxes=fb.boxes_per_axis)
 
 
 @functools.lru_cache(maxsize=256)

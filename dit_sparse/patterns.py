@@ -454,7 +454,7 @@ class BlockSparse(Pattern):
             sel = block_sparse_select(self.exact_part(), layout, grid, q, k)
             video_pairs = (sizes[:, None] * sel.double() * sizes[None, :]).sum((-1, -2)).mean().item()
             if far is not None:
-                video_pairs += (sizes[:, None] * (~far.near(sel)).double()).sum((-1, -2)).mean().item()
+                video_pairs += far.pooled_pairs(sel).mean().item()
         elif self.topk is not None:
             nb = grid.num_blocks
             keep = min(nb, max(1, math.ceil(self.topk * nb)))

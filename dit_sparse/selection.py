@@ -102,8 +102,7 @@ def head_density(pattern: Pattern, layout: TokenLayout, q: Optional[torch.Tensor
     if pattern.far is not None:  # one pooled key per box the query block does not hold near
         from .farfield import block_far_for
 
-        far = ~block_far_for(pattern, layout).near(sel)
-        video_pairs = video_pairs + (sizes[:, None] * far.double()).sum((-1, -2)).mean(0)
+        video_pairs = video_pairs + block_far_for(pattern, layout).pooled_pairs(sel).mean(0)
     s, n = layout.seq_len, layout.video_len
     return (video_pairs + s * s - n * n) / (s * s)
 
