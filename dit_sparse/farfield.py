@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -73,25 +73,6 @@ class FarFieldTables:
     def token_far(self) -> torch.Tensor:
         """``[T*H*W, nb]`` bool: the boxes each video query sees pooled (for the reference)."""
         return ~self.near[self.token_box]
-
-    def group_boxes(self, video_q: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``(boxes [u], which [nq] or None)``: the query boxes of a group and each row's
-        position among them (None when the group lies in one box)."""
-        unique, which = torch.unique(self.token_box[video_q], return_inverse=True)
-        return unique, (None if unique.numel() == 1 else which)
-
-    def group_far(self, video_q: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The pooled keys of a query group (``video_q``: ``[nq]`` video token indices):
-        ``(far_ids [n_far], rows)``, where ``rows`` is the ``[nq, n_far]`` bool of which row
-        sees which of them, or None when every row sees all of them."""
-        qbox = self.token_box[video_q]
-        unique, which = torch.unique(qbox, return_inverse=True)
-        far = ~self.near[unique]  # [u, nb]
-        ids = far.any(0).nonzero().flatten()
-        if unique.numel() == 1:
-            return ids, None
-        rows = far[:, ids][which]
-        return ids, (None if bool(rows.all()) else rows)
 
 
 @functools.lru_cache(maxsize=128)
@@ -176,25 +157,41 @@ def sink_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, idx: torch.
 
 def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layout: TokenLayout,
                    selection: torch.Tensor, key_mask=None):
-    """The extra keys of a block-sparse far field for the kernels: ``(ke, ve, bias)`` with
-    ``ke, ve``: ``[B, H, n_extra, D]`` (the pooled keys of every box, then the sinks) and
-    ``bias``: ``[B, H, n_blocks, n_extra]`` float32 additive (``log(count)`` for a box the
-    query block sees pooled, 0 for a sink it sees, ``-inf`` otherwise)."""
+    """The extra keys of a block-sparse far field for the CPU kernel: ``(ke, ve, bias)`` as
+    :func:`extra_keys` gives them, one class per query block."""
     tables = block_far_for(pattern, layout)
-    near = tables.near(selection)  # [B, H, nq, nb]
+    return extra_keys(q, k, v, pattern, layout, tables, tables.near(selection), key_mask)
+
+
+def window_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layout: TokenLayout, key_mask=None):
+    """The extra keys of a neighborhood or sliding-tile far field for the CPU kernel:
+    ``(ke, ve, bias)`` as :func:`extra_keys` gives them, one class per query box."""
+    tables = far_field_for(pattern, layout)
+    return extra_keys(q, k, v, pattern, layout, tables, tables.near[None, None], key_mask)
+
+
+def extra_keys(q, k, v, pattern, layout: TokenLayout, tables, near: torch.Tensor, key_mask=None):
+    """A far field's keys beside the exact ones: ``ke, ve``: ``[B, H, n_extra, D]`` (the
+    pooled key of every box, then the sinks) and ``bias``: ``[B or 1, H or 1, n_classes,
+    n_extra]`` float32 additive per query class (``log(count)`` for a box the class sees
+    pooled, 0 for a sink it sees, ``-inf`` otherwise), where ``near`` (``[B or 1, H or 1,
+    n_classes, nb]`` bool) says which boxes each class holds exact keys in."""
     chosen = pattern_sinks(q, k, pattern, layout, key_mask)
     kp, vp, log_count = pooled_keys(k, v, layout, tables, key_mask, chosen)
-    b, h, nq = near.shape[:3]
     log_count = log_count[:, None, None, :] if log_count.dim() == 2 else log_count[:, :, None, :]
-    bias = log_count.expand(b, h, nq, -1).masked_fill(near, float("-inf"))
+    bias = log_count.masked_fill(near, float("-inf"))
     ke, ve = kp.transpose(1, 2), vp.transpose(1, 2)
     if chosen is not None:
         idx, valid = chosen
+        b, h = idx.shape[:2]
         ks, vs = sink_keys(k, v, layout, idx)
+        nq = near.shape[2]
         sink_box = tables.token_box.to(idx.device)[idx]  # [B, H, N]
-        seen = ~near.gather(3, sink_box[:, :, None, :].expand(-1, -1, nq, -1)) & valid[:, :, None, :]
+        seen = ~near.expand(b, h, -1, -1).gather(3, sink_box[:, :, None, :].expand(-1, -1, nq, -1))
+        seen = seen & valid[:, :, None, :]
         sink_bias = torch.zeros(seen.shape, dtype=torch.float32, device=q.device).masked_fill_(~seen, float("-inf"))
-        ke, ve, bias = torch.cat([ke, ks], 2), torch.cat([ve, vs], 2), torch.cat([bias, sink_bias], 3)
+        bias = torch.cat([bias.expand(b, h, -1, -1), sink_bias], 3)
+        ke, ve = torch.cat([ke, ks], 2), torch.cat([ve, vs], 2)
     return ke.contiguous(), ve.contiguous(), bias
 
 
@@ -290,13 +287,6 @@ def pooled_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, tables: F
     return mean(k), mean(v), counts.log()
 
 
-def group_tables(pattern, layout: TokenLayout, q_indices: List[torch.Tensor]):
-    """``[(far_ids, rows)]`` for the CPU kernel's query groups (sequence token indices)."""
-    tables = far_field_for(pattern, layout)
-    v0 = layout.video_start
-    return [tables.group_far(q - v0) for q in q_indices]
-
-
 def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, scale: float):
     """The float64 definition of attention with a far field (``[B, S, H, D]`` in and out;
     builds ``S x S``: for tests only)."""
@@ -342,4 +332,4 @@ def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, sca
 
 
 __all__ = ["FarFieldTables", "far_field_for", "BlockFarTables", "block_far_tables", "block_far_keys", "select_sinks",
-           "pooled_keys", "group_tables", "reference_far_attention"]
+           "pooled_keys", "extra_keys", "window_far_keys", "reference_far_attention"]

@@ -255,71 +255,30 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
         extra = None
         if pattern.far is not None:
-            from .farfield import block_far_keys
+            from .farfield import block_far_for, block_far_keys
 
-            ke, ve, bias = block_far_keys(q, k, v, pattern, layout, sel, key_mask)
-            extra = (ke, ve, bias.to(q.dtype))
+            extra = (*block_far_keys(q, k, v, pattern, layout, sel, key_mask),
+                     *_video_classes(layout, block_far_for(pattern, layout).token_block))
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
                                           text_index, _text_range(layout), key_mask, scale, pack=ragged,
                                           group_threads=env.cpu_group_threads(), extra=extra)
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         tiling = tiling_for(pattern.exact_part(), layout)
         groups = tiling.kernel_groups(q.dtype)
-        far = None
-        if pattern.far is not None:
-            far = _far_inputs(q, k, v, pattern, layout, key_mask)
-    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, far,
+    extra = None
+    if pattern.far is not None:
+        from .farfield import far_field_for, window_far_keys
+
+        extra = (*window_far_keys(q, k, v, pattern, layout, key_mask),
+                 *_video_classes(layout, far_field_for(pattern, layout).token_box))
+    return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, extra,
                                  group_threads=env.cpu_group_threads())
 
 
-def _far_inputs(q, k, v, pattern: Pattern, layout: TokenLayout, key_mask):
-    """The CPU kernel's far-field argument (see ``kernels.cpu.attention.grouped_attention``)."""
-    from .farfield import far_field_for, pattern_sinks, pooled_keys, sink_keys
-
-    tables = far_field_for(pattern, layout)
-    chosen = pattern_sinks(q, k, pattern, layout, key_mask)
-    kp, vp, log_count = pooled_keys(k, v, layout, tables, key_mask, chosen)
-    sinks = None
-    if chosen is not None:
-        idx, valid = chosen
-        sink_bias = torch.zeros(valid.shape, dtype=q.dtype).masked_fill_(~valid, float("-inf"))
-        sinks = (*sink_keys(k, v, layout, idx), tables.token_box[idx], sink_bias, tables.near)
-    return kp, vp, log_count, _far_groups(pattern, layout, q.dtype), sinks
-
-
-@functools.lru_cache(maxsize=128)
-def _far_groups(pattern: Pattern, layout: TokenLayout, dtype: torch.dtype):
-    """Per CPU group ``(far_ids, rows, ready, qboxes, which)``: its pooled keys, which rows
-    see them, the whole additive mask (exact keys, then pooled keys with their ``log(count)``
-    bias) for calls without a key mask or sinks, built once, and its query boxes."""
-    from .farfield import far_field_for, group_tables
-    from .kernels.cpu.attention import factor_mask, far_mask
-
-    from .tiling import MASK_CACHE_ELEMENTS
-
-    tiling = tiling_for(pattern.exact_part(), layout)
-    far = far_field_for(pattern, layout)
-    log_sizes = far.box_sizes.double().log()
-    boxes = [far.group_boxes(g.q_index - layout.video_start) for g in tiling.groups]
-    tables = group_tables(pattern, layout, [g.q_index for g in tiling.groups])
-    if pattern.far.sinks:  # the mask depends on the call's sinks
-        return [(ids, rows, None, *qb) for (ids, rows), qb in zip(tables, boxes)]
-    size = sum((g.q_index.numel() if rows is not None or g.masks is not None else 1) * (g.kv_index.numel() + ids.numel())
-               for g, (ids, rows) in zip(tiling.groups, tables))
-    if size > MASK_CACHE_ELEMENTS:  # too big to keep: built at every call instead
-        return [(ids, rows, None, *qb) for (ids, rows), qb in zip(tables, boxes)]
-    out = []
-    # the exact groups' additive masks, as the tiling built (and may have cached) them
-    exact_masks = [mask for *_, mask, _ in tiling.kernel_groups(dtype)]
-    for g, (ids, rows), qb, exact in zip(tiling.groups, tables, boxes, exact_masks):
-        bias = log_sizes[ids][None, None, None, :]
-        if rows is not None:
-            bias = bias.masked_fill(~rows[None, None], float("-inf"))
-        if isinstance(exact, tuple):  # per-axis factors: the tiling keeps no ready mask
-            exact = factor_mask(exact, g.text_keys, dtype)
-        ready = far_mask(exact, bias, g.kv_index.numel(), dtype) if ids.numel() else None
-        out.append((ids, rows, ready, *qb))
-    return out
+def _video_classes(layout: TokenLayout, token_class: torch.Tensor):
+    """The video query tokens ``(start, stop)`` and their classes (query box or block), the
+    last two parts of the CPU kernel's extra-keys argument."""
+    return (layout.video_start, layout.video_start + layout.video_len), token_class
 
 
 def _preferred_tile(pattern: Pattern) -> Tuple[int, int, int]:

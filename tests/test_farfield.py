@@ -267,3 +267,75 @@ def test_sinks_that_are_every_far_key_make_the_far_field_exact():
     full = ds.reference_attention(q, k, v, ds.Full(), layout)
     assert torch.allclose(ds.reference_attention(q, k, v, pattern, layout), full, atol=1e-6)
     assert torch.allclose(ds.sparse_attention(q, k, v, pattern, layout), full, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# The CPU kernel's merge of extra keys (log-sum-exp of the exact part, then the extra keys)
+# --------------------------------------------------------------------------------------
+
+
+def _merge_case(dtype, blind_class: bool, empty_row: bool):
+    """Random exact keys per row (a bool mask), extra keys with a per-class bias; the float64
+    oracle is one softmax over the exact keys and the extra keys side by side."""
+    g = torch.Generator().manual_seed(3)
+    b, s, h, d, n_exact, e, c = 2, 11, 3, 8, 9, 5, 3
+    q, k, v = (torch.randn(b, s, h, d, generator=g) for _ in range(3))
+    ke, ve = (torch.randn(b, h, e, d, generator=g) for _ in range(2))
+    keep = torch.rand(b, h, s, n_exact, generator=g) < 0.6
+    bias = torch.randn(b, 1, c, e, generator=g).masked_fill(torch.rand(b, 1, c, e, generator=g) < 0.3, -math.inf)
+    if blind_class:
+        bias[:, :, 1] = -math.inf
+    if empty_row:
+        keep[0, :, 2] = False
+    classes = torch.randint(0, c, (s - 2,), generator=g)
+    classes[:2] = torch.tensor([1, 0]) if empty_row else classes[:2]  # row 2 sees nothing at all
+    t0, t1 = 2, s  # rows 0-1 (say, text) see no extra keys
+    scale = d ** -0.5
+    # oracle
+    kk = k[:, :n_exact].double().transpose(1, 2)
+    vv = v[:, :n_exact].double().transpose(1, 2)
+    qd = q.double().transpose(1, 2)  # [B, H, S, D]
+    logits = (qd @ kk.transpose(-1, -2) * scale).masked_fill(~keep, -math.inf)
+    row_bias = torch.full((b, 1, s, e), -math.inf, dtype=torch.float64)
+    row_bias[:, :, t0:t1] = bias.double()[:, :, classes]
+    extra_logits = qd @ ke.double().transpose(-1, -2) * scale + row_bias
+    probs = torch.softmax(torch.cat([logits, extra_logits], -1), -1).nan_to_num(0.0)
+    want = (probs[..., :n_exact] @ vv + probs[..., n_exact:] @ ve.double()).transpose(1, 2)
+    # the kernel's inputs: exact outputs and log-sum-exps from the flash call
+    from dit_sparse.kernels.cpu.attention import _sdpa_heads, merge_extra_keys
+
+    qt = q.to(dtype)
+    o, lse = _sdpa_heads(qt.transpose(1, 2), k[:, :n_exact].to(dtype).transpose(1, 2),
+                         v[:, :n_exact].to(dtype).transpose(1, 2), keep, scale, may_have_empty_rows=True, with_lse=True)
+    out, lse = o.transpose(1, 2).contiguous(), lse.transpose(1, 2).contiguous()
+    extra = (ke.to(dtype), ve.to(dtype), bias, (t0, t1), classes)
+    return out, lse, qt, extra, scale, want, merge_extra_keys
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 7])  # one chunk, and chunks of a single row
+@pytest.mark.parametrize("blind_class,empty_row", [(False, False), (True, False), (True, True)])
+def test_merge_extra_keys_is_one_softmax_over_both_key_sets(chunk, blind_class, empty_row):
+    out, lse, q, extra, scale, want, merge = _merge_case(torch.float32, blind_class, empty_row)
+    merge(out, lse, q, extra, scale, chunk_elements=chunk)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want, atol=2e-6, rtol=2e-5)
+    if empty_row:
+        assert bool((out[0, 2] == 0).all())  # no exact key and no extra key: 0, as the reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_merge_extra_keys_half_precision(dtype):
+    out, lse, q, extra, scale, want, merge = _merge_case(dtype, True, False)
+    merge(out, lse, q, extra, scale)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), want, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_far_field_on_cpu_refuses_autograd():
+    layout = ds.TokenLayout((2, 4, 4))
+    q, k, v = (torch.randn(1, layout.seq_len, 2, 8, requires_grad=True) for _ in range(3))
+    pattern = ds.Neighborhood((1, 3, 3), far=FarField((1, 2, 2)))
+    with pytest.raises(NotImplementedError, match="inference-only"):
+        ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")
+    with torch.no_grad():
+        assert torch.isfinite(ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")).all()

@@ -42,16 +42,26 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torc
 
 
 def _sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-                scale: float, may_have_empty_rows: bool = False) -> torch.Tensor:
-    """:func:`_sdpa` on ``[B, H, n, D]`` tensors; returns ``[B, H, n, D]``."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+                scale: float, may_have_empty_rows: bool = False, with_lse: bool = False):
+    """:func:`_sdpa` on ``[B, H, n, D]`` tensors; returns ``[B, H, n, D]``, or with ``with_lse``
+    ``(out, lse)``: also the rows' float32 log-sum-exp of the scaled logits ``[B, H, n]``
+    (``-inf`` for a row without keys), from PyTorch's CPU flash kernel, which computes it anyway."""
+    if with_lse:
+        if mask is not None and mask.dtype == torch.bool:  # the kernel takes additive masks only
+            mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale)[:2]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if may_have_empty_rows and mask is not None:
         keep = mask if mask.dtype == torch.bool else mask > float("-inf")
         m4 = keep.view((1,) * (4 - keep.dim()) + tuple(keep.shape))
         empty = ~m4.any(-1)  # [B or 1, H or 1, n or 1]
         if bool(empty.any()):
             out = out.masked_fill(empty[..., None], 0.0)
-    return out
+            if with_lse:
+                lse = lse.masked_fill(empty, float("-inf"))
+    return (out, lse) if with_lse else out
 
 
 def factor_mask(masks: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], text_keys: int,
@@ -98,24 +108,33 @@ def heads_view(x: torch.Tensor) -> torch.Tensor:
 
 class Output:
     """The ``[B, S, H, D]`` output, written in place by the groups as they finish (from any
-    thread: every group owns its rows)."""
+    thread: every group owns its rows); with ``with_lse``, also the rows' log-sum-exp
+    ``[B, S, H]`` float32 (for :func:`merge_extra_keys`)."""
 
-    def __init__(self, q: torch.Tensor):
+    def __init__(self, q: torch.Tensor, with_lse: bool = False):
         self.out = torch.empty_like(q)
         b, s, h, d = q.shape
         self.s = s
         self.tokens = self.out.view(b * s, h * d)
         self.rows = self.out.view(b * s * h, d)
+        self.lse = torch.full((b, s, h), float("-inf")) if with_lse else None
 
-    def put_tokens(self, q_index: torch.Tensor, o: torch.Tensor) -> None:
-        """``o``: ``[B, H, n, D]`` outputs of the tokens ``q_index`` (``[n]``) of every batch.
-        PyTorch's CPU SDPA writes its output tokens-major, so the copy is whole ``H * D`` rows."""
+    def put_tokens(self, q_index: torch.Tensor, o: torch.Tensor, lse: Optional[torch.Tensor] = None) -> None:
+        """``o``: ``[B, H, n, D]`` outputs of the tokens ``q_index`` (``[n]``) of every batch
+        (``lse``: their ``[B, H, n]``). PyTorch's CPU SDPA writes its output tokens-major, so
+        the copy is whole ``H * D`` rows."""
         b, h, n, d = o.shape
-        self.tokens.index_copy_(0, token_rows(b, self.s, q_index), o.transpose(1, 2).reshape(b * n, h * d))
+        rows = token_rows(b, self.s, q_index)
+        self.tokens.index_copy_(0, rows, o.transpose(1, 2).reshape(b * n, h * d))
+        if lse is not None:
+            self.lse.view(-1, h).index_copy_(0, rows, lse.transpose(1, 2).reshape(b * n, h))
 
-    def put_rows(self, rows: torch.Tensor, o: torch.Tensor) -> None:
-        """``o``: ``[..., D]`` outputs of the rows ``rows`` of the ``[B * S * H, D]`` view."""
+    def put_rows(self, rows: torch.Tensor, o: torch.Tensor, lse: Optional[torch.Tensor] = None) -> None:
+        """``o``: ``[..., D]`` outputs of the rows ``rows`` of the ``[B * S * H, D]`` view
+        (``lse``: their ``[...]``)."""
         self.rows.index_copy_(0, rows, o.reshape(-1, o.shape[-1]))
+        if lse is not None:
+            self.lse.view(-1).index_copy_(0, rows, lse.reshape(-1))
 
 
 def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, scale):
@@ -129,53 +148,61 @@ def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, sc
     out[:, t0:t1] = o.transpose(1, 2)
 
 
-Far = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[tuple], Optional[tuple]]
+Extra = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _far_keys(far: Far, i: int, b: int, h: int, d: int):
-    """Group ``i``'s pooled keys and values ``[B, H, n_far, D]`` and their additive mask
-    ``[B, 1, 1 or nq, n_far]`` (the ``log(count)`` bias; ``-inf`` where a row does not see a
-    key)."""
-    kp, vp, log_count, groups, _ = far
-    ids, rows = groups[i][:2]
-    nb = kp.shape[1]
-    r = token_rows(b, nb, ids)
-    n = ids.numel()
-    kg = heads_view(kp.view(b * nb, h * d).index_select(0, r).view(b, n, h, d))
-    vg = heads_view(vp.view(b * nb, h * d).index_select(0, r).view(b, n, h, d))
-    bias = log_count.index_select(-1, ids)  # [B, n_far], or [B, H, n_far] with sinks
-    bias = bias[:, None, None, :] if bias.dim() == 2 else bias[:, :, None, :]
-    if rows is not None:
-        bias = bias.masked_fill(~rows[None, None], float("-inf"))
-    return kg, vg, bias
+def merge_extra_keys(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, extra: Extra, scale: float,
+                     chunk_elements: int = 1 << 22) -> None:
+    """Fold keys that whole classes of queries see besides their exact keys (a far field's
+    pooled keys and sinks) into the exact outputs, in place.
+
+    The exact part ran as plain fused calls that also returned each row's log-sum-exp; the
+    extra keys are attended here by the same fused kernel, in one call per chunk of
+    consecutive queries (each row's additive mask picked from its class's bias), and the two
+    partial softmaxes are combined by their log-sum-exps (the split-softmax merge of
+    FlashAttention's split-KV decoding). So the exact calls keep the fused kernel's unmasked
+    path, and no group ever carries a mask over the extra keys. A chunk's mask has at most
+    ``chunk_elements`` entries: memory is O(chunk), not O(S x extra keys).
+
+    Args:
+        out: ``[B, S, H, D]`` normalised exact outputs (0 for rows without exact keys).
+        lse: ``[B, S, H]`` float32 their log-sum-exps (``-inf``: no exact key).
+        q: ``[B, S, H, D]``.
+        extra: ``(ke, ve, bias, (start, stop), classes)``: keys and values ``[B, H, E, D]``,
+            the additive ``bias [B or 1, H or 1, C, E]`` (``-inf``: not seen) of each query
+            class, and the query tokens ``start:stop`` that see extra keys with their class
+            ``[stop - start]`` int64.
+    """
+    ke, ve, bias, (t0, t1), classes = extra
+    b, s, h, d = q.shape
+    e = ke.shape[2]
+    if e == 0 or t1 <= t0:
+        return
+    seen = (bias > float("-inf")).any(-1)  # [B or 1, H or 1, C]: classes that see an extra key
+    blind = None if bool(seen.all()) else ~seen
+    bias = bias.to(q.dtype)
+    step = max(1, chunk_elements // (bias.shape[0] * bias.shape[1] * e))
+    for start in range(t0, t1, step):
+        stop = min(start + step, t1)
+        cls = classes[start - t0:stop - t0]
+        mask = bias.index_select(2, cls)  # [B or 1, H or 1, m, E]
+        o_extra, l_extra = _sdpa_heads(heads_view(q[:, start:stop]), ke, ve, mask, scale, with_lse=True)
+        if blind is not None:  # rows without extra keys: the kernel's lse there is not -inf
+            none = blind.index_select(2, cls)
+            l_extra = l_extra.masked_fill(none, float("-inf"))
+            o_extra = o_extra.masked_fill(none[..., None], 0.0)
+        # the exact part's share of the row's softmax mass: exp(l_exact) / (exp(l_exact) +
+        # exp(l_extra)); a row without any key (both -inf) keeps its exact output, 0
+        w = torch.sigmoid(lse[:, start:stop] - l_extra.transpose(1, 2)).nan_to_num_(1.0)  # [B, m, H]
+        o_exact = out[:, start:stop]
+        torch.lerp(o_extra.transpose(1, 2), o_exact, w[..., None].to(out.dtype), out=o_exact)
 
 
-def _sink_keys(far: Far, i: int):
-    """Group ``i``'s sink keys and values ``[B, H, N, D]`` and their additive mask
-    ``[B, H, 1 or nq, N]``: a row sees a sink whose box is not near the row's box."""
-    ks, vs, sink_box, sink_bias, near = far[4]
-    qboxes, which = far[3][i][3:5]
-    seen = ~near.index_select(0, qboxes)[:, sink_box]  # [u, B, H, N]
-    bias = sink_bias[None].masked_fill(~seen, float("-inf")).permute(1, 2, 0, 3)  # [B, H, u, N]
-    if which is not None:
-        bias = bias.index_select(2, which)
-    return ks, vs, bias
-
-
-def far_mask(mask, far_bias, nk: int, dtype, *more: torch.Tensor) -> torch.Tensor:
-    """One additive mask over a group's exact keys (``mask``: None, bool or additive), its
-    pooled keys (``far_bias``: ``[B or 1, H or 1, 1 or nq, n_far]``) and any ``more`` key
-    parts of the same form."""
-    if mask is None:
-        exact = torch.zeros(1, 1, 1, nk, dtype=dtype)
-    elif mask.dtype == torch.bool:
-        exact = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
-    else:
-        exact = mask
-    exact = exact.view((1,) * (4 - exact.dim()) + tuple(exact.shape))
-    parts = [exact, far_bias, *more]
-    batch, heads, rows = (max(p.shape[i] for p in parts) for i in range(3))
-    return torch.cat([p.to(dtype).expand(batch, heads, rows, p.shape[-1]) for p in parts], dim=-1)
+def _check_extra_grad(extra, *inputs: torch.Tensor) -> None:
+    if extra is not None and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise NotImplementedError("extra keys (far fields) on the CPU kernel are inference-only: PyTorch's CPU "
+                                  "flash kernel returns the log-sum-exp they are merged by without a gradient; "
+                                  "run under torch.no_grad() or torch.inference_mode()")
 
 
 def grouped_attention(
@@ -186,7 +213,7 @@ def grouped_attention(
     text_range: Tuple[int, int],
     key_mask: Optional[torch.Tensor],
     scale: float,
-    far: Optional[Far] = None,
+    extra: Optional[Extra] = None,
     group_threads: bool = True,
 ) -> torch.Tensor:
     """Static sparse attention (neighborhood, sliding tile, dense).
@@ -206,25 +233,18 @@ def grouped_attention(
             groups' queries cover every video token once.
         text_range: ``(start, stop)`` of the text queries (attend to everything).
         key_mask: ``[B, S]`` bool (True = keep) or None.
-        far: a far field, ``(kp, vp, log_count, per_group, sinks)``: pooled keys and values
-            ``[B, nb, H, D]``, log token counts ``[B, nb]`` (``[B, H, nb]`` with sinks), and
-            per group (in the order of ``groups``) ``(far_ids [n_far], rows [nq, n_far] bool
-            or None, ready, qboxes [u], which [nq] or None)``: the pooled keys the group's
-            queries see besides their exact keys, with bias ``log(count)``; ``ready`` is the
-            whole additive mask over exact and pooled keys for calls without key mask or
-            sinks (built once per layout), or None; the group's query boxes and each row's
-            among them. ``sinks``: None, or ``(ks, vs [B, H, N, D], sink_box [B, H, N],
-            sink_bias [B, H, N] (0, or -inf for no sink), near [nb, nb] bool)``: exact keys
-            that a row sees when its box is not near the sink's.
+        extra: keys that classes of video queries see besides their exact keys (a far
+            field's pooled keys and sinks), as :func:`merge_extra_keys` takes them.
         group_threads: run groups side by side on single-threaded workers where it is safe
             (:mod:`.parallel`); the core passes ``DIT_SPARSE_CPU_GROUP_THREADS``' setting.
     Returns:
         ``[B, S, H, D]``.
     """
+    _check_extra_grad(extra, q, k, v)
     b, s, h, d = q.shape
     q2, k2, v2 = (t.view(b * s, h * d) for t in (q, k, v))
     k1, v1 = k.view(-1, d), v.view(-1, d)
-    out = Output(q)
+    out = Output(q, with_lse=extra is not None)
 
     def group(i, q_index, kv_index, masks, text_keys):
         mask = factor_mask(masks, text_keys, q.dtype) if isinstance(masks, tuple) else masks
@@ -245,22 +265,14 @@ def grouped_attention(
         else:
             ki = token_rows(b, s, kv_index)
             kg, vg = gather(k2, ki, nk), gather(v2, ki, nk)
-        if far is not None and far[3][i][0].numel():
-            far_k, far_v, far_bias = _far_keys(far, i, b, h, d)
-            ready = far[3][i][2]
-            if far[4] is not None:
-                sink_k, sink_v, sink_bias = _sink_keys(far, i)
-                mask = far_mask(mask, far_bias, nk, q.dtype, sink_bias)
-                kg, vg = torch.cat([kg, far_k, sink_k], dim=2), torch.cat([vg, far_v, sink_v], dim=2)
-            else:
-                mask = ready if ready is not None and key_mask is None else far_mask(mask, far_bias, nk, q.dtype)
-                kg, vg = torch.cat([kg, far_k], dim=2), torch.cat([vg, far_v], dim=2)
         o = _sdpa_heads(gather(q2, token_rows(b, s, q_index), nq), kg, vg, mask, scale,
-                        may_have_empty_rows=key_mask is not None)
-        out.put_tokens(q_index, o)
+                        may_have_empty_rows=key_mask is not None, with_lse=out.lse is not None)
+        out.put_tokens(q_index, *(o if out.lse is not None else (o,)))
 
     parallel.run([functools.partial(group, i, *g) for i, g in enumerate(groups)], q, k, v,
                  group_threads=group_threads)
+    if extra is not None:
+        merge_extra_keys(out.out, out.lse, q, extra, scale)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
     return out.out
 
@@ -303,23 +315,26 @@ def block_sparse_attention(
             (the null block) pads rows that keep fewer blocks.
         text_index: ``[n_text]`` int64 text token indices (global keys).
         group_threads: as in :func:`grouped_attention`.
-        extra: keys every query block sees besides its blocks (a far field's pooled keys and
-            sinks): ``(ke, ve, bias)``, ``ke, ve``: ``[B, H, n_extra, D]`` and ``bias``:
-            ``[B, H, nb, n_extra]`` additive per query block (``-inf``: not seen).
+        extra: keys that query blocks see besides their blocks (a far field's pooled keys and
+            sinks), as :func:`merge_extra_keys` takes them (the classes are query blocks).
     Returns:
         ``[B, S, H, D]``.
     """
+    _check_extra_grad(extra, q, k, v)
     per_block = _packed_block_outputs if pack else _whole_block_outputs
-    out = Output(q)
-    tasks = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale, extra)
+    out = Output(q, with_lse=extra is not None)
+    tasks = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale)
     parallel.run(tasks, q, k, v, group_threads=group_threads)
+    if extra is not None:
+        merge_extra_keys(out.out, out.lse, q, extra, scale)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
     return out.out
 
 
-def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale, extra):
+def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale):
     """Per query block tasks, keys gathered as whole padded blocks."""
     b, s, h, d = q.shape
+    with_lse = out.lse is not None
     nb1, p = block_tokens.shape
     n_sel = selection.shape[-1]
     flat = block_tokens.reshape(-1)
@@ -359,12 +374,9 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
             if n_text:
                 mask = torch.cat([mask, text_valid], dim=-1)
             mask = mask[:, :, None, :]
-        if extra is not None:
-            ke, ve, bias = extra
-            mask = far_mask(mask, bias[:, :, i, None, :], kg.shape[2], q.dtype)
-            kg, vg = torch.cat([kg, ke], dim=2), torch.cat([vg, ve], dim=2)
         qg = heads_view(q2.index_select(0, token_rows(b, s, q_tok)).view(b, -1, h, d))
-        out.put_tokens(q_tok, _sdpa_heads(qg, kg, vg, mask, scale, may_have_empty_rows=key_mask is not None))
+        o = _sdpa_heads(qg, kg, vg, mask, scale, may_have_empty_rows=key_mask is not None, with_lse=with_lse)
+        out.put_tokens(q_tok, *(o if with_lse else (o,)))
 
     return _block_tasks(query_block, block_tokens, block_valid)
 
@@ -389,9 +401,10 @@ def _length_groups(lengths: torch.Tensor, ratio: float = 0.8, max_groups: int = 
     return groups
 
 
-def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale, extra):
+def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale):
     """Per query block tasks, each (batch, head) row's keys packed to its valid tokens."""
     b, s, h, d = q.shape
+    with_lse = out.lse is not None
     bh = b * h
     nb = block_tokens.shape[0] - 1
     q_rows, k_rows, v_rows = q.view(-1, d), k.view(-1, d), v.view(-1, d)
@@ -431,13 +444,8 @@ def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, te
             q_out = (base + q_tok[None, :] * h).reshape(-1)
             qg = q_rows.index_select(0, q_out).view(g, 1, -1, d)
             mask = None if keep is None else keep[:, None, None, :]
-            if extra is not None:
-                ke, ve, bias = extra
-                n_e = ke.shape[2]
-                mask = far_mask(mask, bias.view(bh, nb, n_e)[rows, i][:, None, None, :], kg.shape[1], q.dtype)
-                kg = torch.cat([kg, ke.reshape(bh, n_e, d).index_select(0, rows)], dim=1)
-                vg = torch.cat([vg, ve.reshape(bh, n_e, d).index_select(0, rows)], dim=1)
-            o = _sdpa_heads(qg, kg[:, None], vg[:, None], mask, scale, may_have_empty_rows=key_mask is not None)
-            out.put_rows(q_out, o)
+            o = _sdpa_heads(qg, kg[:, None], vg[:, None], mask, scale, may_have_empty_rows=key_mask is not None,
+                            with_lse=with_lse)
+            out.put_rows(q_out, *(o if with_lse else (o,)))
 
     return _block_tasks(query_block, block_tokens, block_valid)
