@@ -32,6 +32,7 @@ _EXPORTS = {
     "pipelines.api": ["apply", "remove", "applied", "observe"],
     "pipelines.hooks": ["AttentionCall"],
     "pipelines.caching": ["cache_config", "cached", "calibrate_mag_ratios"],
+    "pipelines.text_padding": ["merge_text_padding"],
     "pipelines.profiling": ["profile"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -354,26 +354,19 @@ class SparseLayer:
             forward_op=forward_op, backward_op=backward_op, _parallel_config=parallel_config)
 
 
-class SparseProcessor:
-    """Wraps a layer's original processor: runs it unchanged with this layer marked active.
+class ProcessorWrapper:
+    """Base of the runtime's processor wrappers (:class:`SparseProcessor`, and
+    :class:`~dit_sparse.pipelines.text_padding.TextPaddingProcessor`): holds the original
+    processor object and delegates to it. ``_attention_backend`` and ``_parallel_config``
+    (which diffusers sets on processors) read and write through to the original. Attention
+    modules filter keyword arguments by ``inspect.signature(processor.__call__)``, so
+    :func:`wrapper_class` makes one subclass per (wrapper, original processor class) whose
+    ``__call__`` carries the original's signature."""
 
-    ``_attention_backend`` and ``_parallel_config`` (which diffusers sets on processors)
-    read and write through to the original processor. Attention modules filter keyword
-    arguments by ``inspect.signature(processor.__call__)``, so :func:`wrap_processor` makes
-    one subclass per original processor class whose ``__call__`` carries the original's
-    signature.
-    """
+    name_prefix = "Wrapped"
 
-    def __init__(self, original, layer: SparseLayer):
+    def __init__(self, original):
         self.original = original
-        self.layer = layer
-
-    def __call__(self, attn, *args, **kwargs):
-        _ACTIVE.layer = self.layer
-        try:
-            return self.original(attn, *args, **kwargs)
-        finally:
-            _ACTIVE.layer = None
 
     @property
     def _attention_backend(self):
@@ -391,24 +384,43 @@ class SparseProcessor:
     def _parallel_config(self, value):
         self.original._parallel_config = value
 
+
+@functools.lru_cache(maxsize=None)
+def wrapper_class(base: type, original_cls: type) -> type:
+    """The subclass of ``base`` (a :class:`ProcessorWrapper`) for processors of
+    ``original_cls``: its ``__call__`` is ``base.__call__`` with the original's signature."""
+    signature = inspect.signature(original_cls.__call__)
+
+    def __call__(self, *args, **kwargs):
+        return base.__call__(self, *args, **kwargs)
+
+    __call__.__signature__ = signature
+    return type(f"{base.name_prefix}{original_cls.__name__}", (base,), {"__call__": __call__})
+
+
+class SparseProcessor(ProcessorWrapper):
+    """Wraps a layer's original processor: runs it unchanged with this layer marked active."""
+
+    name_prefix = "Sparse"
+
+    def __init__(self, original, layer: SparseLayer):
+        super().__init__(original)
+        self.layer = layer
+
+    def __call__(self, attn, *args, **kwargs):
+        _ACTIVE.layer = self.layer
+        try:
+            return self.original(attn, *args, **kwargs)
+        finally:
+            _ACTIVE.layer = None
+
     def __repr__(self):
         return f"{type(self).__name__}({self.original!r}, layer={self.layer.name!r})"
 
 
-@functools.lru_cache(maxsize=None)
-def _wrapper_class(original_cls: type) -> type:
-    signature = inspect.signature(original_cls.__call__)
-
-    def __call__(self, *args, **kwargs):
-        return SparseProcessor.__call__(self, *args, **kwargs)
-
-    __call__.__signature__ = signature
-    return type(f"Sparse{original_cls.__name__}", (SparseProcessor,), {"__call__": __call__})
-
-
 def wrap_processor(original, layer: SparseLayer) -> SparseProcessor:
     """The wrapper of ``original`` (a processor object) for ``layer``."""
-    return _wrapper_class(type(original))(original, layer)
+    return wrapper_class(SparseProcessor, type(original))(original, layer)
 
 
 # --------------------------------------------------------------------------------------

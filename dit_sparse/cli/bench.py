@@ -13,6 +13,12 @@ it gets a row of its own (cache alone) and runs with every sparse configuration,
 appear twice, without and with the cache (``PATTERN + cache NAME``). MagCache first measures
 its magnitude ratios with one untimed dense call on the first prompt and seed.
 
+``--merge-text-padding`` merges the zero-padded text rows of Wan's cross-attention
+(:func:`dit_sparse.merge_text_padding`: the same output up to float rounding). The untouched
+``dense`` row stays the baseline of every speedup and PSNR; the flag adds the row
+``dense + merged text`` and runs every other configuration (cache and sparse) with the merge,
+their labels ending in `` + merged text``.
+
 Quality (:mod:`dit_sparse.metrics`, pixels in [0, 1]), as video papers report it:
 
 * ``psnr_db``: the clip PSNR, ``10 log10(1 / MSE)`` with the MSE over every pixel of every
@@ -143,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed 1-step call per configuration")
     gen.add_cache_argument(parser)
+    gen.add_merge_text_argument(parser)
     gen.add_model_arguments(parser)
 
 
@@ -162,11 +169,14 @@ def _configs(args) -> List[gen.Sparsity]:
         fail(f"--plan/--pattern: {', '.join(twice)} given twice; give each configuration once "
              "(plans are told apart by file name)")
     if cache is None:
-        return [gen.Sparsity("dense"), *sparse]
-    configs = [gen.Sparsity("dense"), gen.Sparsity(f"cache {cache}", cache=cache)]
-    for config in sparse:
-        configs += [config, replace(config, label=f"{config.label} + cache {cache}", cache=cache)]
-    return configs
+        configs = [gen.Sparsity("dense"), *sparse]
+    else:
+        configs = [gen.Sparsity("dense"), gen.Sparsity(f"cache {cache}", cache=cache)]
+        for config in sparse:
+            configs += [config, replace(config, label=f"{config.label} + cache {cache}", cache=cache)]
+    if not args.merge_text_padding:
+        return configs
+    return [configs[0], *(replace(c, label=f"{c.label} + merged text", merge_text=True) for c in configs)]
 
 
 def _check_outputs(args) -> None:
@@ -377,6 +387,8 @@ def run(args) -> int:
         prompts = list(EMBEDDED_PROMPTS)
     pipe, embedded = gen.load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
     settings = gen.prepare(args, pipe, embedded)
+    if args.merge_text_padding:
+        gen.merge_text_padding(pipe, True).remove()  # a model it cannot merge fails before any call
     kwargs = settings.call_kwargs(pipe)
     for config in configs:
         gen.warn_if_cannot_pay(pipe, config, settings, args.device, embedded, f"dit-sparse {NAME}")
@@ -463,6 +475,7 @@ def run(args) -> int:
     if args.json is not None:
         doc = {"model": "embedded" if embedded else args.model, "frames": f, "height": h, "width": w,
                "repeat": args.repeat, "conv3d": conv3d, "cache": cache_name,
+               "merge_text_padding": bool(args.merge_text_padding),
                "steps": kwargs.get("num_inference_steps"), "prompts": prompts, "seeds": list(seeds),
                "device": args.device, "dtype": args.dtype, "rows": [_finite(asdict(r)) for r in rows]}
         from dit_sparse.atomic import write_text

@@ -4,8 +4,10 @@ The model is the embedded tiny Wan pipeline unless ``--model`` names a diffusers
 folder (or a Hugging Face id already in the local cache; nothing is downloaded). Attention
 is dense, a uniform ``--pattern`` on every self-attention layer, or a ``--plan`` from
 ``dit-sparse profile``; ``--cache NAME`` adds one of diffusers' caching hooks on top
-(:mod:`dit_sparse.pipelines.caching`). The output format follows the suffix
-(:mod:`dit_sparse.video_io`: MP4, GIF, PNG; a PNG of several frames is a horizontal strip).
+(:mod:`dit_sparse.pipelines.caching`), and ``--merge-text-padding`` merges the padded text
+keys of Wan's cross-attention exactly (:mod:`dit_sparse.pipelines.text_padding`). The output
+format follows the suffix (:mod:`dit_sparse.video_io`: MP4, GIF, PNG; a PNG of several frames
+is a horizontal strip).
 
 The last line reports the pipeline call's wall time, the part of it spent in the
 self-attention core and the mean density. The attention time comes from
@@ -232,13 +234,15 @@ def parse_dense_steps(text: str):
 class Sparsity:
     """One attention configuration: ``spec`` is None (dense), a Pattern or a Plan; ``cache``
     the name of a diffusers cache that runs with it (None: no cache) and ``cache_config`` its
-    config once built (:func:`build_cache`)."""
+    config once built (:func:`build_cache`); ``merge_text`` whether the padded text keys of the
+    cross-attention are merged (:func:`dit_sparse.merge_text_padding`)."""
 
     label: str
     spec: Any = None
     dense_steps: Any = None
     cache: Optional[str] = None
     cache_config: Any = None
+    merge_text: bool = False
 
     @property
     def dense(self) -> bool:
@@ -284,6 +288,27 @@ def add_cache_argument(parser: argparse.ArgumentParser) -> None:
                              f"{', '.join(('none',) + CACHE_NAMES)} (default: none); settings for Wan from "
                              "dit_sparse.pipelines.caching.cache_config; mag first measures its magnitude ratios "
                              "with one untimed call")
+
+
+def add_merge_text_argument(parser: argparse.ArgumentParser) -> None:
+    """``--merge-text-padding`` (``generate`` and ``bench``)."""
+    parser.add_argument("--merge-text-padding", action="store_true",
+                        help="merge the zero-padded text rows of Wan's cross-attention into one key with a log(count) "
+                             "bias: the same output up to float rounding, a shorter cross-attention "
+                             "(dit_sparse.merge_text_padding)")
+
+
+def merge_text_padding(pipe, on: bool):
+    """The handle of :func:`dit_sparse.merge_text_padding` on ``pipe`` when ``on`` (None when
+    off); a model it cannot merge is a user error."""
+    if not on:
+        return None
+    from dit_sparse.pipelines.text_padding import merge_text_padding as merge
+
+    try:
+        return merge(pipe)
+    except (TypeError, ValueError) as exc:
+        fail(f"--merge-text-padding: {exc}")
 
 
 def check_cache(value: Optional[str]) -> Optional[str]:
@@ -480,17 +505,22 @@ def run_pipeline(pipe, prompt: str, seed: int, kwargs: Dict[str, Any]):
     return frames.astype(np.float32)
 
 
-def describe(sparsity: Sparsity, handle) -> str:
+def describe(sparsity: Sparsity, handle, merged=None) -> str:
     what = "dense"
     if handle is not None:
         steps = handle.step_log
         dense = sum(1 for *_, sparse in steps if not sparse)
         what = f"{sparsity.label}, {dense} of {len(steps)} steps dense"
-    return what if sparsity.cache is None else f"{what}, cache {sparsity.cache}"
+    if sparsity.cache is not None:
+        what += f", cache {sparsity.cache}"
+    if merged is not None:
+        calls = merged.merged_calls + merged.unchanged_calls
+        what += f", merged text padding in {merged.merged_calls} of {calls} cross-attention calls"
+    return what
 
 
 def timed_call(pipe, sparsity: Sparsity, prompt: str, seed: int, kwargs: Dict[str, Any]):
-    """One timed pipeline call with ``sparsity`` (and its cache) applied, then removed.
+    """One timed pipeline call with ``sparsity`` (its cache, its text merge) applied, then removed.
 
     Returns ``(frames, seconds, meter, description)``: the decoded frames, the call's wall
     time, the :class:`AttentionMeter` of the call and a one-line description of what ran.
@@ -498,16 +528,20 @@ def timed_call(pipe, sparsity: Sparsity, prompt: str, seed: int, kwargs: Dict[st
     from dit_sparse.pipelines.caching import cached
 
     with cached(pipe, sparsity.cache_config):
-        handle = apply_sparsity(pipe, sparsity)
+        merged = merge_text_padding(pipe, sparsity.merge_text)
+        handle = None
         try:
+            handle = apply_sparsity(pipe, sparsity)
             with AttentionMeter(pipe) as meter:
                 start = time.perf_counter()
                 frames = run_pipeline(pipe, prompt, seed, kwargs)
                 seconds = time.perf_counter() - start
-            what = describe(sparsity, handle)
+            what = describe(sparsity, handle, merged)
         finally:
             if handle is not None:
                 handle.remove()
+            if merged is not None:
+                merged.remove()
     return frames, seconds, meter, what
 
 
@@ -669,6 +703,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="one pattern for every self-attention layer (syntax below)")
     which.add_argument("--dense", action="store_true", help="dense attention (the default without --plan/--pattern)")
     add_cache_argument(parser)
+    add_merge_text_argument(parser)
     add_model_arguments(parser)
 
 
@@ -716,6 +751,9 @@ def run(args) -> int:
     sparsity = sparsity_from_args(args)
     pipe, embedded = load_pipeline(args.model, args.device, args.dtype, args.native_conv3d, args.quiet)
     settings = prepare(args, pipe, embedded)
+    sparsity.merge_text = args.merge_text_padding
+    if sparsity.merge_text:
+        merge_text_padding(pipe, True).remove()  # a model it cannot merge fails before any call
     keep = None
     if embedded and settings.frames == 1:
         from dit_sparse.pipelines.tiny import IMAGE_CLIP_FRAMES
