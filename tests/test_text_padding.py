@@ -297,5 +297,5 @@ def test_bench_flag_adds_the_merged_rows(tmp_path, capsys, model_args):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows = parse_table(captured.out)
-    assert list(rows) == ["dense", "dense + merged text", f"{pattern} + merged text"]
+    assert list(rows) == ["dense", "dense + merged text", pattern, f"{pattern} + merged text"]
     assert rows["dense + merged text"]["psnr"] > 50 and rows["dense + merged text"]["density"] == 1.0

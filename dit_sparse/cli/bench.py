@@ -16,8 +16,9 @@ its magnitude ratios with one untimed dense call on the first prompt and seed.
 ``--merge-text-padding`` merges the zero-padded text rows of Wan's cross-attention
 (:func:`dit_sparse.merge_text_padding`: the same output up to float rounding). The untouched
 ``dense`` row stays the baseline of every speedup and PSNR; the flag adds the row
-``dense + merged text`` and runs every other configuration (cache and sparse) with the merge,
-their labels ending in `` + merged text``.
+``dense + merged text``, and every other configuration (cache and sparse) runs twice, without
+and with the merge (``CONFIG + merged text``), so that what the sparsity gains and what the
+merge adds are both measured.
 
 Quality (:mod:`dit_sparse.metrics`, pixels in [0, 1]), as video papers report it:
 
@@ -176,7 +177,8 @@ def _configs(args) -> List[gen.Sparsity]:
             configs += [config, replace(config, label=f"{config.label} + cache {cache}", cache=cache)]
     if not args.merge_text_padding:
         return configs
-    return [configs[0], *(replace(c, label=f"{c.label} + merged text", merge_text=True) for c in configs)]
+    merged = [replace(c, label=f"{c.label} + merged text", merge_text=True) for c in configs]
+    return [configs[0], merged[0], *(c for pair in zip(configs[1:], merged[1:]) for c in pair)]
 
 
 def _check_outputs(args) -> None:

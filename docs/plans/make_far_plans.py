@@ -1,0 +1,60 @@
+"""Block-sparse far-field plans for the embedded model at 9 x 128 x 128: one dense profiling
+pass on docs/plans/calib.txt's first two prompts with block-sparse candidates (1 x 8 x 8
+blocks, top 10-25% of key blocks, binary, with a pooled far field, and with 16 sinks
+besides), then plans of one far-field pattern in every layer with 2 or 3 dense warm-up steps
+recorded (the errors and densities they record are this measurement's).
+
+    python docs/plans/make_far_plans.py      # ~5 min on 2 cores; writes docs/plans/plan128_bf*.json
+
+The per-layer error table (relative L2 error of each layer's attention output against dense,
+heads and sampled steps averaged, beside each candidate's kernel time relative to dense) is
+printed so the choice can be checked. Per-layer selections from it under an error bound are
+not shipped: the last layer's errors (0.20 at best, attending to single far tokens) put Full
+there under any bound that keeps the other layers' far fields, and at bounds above 0.2 the
+cheapest candidate is the binary 5 x 1 x 3 sliding tile in every layer; the per-layer error
+does not rank what the picture needs here (docs/benchmarks.md).
+"""
+import argparse
+from pathlib import Path
+
+from dit_sparse.pipelines.profiling import measure
+from dit_sparse.pipelines.tiny import embedded_model_path
+
+ap = argparse.ArgumentParser(description="profile the block-sparse far-field plans")
+ap.add_argument("--model", default=str(embedded_model_path()), help="WanPipeline folder (default: the embedded model)")
+ap.add_argument("--out-dir", type=Path, default=Path("docs/plans"))
+args = ap.parse_args()
+args.out_dir.mkdir(parents=True, exist_ok=True)  # before the minutes of profiling
+from diffusers import WanPipeline  # noqa: E402
+
+pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
+prompts = open("docs/plans/calib.txt").read().split("\n")[:2]
+cands = ["sliding-tile:tile=1x8x8,window=5x1x3", "block-sparse:block=1x8x8,topk=0.25"]
+for topk in (0.1, 0.125, 0.15, 0.2, 0.25):
+    cands += [f"block-sparse:block=1x8x8,topk={topk},far=1x8x8", f"block-sparse:block=1x8x8,topk={topk},far=1x8x8,sinks=16"]
+m = measure(pipe, prompts, candidates=cands, num_inference_steps=20, sample_steps=[0, 2, 4, 6, 8, 10, 12, 14, 16, 18],
+            height=128, width=128, num_frames=9, progress=False, call_kwargs=dict(guidance_scale=4.0),
+            time_kernels=True, model_name="embedded:tiny-wan" if args.model == str(embedded_model_path()) else None)
+t = m.table
+err = t.errors.mean(0)  # [layers, heads, candidates], mean over the sampled steps
+print("mean relative error per layer (heads averaged):", ", ".join(t.layers))
+for c, cand in enumerate(t.candidates):
+    print(f"  {cand!s:70s} density {t.density[..., c].mean():.3f}  time {t.time[c]:.3f}  "
+          + "  ".join(f"{err[l, :, c].mean():.3f}" for l in range(len(t.layers))))
+# one far-field pattern in every layer, with fewer warm-up steps (the errors and densities
+# the plan records are this measurement's, for that candidate; its bound the largest error)
+from dit_sparse import parse_pattern  # noqa: E402
+from dit_sparse.plan import HeadChoice, LayerPlan, Plan  # noqa: E402
+
+for name, spec, dense in [("bf15s3", "block-sparse:block=1x8x8,topk=0.15,far=1x8x8,sinks=16", 3),
+                          ("bf20s3", "block-sparse:block=1x8x8,topk=0.2,far=1x8x8,sinks=16", 3),
+                          ("bf20s2", "block-sparse:block=1x8x8,topk=0.2,far=1x8x8,sinks=16", 2)]:
+    c = list(t.candidates).index(parse_pattern(spec))
+    layers = [LayerPlan(layer, tuple(HeadChoice(t.candidates[c], float(err[i, h, c]), float(t.density[i, h, c]))
+                                     for h in range(t.heads)))
+              for i, layer in enumerate(t.layers)]
+    bound = max(layer.error for layer in layers)  # every layer's measured error is within it
+    base = m.plan(max_error=bound, dense_bound=0.0, max_dense_fraction=0.2, per_head=False, cost="time")
+    p = Plan(base.model, base.profile, dense, layers)
+    p.save(args.out_dir / f"plan128_{name}.json")
+    print(name, p.summary())
