@@ -439,6 +439,20 @@ class Measurement:
                      phases=phases)
         return build_plan(self.table, sel, self.desc, cost=cost, **self.context)
 
+    def error_summary(self) -> str:
+        """The measured table, one line per candidate: its mean density, its kernel time
+        relative to dense (when timed) and its relative L2 error per layer (heads and sampled
+        steps averaged), so that a selection can be checked by eye."""
+        t = self.table
+        err = t.errors.mean(0)  # [layers, heads, candidates]
+        width = max(len(c.spec) for c in t.candidates)
+        lines = [f"{'candidate':{width}s}  density    time  " + "  ".join(f"{name:>14s}" for name in t.layers)]
+        for c, cand in enumerate(t.candidates):
+            time = "   n/a" if t.time is None else f"{float(t.time[c]):6.3f}"
+            lines.append(f"{cand.spec:{width}s}  {float(t.density[..., c].mean()):7.3f}  {time}  "
+                         + "  ".join(f"{float(err[i, :, c].mean()):14.3f}" for i in range(len(t.layers))))
+        return "\n".join(lines)
+
 
 def profile(pipe, prompts, *, candidates=None, max_error: Optional[float] = None, budget: Optional[float] = None,
             num_inference_steps: Optional[int] = None, sample_steps: Optional[Sequence[int]] = None,

@@ -294,3 +294,22 @@ def test_default_candidates_offer_far_fields_on_local_patterns():
             assert p.exact_part().kernel[1] < 32 and p.exact_part().kernel[2] < 32
     assert sum(isinstance(p, ds.BlockSparse) and p.far is not None for p in cands) == 2
     assert isinstance(cands[-1], ds.Full)
+
+
+def test_measurement_error_summary_lists_every_candidate_with_its_layer_errors():
+    from dit_sparse.pipelines.profiling import Measurement
+
+    # errors [steps, layers, heads, candidates]: step means 0.2 / 0.4 (layer a, b) for the
+    # neighborhood, heads averaged; the table must show those, not another reduction
+    errors = _t([[[[0.1, 0.0], [0.3, 0.0]], [[0.3, 0.0], [0.5, 0.0]]],
+                 [[[0.1, 0.0], [0.3, 0.0]], [[0.3, 0.0], [0.5, 0.0]]]])
+    density = _t([[[0.25, 1.0], [0.75, 1.0]], [[0.5, 1.0], [0.5, 1.0]]])
+    cands = (ds.Neighborhood((1, 3, 3)), ds.Full())
+    table = ErrorTable(("blocks.0", "blocks.1"), 2, cands, (0, 4), errors, density, time=_t([0.3, 1.0]))
+    lines = Measurement(table, {}, {}).error_summary().splitlines()
+    assert "blocks.0" in lines[0] and "blocks.1" in lines[0]
+    assert len(lines) == 3
+    cells = lines[1].split()
+    assert cells[0] == cands[0].spec
+    assert [float(x) for x in cells[1:]] == [0.5, 0.3, 0.2, 0.4]  # density, time, layer errors
+    assert [float(x) for x in lines[2].split()[1:]] == [1.0, 1.0, 0.0, 0.0]

@@ -14,33 +14,14 @@ there under any bound that keeps the other layers' far fields, and at bounds abo
 cheapest candidate is the binary 5 x 1 x 3 sliding tile in every layer; the per-layer error
 does not rank what the picture needs here (docs/benchmarks.md).
 """
-import argparse
-from pathlib import Path
+from make_plans import measure_at_128  # this folder's make_plans.py (the script's own folder is on sys.path)
 
-from dit_sparse.pipelines.profiling import measure
-from dit_sparse.pipelines.tiny import embedded_model_path
-
-ap = argparse.ArgumentParser(description="profile the block-sparse far-field plans")
-ap.add_argument("--model", default=str(embedded_model_path()), help="WanPipeline folder (default: the embedded model)")
-ap.add_argument("--out-dir", type=Path, default=Path("docs/plans"))
-args = ap.parse_args()
-args.out_dir.mkdir(parents=True, exist_ok=True)  # before the minutes of profiling
-from diffusers import WanPipeline  # noqa: E402
-
-pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
-prompts = open("docs/plans/calib.txt").read().split("\n")[:2]
 cands = ["sliding-tile:tile=1x8x8,window=5x1x3", "block-sparse:block=1x8x8,topk=0.25"]
 for topk in (0.1, 0.125, 0.15, 0.2, 0.25):
     cands += [f"block-sparse:block=1x8x8,topk={topk},far=1x8x8", f"block-sparse:block=1x8x8,topk={topk},far=1x8x8,sinks=16"]
-m = measure(pipe, prompts, candidates=cands, num_inference_steps=20, sample_steps=[0, 2, 4, 6, 8, 10, 12, 14, 16, 18],
-            height=128, width=128, num_frames=9, progress=False, call_kwargs=dict(guidance_scale=4.0),
-            time_kernels=True, model_name="embedded:tiny-wan" if args.model == str(embedded_model_path()) else None)
+args, m = measure_at_128("profile the block-sparse far-field plans", cands)
 t = m.table
 err = t.errors.mean(0)  # [layers, heads, candidates], mean over the sampled steps
-print("mean relative error per layer (heads averaged):", ", ".join(t.layers))
-for c, cand in enumerate(t.candidates):
-    print(f"  {cand!s:70s} density {t.density[..., c].mean():.3f}  time {t.time[c]:.3f}  "
-          + "  ".join(f"{err[l, :, c].mean():.3f}" for l in range(len(t.layers))))
 # one far-field pattern in every layer, with fewer warm-up steps (the errors and densities
 # the plan records are this measurement's, for that candidate; its bound the largest error)
 from dit_sparse import parse_pattern  # noqa: E402

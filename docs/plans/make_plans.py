@@ -21,35 +21,44 @@ from pathlib import Path
 from dit_sparse.pipelines.profiling import measure
 from dit_sparse.pipelines.tiny import embedded_model_path
 
-ap = argparse.ArgumentParser(description="profile the README's plans")
-ap.add_argument("--model", default=str(embedded_model_path()), help="WanPipeline folder (default: the embedded model)")
-ap.add_argument("--out-dir", type=Path, default=Path("docs/plans"))
-args = ap.parse_args()
-args.out_dir.mkdir(parents=True, exist_ok=True)  # before the minutes of profiling
-from diffusers import WanPipeline  # noqa: E402
 
-pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
-prompts = open('docs/plans/calib.txt').read().split('\n')[:2]
-cands = ["neighborhood:kernel=5x9x9", "neighborhood:kernel=5x15x15", "neighborhood:kernel=3x15x15",
-         "neighborhood:kernel=5x21x21", "sliding-tile:tile=1x4x4,window=5x5x5",
-         "sliding-tile:tile=1x8x8,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3",
-         "sliding-tile:tile=1x4x4,window=5x3x3", "sliding-tile:tile=1x32x32,window=1x1x1",
-         "neighborhood:kernel=5x3x3", "neighborhood:kernel=5x1x1"]
-m = measure(pipe, prompts, candidates=cands, num_inference_steps=20, sample_steps=[0, 2, 4, 6, 8, 10, 12, 14, 16, 18],
-            height=128, width=128, num_frames=9, progress=False, call_kwargs=dict(guidance_scale=4.0),
-            time_kernels=True, model_name="embedded:tiny-wan" if args.model == str(embedded_model_path()) else None)
-t = m.table
-err = t.errors.mean(0)  # [layers, heads, candidates], mean over the sampled steps
-print("mean relative error per layer (heads averaged):", ", ".join(t.layers))
-for c, cand in enumerate(t.candidates):
-    print(f"  {cand!s:70s} density {t.density[..., c].mean():.3f}  time {t.time[c]:.3f}  "
-          + "  ".join(f"{err[l, :, c].mean():.3f}" for l in range(len(t.layers))))
-for name, kw in [("b25", dict(budget=0.25, max_dense_fraction=0.2, per_head=False)),
-                 ("b25h", dict(budget=0.25, max_dense_fraction=0.2, per_head=True)),
-                 ("b35h", dict(budget=0.35, max_dense_fraction=0.2, per_head=True)),
-                 ("e10", dict(max_error=0.1, max_dense_fraction=0.25, per_head=False, cost="time")),
-                 ("e10p", dict(max_error=0.1, phases=[(10, 0.25)], max_dense_fraction=0.25, per_head=False,
-                               cost="time"))]:
-    p = m.plan(**kw)
-    p.save(args.out_dir / f'plan128_{name}.json')
-    print(name, p.summary())
+def measure_at_128(description: str, candidates, out_dir_required: bool = False):
+    """``(args, measurement)``: the command line (``--model``, ``--out-dir``) parsed, the out
+    folder made, and one dense profiling pass of the pipeline at 9 x 128 x 128 (20 steps,
+    guidance 4, 10 sampled steps, kernel times measured) on calib.txt's first two prompts."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default=str(embedded_model_path()),
+                    help="WanPipeline folder (default: the embedded model)")
+    ap.add_argument("--out-dir", type=Path, required=out_dir_required, default=None if out_dir_required
+                    else Path("docs/plans"), help="folder for the plans")
+    args = ap.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # before the minutes of profiling
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
+    prompts = (Path(__file__).parent / "calib.txt").read_text().split("\n")[:2]
+    m = measure(pipe, prompts, candidates=candidates, num_inference_steps=20,
+                sample_steps=[0, 2, 4, 6, 8, 10, 12, 14, 16, 18], height=128, width=128, num_frames=9,
+                progress=False, call_kwargs=dict(guidance_scale=4.0), time_kernels=True,
+                model_name="embedded:tiny-wan" if args.model == str(embedded_model_path()) else None)
+    print(m.error_summary())
+    return args, m
+
+
+CANDIDATES = ["neighborhood:kernel=5x9x9", "neighborhood:kernel=5x15x15", "neighborhood:kernel=3x15x15",
+              "neighborhood:kernel=5x21x21", "sliding-tile:tile=1x4x4,window=5x5x5",
+              "sliding-tile:tile=1x8x8,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3",
+              "sliding-tile:tile=1x4x4,window=5x3x3", "sliding-tile:tile=1x32x32,window=1x1x1",
+              "neighborhood:kernel=5x3x3", "neighborhood:kernel=5x1x1"]
+
+if __name__ == "__main__":
+    args, m = measure_at_128("profile the README's plans", CANDIDATES)
+    for name, kw in [("b25", dict(budget=0.25, max_dense_fraction=0.2, per_head=False)),
+                     ("b25h", dict(budget=0.25, max_dense_fraction=0.2, per_head=True)),
+                     ("b35h", dict(budget=0.35, max_dense_fraction=0.2, per_head=True)),
+                     ("e10", dict(max_error=0.1, max_dense_fraction=0.25, per_head=False, cost="time")),
+                     ("e10p", dict(max_error=0.1, phases=[(10, 0.25)], max_dense_fraction=0.25, per_head=False,
+                                   cost="time"))]:
+        p = m.plan(**kw)
+        p.save(args.out_dir / f"plan128_{name}.json")
+        print(name, p.summary())
