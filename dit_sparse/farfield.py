@@ -158,16 +158,27 @@ def sink_keys(k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, idx: torch.
 def block_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layout: TokenLayout,
                    selection: torch.Tensor, key_mask=None):
     """The extra keys of a block-sparse far field for the CPU kernel: ``(ke, ve, bias)`` as
-    :func:`extra_keys` gives them, one class per query block."""
+    :func:`extra_keys` gives them, one class per query block, and the ``[T*H*W]`` class
+    (block) of every video token."""
     tables = block_far_for(pattern, layout)
-    return extra_keys(q, k, v, pattern, layout, tables, tables.near(selection), key_mask)
+    return (*extra_keys(q, k, v, pattern, layout, tables, tables.near(selection), key_mask), tables.token_block)
 
 
 def window_far_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layout: TokenLayout, key_mask=None):
     """The extra keys of a neighborhood or sliding-tile far field for the CPU kernel:
-    ``(ke, ve, bias)`` as :func:`extra_keys` gives them, one class per query box."""
+    ``(ke, ve, bias)`` as :func:`extra_keys` gives them, one class per query box, and the
+    ``[T*H*W]`` class (box) of every video token."""
     tables = far_field_for(pattern, layout)
-    return extra_keys(q, k, v, pattern, layout, tables, tables.near[None, None], key_mask)
+    return (*extra_keys(q, k, v, pattern, layout, tables, tables.near[None, None], key_mask), tables.token_box)
+
+
+def sinks_near(tables, near: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``[B, H, n_classes, N]`` bool: whether the box of each sink (``idx``: ``[B, H, N]``
+    video token indices) is near each query class (``near``: ``[B or 1, H or 1, n_classes,
+    nb]`` bool), on ``near``'s device. A class sees a sink only where it is not."""
+    b, h, _ = idx.shape
+    sink_box = tables.token_box.to(near.device)[idx.to(near.device)]  # [B, H, N]
+    return near.expand(b, h, -1, -1).gather(3, sink_box[:, :, None, :].expand(-1, -1, near.shape[2], -1))
 
 
 def extra_keys(q, k, v, pattern, layout: TokenLayout, tables, near: torch.Tensor, key_mask=None):
@@ -183,14 +194,10 @@ def extra_keys(q, k, v, pattern, layout: TokenLayout, tables, near: torch.Tensor
     ke, ve = kp.transpose(1, 2), vp.transpose(1, 2)
     if chosen is not None:
         idx, valid = chosen
-        b, h = idx.shape[:2]
         ks, vs = sink_keys(k, v, layout, idx)
-        nq = near.shape[2]
-        sink_box = tables.token_box.to(idx.device)[idx]  # [B, H, N]
-        seen = ~near.expand(b, h, -1, -1).gather(3, sink_box[:, :, None, :].expand(-1, -1, nq, -1))
-        seen = seen & valid[:, :, None, :]
+        seen = ~sinks_near(tables, near, idx) & valid[:, :, None, :]
         sink_bias = torch.zeros(seen.shape, dtype=torch.float32, device=q.device).masked_fill_(~seen, float("-inf"))
-        bias = torch.cat([bias.expand(b, h, -1, -1), sink_bias], 3)
+        bias = torch.cat([bias.expand(*idx.shape[:2], -1, -1), sink_bias], 3)
         ke, ve = torch.cat([ke, ks], 2), torch.cat([ve, vs], 2)
     return ke.contiguous(), ve.contiguous(), bias
 
@@ -332,4 +339,5 @@ def reference_far_attention(q, k, v, pattern, layout: TokenLayout, key_mask, sca
 
 
 __all__ = ["FarFieldTables", "far_field_for", "BlockFarTables", "block_far_tables", "block_far_keys", "select_sinks",
-           "pooled_keys", "extra_keys", "window_far_keys", "reference_far_attention"]
+           "pooled_keys", "extra_keys", "window_far_keys", "sinks_near",
+           "reference_far_attention"]

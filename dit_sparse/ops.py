@@ -255,10 +255,9 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         text_index = torch.arange(*_text_range(layout), dtype=torch.int64)
         extra = None
         if pattern.far is not None:
-            from .farfield import block_far_for, block_far_keys
+            from .farfield import block_far_keys
 
-            extra = (*block_far_keys(q, k, v, pattern, layout, sel, key_mask),
-                     *_video_classes(layout, block_far_for(pattern, layout).token_block))
+            extra = _extra_arg(*block_far_keys(q, k, v, pattern, layout, sel, key_mask), layout)
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
                                           text_index, _text_range(layout), key_mask, scale, pack=ragged,
                                           group_threads=env.cpu_group_threads(), extra=extra)
@@ -267,18 +266,18 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
         groups = tiling.kernel_groups(q.dtype)
     extra = None
     if pattern.far is not None:
-        from .farfield import far_field_for, window_far_keys
+        from .farfield import window_far_keys
 
-        extra = (*window_far_keys(q, k, v, pattern, layout, key_mask),
-                 *_video_classes(layout, far_field_for(pattern, layout).token_box))
+        extra = _extra_arg(*window_far_keys(q, k, v, pattern, layout, key_mask), layout)
     return cpu.grouped_attention(q, k, v, groups, _text_range(layout), key_mask, scale, extra,
                                  group_threads=env.cpu_group_threads())
 
 
-def _video_classes(layout: TokenLayout, token_class: torch.Tensor):
-    """The video query tokens ``(start, stop)`` and their classes (query box or block), the
-    last two parts of the CPU kernel's extra-keys argument."""
-    return (layout.video_start, layout.video_start + layout.video_len), token_class
+def _extra_arg(ke, ve, bias, token_class, layout: TokenLayout):
+    """The CPU kernel's extra-keys argument (``kernels.cpu.attention.merge_extra_keys``): a far
+    field's keys, values and per-class bias, the video query tokens ``(start, stop)`` and
+    their classes (query box or block)."""
+    return ke, ve, bias, (layout.video_start, layout.video_start + layout.video_len), token_class
 
 
 def _preferred_tile(pattern: Pattern) -> Tuple[int, int, int]:
@@ -340,7 +339,7 @@ def _block_far_triton(q, k, v, pattern: BlockSparse, layout: TokenLayout, key_ma
     head, kernel query block) from the call's ``[B * H, n, n]`` block ``selection``, pooled
     keys, and the sinks with their ``[B * H, n, N]`` near table."""
     from .blockmask import block_sparse_far_blocks
-    from .farfield import block_far_for, pattern_sinks
+    from .farfield import block_far_for, pattern_sinks, sinks_near
 
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         fb, near = block_sparse_far_blocks(pattern, layout, selection, q_block)
@@ -349,10 +348,9 @@ def _block_far_triton(q, k, v, pattern: BlockSparse, layout: TokenLayout, key_ma
     far = _far_launch_args(fb.to(q.device), k, v, layout, tables, key_mask, chosen)
     if chosen is not None:
         idx, valid = chosen
-        b, h, n_sinks = idx.shape
-        box = tables.token_box[idx.cpu()].reshape(b * h, 1, n_sinks).expand(-1, near.shape[1], -1)
-        sink_near = near.gather(2, box).to(torch.int32).contiguous().to(q.device)
-        far.update(sinks=idx.masked_fill(~valid, -1), sink_near=sink_near)
+        z, n, nb = near.shape
+        sink_near = sinks_near(tables, near.view(*idx.shape[:2], n, nb), idx).reshape(z, n, -1)
+        far.update(sinks=idx.masked_fill(~valid, -1), sink_near=sink_near.to(torch.int32).contiguous().to(q.device))
     return far
 
 

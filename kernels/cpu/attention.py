@@ -148,7 +148,7 @@ def text_query_attention(q, k, v, out, text_range: Tuple[int, int], key_mask, sc
     out[:, t0:t1] = o.transpose(1, 2)
 
 
-Extra = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Extra = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Tuple[int, int], torch.Tensor]
 
 
 def merge_extra_keys(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, extra: Extra, scale: float,
@@ -174,7 +174,6 @@ def merge_extra_keys(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, extr
             ``[stop - start]`` int64.
     """
     ke, ve, bias, (t0, t1), classes = extra
-    b, s, h, d = q.shape
     e = ke.shape[2]
     if e == 0 or t1 <= t0:
         return
