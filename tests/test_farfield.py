@@ -339,3 +339,29 @@ def test_far_field_on_cpu_refuses_autograd():
         ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")
     with torch.no_grad():
         assert torch.isfinite(ds.sparse_attention(q, k, v, pattern, layout, backend="cpu")).all()
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 31, 32, 40])
+def test_select_sinks_matches_a_stable_sort_of_every_score(n):
+    # the top-n shortcut must give exactly what sorting every key gives: highest score first,
+    # ties to the lower token, masked keys last and invalid (rounded keys make many ties)
+    from dit_sparse.farfield import select_sinks
+
+    layout = ds.TokenLayout(grid=(2, 4, 4), text_len=3)
+    v0, nv = layout.video_start, layout.video_len
+    g = torch.Generator().manual_seed(n)
+    for trial in range(12):
+        q, k = torch.randn(2, 35, 3, 4, generator=g), torch.randn(2, 35, 3, 4, generator=g)
+        if trial % 3 == 0:
+            k = k.round()
+        if trial % 4 == 1:
+            k[:, 5:9] = k[:, 4:5]
+        key_mask = torch.rand(2, 35, generator=g) > 0.7 if trial % 2 else None
+        score = torch.einsum("bhd,bshd->bhs", q[:, v0:v0 + nv].mean(1), k[:, v0:v0 + nv])
+        if key_mask is not None:
+            score = score.masked_fill(~key_mask[:, None, v0:v0 + nv], float("-inf"))
+        want = torch.sort(score, dim=-1, descending=True, stable=True)
+        idx, valid = select_sinks(q, k, layout, n, key_mask)
+        m = min(n, nv)
+        assert torch.equal(idx, want.indices[..., :m])
+        assert torch.equal(valid, want.values[..., :m] > float("-inf"))

@@ -295,10 +295,11 @@ def block_sparse_attention(
 
     Two ways to gather a query block's keys:
 
-    * whole blocks (default): keys and values are first laid out block-major
-      (``[B, H, nb + 1, P, D]``, one gather), so that the chosen blocks are gathered as
-      contiguous rows of ``P`` slots; padded slots are masked.
-    * ``pack=True``, for grids the blocks do not tile evenly: padding every chosen block to
+    * whole blocks (default, where every query block is whole): keys, values and queries
+      are first laid out block-major (``[B, H, nb + 1, P, D]``, one gather each), so that
+      the chosen blocks are gathered as contiguous rows of ``P`` slots; padded slots (the
+      null block) are masked.
+    * ``pack=True`` (and always where a query block is ragged), for grids the blocks do not tile evenly: padding every chosen block to
       ``P`` slots wastes up to half of the work there (13x30x52 in 4x8x8 blocks: 71% of the
       slots are tokens, and the small edge blocks are chosen more often), so each (batch,
       head) row gathers only the valid tokens of its blocks, packed; rows of similar length
@@ -320,10 +321,13 @@ def block_sparse_attention(
         ``[B, S, H, D]``.
     """
     _check_extra_grad(extra, q, k, v)
-    per_block = _packed_block_outputs if pack else _whole_block_outputs
+    ragged = block_valid is not None and not bool(block_valid[:-1].all())  # some query block is not whole
+    per_block = _packed_block_outputs if pack or ragged else _whole_block_outputs
     out = Output(q, with_lse=extra is not None)
-    tasks = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale)
+    tasks, finish = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale)
     parallel.run(tasks, q, k, v, group_threads=group_threads)
+    if finish is not None:
+        finish()
     if extra is not None:
         merge_extra_keys(out.out, out.lse, q, extra, scale)
     text_query_attention(q, k, v, out.out, text_range, key_mask, scale)
@@ -331,11 +335,17 @@ def block_sparse_attention(
 
 
 def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale):
-    """Per query block tasks, keys gathered as whole padded blocks."""
+    """Per query block tasks, keys gathered as whole padded blocks (every query block whole);
+    returns ``(tasks, finish)``.
+
+    The queries are laid out block-major like the keys (one gather), and each task writes
+    its output (and log-sum-exp) into a block-major buffer by one copy; ``finish`` scatters
+    the buffer back to token order in one pass. A task is its key gathers, one fused call
+    and one copy."""
     b, s, h, d = q.shape
     with_lse = out.lse is not None
     nb1, p = block_tokens.shape
-    n_sel = selection.shape[-1]
+    nb, n_sel = nb1 - 1, selection.shape[-1]
     flat = block_tokens.reshape(-1)
     all_rows = head_rows(b, s, h, flat)
 
@@ -343,7 +353,8 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
         return t.view(-1, d).index_select(0, all_rows).view(b * h * nb1, p * d)
 
     k_blocks, v_blocks = block_major(k), block_major(v)
-    base = ((torch.arange(b)[:, None] * h + torch.arange(h)[None, :]) * nb1)[:, :, None]  # [B, H, 1]
+    base = ((torch.arange(b)[:, None] * h + torch.arange(h)[None, :]) * nb1)[:, :, None, None]  # [B, H, 1, 1]
+    ids_all = (base + selection).permute(2, 0, 1, 3).reshape(nb, -1)  # [nb, B * H * n_sel] rows of k_blocks
     n_text = text_index.numel()
     if n_text:
         k_text = heads_view(k.index_select(1, text_index))  # [B, H, n_text, D]
@@ -358,10 +369,9 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
         valid_rows = valid_rows.reshape(b * h * nb1, p)
         text_valid = (key_mask.index_select(1, text_index)[:, None, :].expand(b, h, n_text)
                       if key_mask is not None else torch.ones(b, h, n_text, dtype=torch.bool))
-    q2 = q.view(b * s, h * d)
 
-    def query_block(i, q_tok):
-        ids = (base + selection[:, :, i]).reshape(-1)
+    def attend(i, qg):
+        ids = ids_all[i]
         kg = k_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
         vg = v_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
         if n_text:
@@ -373,11 +383,26 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
             if n_text:
                 mask = torch.cat([mask, text_valid], dim=-1)
             mask = mask[:, :, None, :]
-        qg = heads_view(q2.index_select(0, token_rows(b, s, q_tok)).view(b, -1, h, d))
-        o = _sdpa_heads(qg, kg, vg, mask, scale, may_have_empty_rows=key_mask is not None, with_lse=with_lse)
-        out.put_tokens(q_tok, *(o if with_lse else (o,)))
+        return _sdpa_heads(qg, kg, vg, mask, scale, may_have_empty_rows=key_mask is not None, with_lse=with_lse)
 
-    return _block_tasks(query_block, block_tokens, block_valid)
+    q_rows = all_rows.view(b * h, nb1 * p)[:, :nb * p].reshape(-1)  # the video query blocks' rows
+    q_blocks = q.view(-1, d).index_select(0, q_rows).view(b, h, nb, p, d)
+    o_blocks = torch.empty(b, h, nb, p, d, dtype=q.dtype)
+    lse_blocks = torch.empty(b, h, nb, p) if with_lse else None
+
+    def whole_block(i):
+        o = attend(i, q_blocks[:, :, i])
+        if with_lse:
+            o, lse = o
+            lse_blocks[:, :, i].copy_(lse)
+        o_blocks[:, :, i].copy_(o)
+
+    def finish():
+        out.rows.index_copy_(0, q_rows, o_blocks.view(-1, d))
+        if with_lse:
+            out.lse.view(-1).index_copy_(0, q_rows, lse_blocks.view(-1))
+
+    return [functools.partial(whole_block, i) for i in range(nb)], finish
 
 
 def _block_tasks(fn, block_tokens, block_valid):
@@ -447,4 +472,4 @@ def _packed_block_outputs(out, q, k, v, block_tokens, block_valid, selection, te
                             with_lse=with_lse)
             out.put_rows(q_out, *(o if with_lse else (o,)))
 
-    return _block_tasks(query_block, block_tokens, block_valid)
+    return _block_tasks(query_block, block_tokens, block_valid), None
