@@ -448,3 +448,19 @@ def test_block_sparse_far_fields_are_version_5(tmp_path):
     window_far = plan_dict()
     window_far["layers"][0]["pattern"]["far"] = {"pool": [1, 4, 4]}
     assert Plan.from_dict(dict(window_far, version=3)).to_dict()["version"] == 3
+
+
+@pytest.mark.parametrize("name,dense_steps,phase_starts", [
+    ("plan128_bf15s3.json", 3, ()), ("plan128_bf20s3.json", 3, ()), ("plan128_bf20s2.json", 2, ()),
+    ("plan128_bp3.json", 3, (10,)), ("plan128_bp2.json", 2, (10,))])
+def test_shipped_block_far_plans_load_unchanged(name, dense_steps, phase_starts):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "plans" / name
+    doc = json.loads(path.read_text())
+    plan = Plan.load(path)
+    assert plan.to_dict() == doc
+    assert plan.dense_steps == dense_steps and tuple(plan.phase_starts) == phase_starts
+    patterns = {p for layers in plan._tables() for layer in layers.values() for p in layer.patterns}
+    assert patterns and all(isinstance(p, ds.BlockSparse) and p.far is not None and p.far.pool == (1, 8, 8)
+                            and p.far.sinks >= 16 for p in patterns)

@@ -1,0 +1,98 @@
+"""Block-sparse far-field plans whose selection changes by layer and by phase, for the embedded
+model at 9 x 128 x 128: one dense profiling pass on docs/plans/calib.txt's first two prompts
+(the errors and densities the plans record are this measurement's), then the plans below.
+
+    python docs/plans/make_phase_plans.py            # ~7 min on 2 cores; writes docs/plans/plan128_bp*.json
+    python docs/plans/make_phase_plans.py --evaluate # also clip PSNR of each plan on the calibration prompts
+
+How the schedules were chosen (end-to-end calibration, by hand): every layer of the uniform
+``plan128_bf15s3`` (top 15% of key blocks, far field 1 x 8 x 8, 16 sinks, 3 dense steps) was
+made sparser or denser on its own and the clip PSNR against dense measured on the
+calibration prompts below (never the bench's). The middle layer barely notices its selection
+(top 10% instead of 15%: -0.1 dB), the first a little (-0.7 dB), the last most (-1.5 dB; top
+25%: +2.4 dB); the per-layer relative error of the profiling pass ranks them the same way but
+cannot say what a dB costs. Late steps (from step 10) take sparser selections, as in
+``plan128_e10p``. So the plans move density from the middle layer and the late steps to the
+last layer, whose 32 sinks (instead of 16) add another +0.2 dB. Clip PSNR mean / worst on
+these six prompts (seed 0): ``plan128_bf15s3`` 26.30 / 20.28, ``bp3`` 27.83 / 20.11, ``bp2`` (2
+dense steps) 26.66 / 18.96; the full search is in docs/benchmarks.md, with the bench's
+held-out prompts and the timings.
+"""
+import sys
+
+from make_plans import measure_at_128  # this folder's make_plans.py (the script's own folder is on sys.path)
+
+# calib.txt's two prompts and four more of the model's vocabulary, none of them a bench prompt
+CALIBRATION = ["a green triangle moving down on a blue background", "a white square moving left on a red background",
+               "a blue square moving right on a white background", "a red triangle moving down on a green background",
+               "a white circle moving left on a black background", "a black square moving up on a yellow background"]
+
+
+def spec(topk: float, sinks: int = 16) -> str:
+    return f"block-sparse:block=1x8x8,topk={topk},far=1x8x8,sinks={sinks}"
+
+
+# name: (dense steps, [per-layer spec] until step 10, [per-layer spec] from step 10)
+PLANS = {
+    "bp3": (3, [spec(0.15), spec(0.08), spec(0.25, 32)], [spec(0.1), spec(0.05), spec(0.15, 32)]),
+    "bp2": (2, [spec(0.15), spec(0.08), spec(0.25, 32)], [spec(0.1), spec(0.05), spec(0.15, 32)]),
+}
+PHASE_START = 10
+
+evaluate = "--evaluate" in sys.argv
+if evaluate:
+    sys.argv.remove("--evaluate")
+cands = sorted({s for dense, early, late in PLANS.values() for s in early + late})
+args, m = measure_at_128("profile the block-sparse far-field plans with per-layer phases", cands)
+
+from dit_sparse import parse_pattern  # noqa: E402
+from dit_sparse.plan import HeadChoice, LayerPlan, Plan  # noqa: E402
+
+t = m.table
+steps = list(t.steps)
+err = t.errors  # [sampled steps, layers, heads, candidates]
+early_steps = [i for i, s in enumerate(steps) if s < PHASE_START]
+late_steps = [i for i, s in enumerate(steps) if s >= PHASE_START]
+
+
+def layer_plans(specs, rows):
+    out = []
+    for i, (layer, s) in enumerate(zip(t.layers, specs)):
+        c = list(t.candidates).index(parse_pattern(s))
+        e = err[rows].mean(0)
+        out.append(LayerPlan(layer, tuple(HeadChoice(t.candidates[c], float(e[i, h, c]), float(t.density[i, h, c]))
+                                          for h in range(t.heads))))
+    return out
+
+
+base = m.plan(max_error=1.0, dense_bound=0.0, max_dense_fraction=0.2, per_head=False, cost="time")
+plans = {}
+for name, (dense, early, late) in PLANS.items():
+    first, second = layer_plans(early, early_steps), layer_plans(late, late_steps)
+    profile = dict(base.profile, max_error=max(layer.error for layer in first + second))
+    p = Plan(base.model, profile, dense, first, [(PHASE_START, second)])
+    p.save(args.out_dir / f"plan128_{name}.json")
+    plans[name] = p
+    print(name, p.summary())
+
+if evaluate:
+    import numpy as np
+    import torch
+    from diffusers import WanPipeline
+
+    import dit_sparse as ds
+    from dit_sparse.metrics import clip_psnr, to_images
+
+    pipe = WanPipeline.from_pretrained(args.model, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_frames=9, height=128, width=128, num_inference_steps=20, guidance_scale=4.0, output_type="np")
+
+    def run(prompt):
+        return to_images(pipe(prompt, generator=torch.Generator().manual_seed(0), **call).frames[0])
+
+    dense = {p: run(p) for p in CALIBRATION}
+    for name, plan in plans.items():
+        with ds.applied(pipe, plan):
+            values = [clip_psnr(run(p), dense[p]) for p in CALIBRATION]
+        print(f"plan128_{name}: clip PSNR {np.mean(values):.2f} mean, {np.min(values):.2f} worst "
+              f"({', '.join(f'{v:.1f}' for v in values)})")
