@@ -11,6 +11,7 @@ bench's 9 default prompts, 5 dense steps); docs/benchmarks.md has the numbers.
 
     python scripts/residual_reuse.py binary "sliding-tile:tile=1x8x8,window=1x3x3"
     python scripts/residual_reuse.py block "sliding-tile:tile=1x8x8,window=1x3x3"
+    python scripts/residual_reuse.py residual "block-sparse:block=1x8x8,topk=0.15,far=1x8x8,sinks=16" --dense-steps 3
 
 Builds the ``S x S`` scores once per layer at the last dense step: small models only.
 """
@@ -28,9 +29,11 @@ from dit_sparse.pipelines.tiny import load_embedded_pipeline
 from dit_sparse.tiling import BlockGrid
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("mode", choices=["binary", "query", "block"],
-                help="binary: the pattern alone; query / block: statistics per query / per 1x8x8 query block")
-ap.add_argument("pattern", help="a static pattern spec")
+ap.add_argument("mode", choices=["binary", "query", "block", "residual"],
+                help="binary: the pattern alone; query / block: statistics per query / per 1x8x8 query block; "
+                     "residual: the whole difference to dense (m_in = 1), for patterns with a far field, whose "
+                     "pooled keys already stand in for the dropped mass")
+ap.add_argument("pattern", help="a pattern spec (with a far field: mode residual)")
 ap.add_argument("--dense-steps", type=int, default=5)
 args = ap.parse_args()
 
@@ -44,6 +47,8 @@ warm = args.dense_steps
 
 def statistics(q, k, layout, dense, o_pattern):
     """``(m_in [B, S, H, 1], residual [B, S, H, D])`` of one call."""
+    if args.mode == "residual":
+        return torch.ones(()), dense - o_pattern
     qh, kh = q.float().transpose(1, 2), k.float().transpose(1, 2)
     scores = qh @ kh.transpose(-1, -2) * q.shape[-1] ** -0.5  # [B, H, S, S]
     inside = pattern.mask(layout)
