@@ -370,7 +370,12 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
         text_valid = (key_mask.index_select(1, text_index)[:, None, :].expand(b, h, n_text)
                       if key_mask is not None else torch.ones(b, h, n_text, dtype=torch.bool))
 
-    def attend(i, qg):
+    q_rows = all_rows.view(b * h, nb1 * p)[:, :nb * p].reshape(-1)  # the video query blocks' rows
+    q_blocks = q.view(-1, d).index_select(0, q_rows).view(b, h, nb, p, d)
+    o_blocks = torch.empty(b, h, nb, p, d, dtype=q.dtype)
+    lse_blocks = torch.empty(b, h, nb, p) if with_lse else None
+
+    def whole_block(i):
         ids = ids_all[i]
         kg = k_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
         vg = v_blocks.index_select(0, ids).view(b, h, n_sel * p, d)
@@ -383,15 +388,8 @@ def _whole_block_outputs(out, q, k, v, block_tokens, block_valid, selection, tex
             if n_text:
                 mask = torch.cat([mask, text_valid], dim=-1)
             mask = mask[:, :, None, :]
-        return _sdpa_heads(qg, kg, vg, mask, scale, may_have_empty_rows=key_mask is not None, with_lse=with_lse)
-
-    q_rows = all_rows.view(b * h, nb1 * p)[:, :nb * p].reshape(-1)  # the video query blocks' rows
-    q_blocks = q.view(-1, d).index_select(0, q_rows).view(b, h, nb, p, d)
-    o_blocks = torch.empty(b, h, nb, p, d, dtype=q.dtype)
-    lse_blocks = torch.empty(b, h, nb, p) if with_lse else None
-
-    def whole_block(i):
-        o = attend(i, q_blocks[:, :, i])
+        o = _sdpa_heads(q_blocks[:, :, i], kg, vg, mask, scale, may_have_empty_rows=key_mask is not None,
+                        with_lse=with_lse)
         if with_lse:
             o, lse = o
             lse_blocks[:, :, i].copy_(lse)
