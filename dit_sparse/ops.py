@@ -259,7 +259,7 @@ def _run_cpu(q, k, v, pattern, layout, key_mask, scale):
 
             extra = _extra_arg(*block_far_keys(q, k, v, pattern, layout, sel, key_mask), layout)
         return cpu.block_sparse_attention(q, k, v, tokens, valid if needs_valid else None, selection,
-                                          text_index, _text_range(layout), key_mask, scale, pack=ragged,
+                                          text_index, _text_range(layout), key_mask, scale,
                                           group_threads=env.cpu_group_threads(), extra=extra)
     with torch.inference_mode(False):  # cached tables: normal tensors, usable under autograd later
         tiling = tiling_for(pattern.exact_part(), layout)

@@ -14,26 +14,20 @@ there under any bound that keeps the other layers' far fields, and at bounds abo
 cheapest candidate is the binary 5 x 1 x 3 sliding tile in every layer; the per-layer error
 does not rank what the picture needs here (docs/benchmarks.md).
 """
-from make_plans import measure_at_128  # this folder's make_plans.py (the script's own folder is on sys.path)
+from make_plans import fixed_layers, measure_at_128  # this folder's make_plans.py (the script's own folder is on sys.path)
 
 cands = ["sliding-tile:tile=1x8x8,window=5x1x3", "block-sparse:block=1x8x8,topk=0.25"]
 for topk in (0.1, 0.125, 0.15, 0.2, 0.25):
     cands += [f"block-sparse:block=1x8x8,topk={topk},far=1x8x8", f"block-sparse:block=1x8x8,topk={topk},far=1x8x8,sinks=16"]
 args, m = measure_at_128("profile the block-sparse far-field plans", cands)
-t = m.table
-err = t.errors.mean(0)  # [layers, heads, candidates], mean over the sampled steps
 # one far-field pattern in every layer, with fewer warm-up steps (the errors and densities
 # the plan records are this measurement's, for that candidate; its bound the largest error)
-from dit_sparse import parse_pattern  # noqa: E402
-from dit_sparse.plan import HeadChoice, LayerPlan, Plan  # noqa: E402
+from dit_sparse.plan import Plan  # noqa: E402
 
 for name, spec, dense in [("bf15s3", "block-sparse:block=1x8x8,topk=0.15,far=1x8x8,sinks=16", 3),
                           ("bf20s3", "block-sparse:block=1x8x8,topk=0.2,far=1x8x8,sinks=16", 3),
                           ("bf20s2", "block-sparse:block=1x8x8,topk=0.2,far=1x8x8,sinks=16", 2)]:
-    c = list(t.candidates).index(parse_pattern(spec))
-    layers = [LayerPlan(layer, tuple(HeadChoice(t.candidates[c], float(err[i, h, c]), float(t.density[i, h, c]))
-                                     for h in range(t.heads)))
-              for i, layer in enumerate(t.layers)]
+    layers = fixed_layers(m.table, [spec] * len(m.table.layers))
     bound = max(layer.error for layer in layers)  # every layer's measured error is within it
     base = m.plan(max_error=bound, dense_bound=0.0, max_dense_fraction=0.2, per_head=False, cost="time")
     p = Plan(base.model, base.profile, dense, layers)

@@ -20,7 +20,7 @@ held-out prompts and the timings.
 """
 import sys
 
-from make_plans import measure_at_128  # this folder's make_plans.py (the script's own folder is on sys.path)
+from make_plans import fixed_layers, measure_at_128  # this folder's make_plans.py (the script's own folder is on sys.path)
 
 # calib.txt's two prompts and four more of the model's vocabulary, none of them a bench prompt
 CALIBRATION = ["a green triangle moving down on a blue background", "a white square moving left on a red background",
@@ -45,30 +45,16 @@ if evaluate:
 cands = sorted({s for dense, early, late in PLANS.values() for s in early + late})
 args, m = measure_at_128("profile the block-sparse far-field plans with per-layer phases", cands)
 
-from dit_sparse import parse_pattern  # noqa: E402
-from dit_sparse.plan import HeadChoice, LayerPlan, Plan  # noqa: E402
+from dit_sparse.plan import Plan  # noqa: E402
 
-t = m.table
-steps = list(t.steps)
-err = t.errors  # [sampled steps, layers, heads, candidates]
+steps = list(m.table.steps)
 early_steps = [i for i, s in enumerate(steps) if s < PHASE_START]
 late_steps = [i for i, s in enumerate(steps) if s >= PHASE_START]
-
-
-def layer_plans(specs, rows):
-    out = []
-    for i, (layer, s) in enumerate(zip(t.layers, specs)):
-        c = list(t.candidates).index(parse_pattern(s))
-        e = err[rows].mean(0)
-        out.append(LayerPlan(layer, tuple(HeadChoice(t.candidates[c], float(e[i, h, c]), float(t.density[i, h, c]))
-                                          for h in range(t.heads))))
-    return out
-
 
 base = m.plan(max_error=1.0, dense_bound=0.0, max_dense_fraction=0.2, per_head=False, cost="time")
 plans = {}
 for name, (dense, early, late) in PLANS.items():
-    first, second = layer_plans(early, early_steps), layer_plans(late, late_steps)
+    first, second = fixed_layers(m.table, early, early_steps), fixed_layers(m.table, late, late_steps)
     profile = dict(base.profile, max_error=max(layer.error for layer in first + second))
     p = Plan(base.model, profile, dense, first, [(PHASE_START, second)])
     p.save(args.out_dir / f"plan128_{name}.json")

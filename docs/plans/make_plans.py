@@ -45,6 +45,22 @@ def measure_at_128(description: str, candidates, out_dir_required: bool = False)
     return args, m
 
 
+def fixed_layers(table, specs, step_rows=None):
+    """One pattern per layer, as the plan's ``LayerPlan`` list: ``specs[i]`` for every head of
+    layer ``i``, recording the errors (mean over the sampled steps ``step_rows``, all of them
+    when None) and densities ``table`` measured for it."""
+    from dit_sparse import parse_pattern
+    from dit_sparse.plan import HeadChoice, LayerPlan
+
+    err = table.errors.mean(0) if step_rows is None else table.errors[step_rows].mean(0)  # [layers, heads, cands]
+    out = []
+    for i, (layer, spec) in enumerate(zip(table.layers, specs)):
+        c = list(table.candidates).index(parse_pattern(spec))
+        out.append(LayerPlan(layer, tuple(HeadChoice(table.candidates[c], float(err[i, h, c]),
+                                                     float(table.density[i, h, c])) for h in range(table.heads))))
+    return out
+
+
 CANDIDATES = ["neighborhood:kernel=5x9x9", "neighborhood:kernel=5x15x15", "neighborhood:kernel=3x15x15",
               "neighborhood:kernel=5x21x21", "sliding-tile:tile=1x4x4,window=5x5x5",
               "sliding-tile:tile=1x8x8,window=5x3x3", "sliding-tile:tile=1x8x8,window=5x1x3",
