@@ -452,7 +452,8 @@ def test_block_sparse_far_fields_are_version_5(tmp_path):
 
 @pytest.mark.parametrize("name,dense_steps,phase_starts", [
     ("plan128_bf15s3.json", 3, ()), ("plan128_bf20s3.json", 3, ()), ("plan128_bf20s2.json", 2, ()),
-    ("plan128_bp3.json", 3, (10,)), ("plan128_bp2.json", 2, (10,))])
+    ("plan128_bp3.json", 3, (10,)), ("plan128_bp2.json", 2, (10,)), ("plan128_bp2s.json", 2, (10,)),
+    ("plan128_bp1s.json", 1, (2, 10)), ("plan128_bp1s256.json", 1, (2, 10))])
 def test_shipped_block_far_plans_load_unchanged(name, dense_steps, phase_starts):
     from pathlib import Path
 

@@ -13,10 +13,14 @@ calibration prompts below (never the bench's). The middle layer barely notices i
 25%: +2.4 dB); the per-layer relative error of the profiling pass ranks them the same way but
 cannot say what a dB costs. Late steps (from step 10) take sparser selections, as in
 ``plan128_e10p``. So the plans move density from the middle layer and the late steps to the
-last layer, whose 32 sinks (instead of 16) add another +0.2 dB. Clip PSNR mean / worst on
-these six prompts (seed 0): ``plan128_bf15s3`` 26.30 / 20.28, ``bp3`` 27.83 / 20.11, ``bp2`` (2
-dense steps) 26.66 / 18.96; the full search is in docs/benchmarks.md, with the bench's
-held-out prompts and the timings.
+last layer, whose 32 sinks (instead of 16) add another +0.2 dB, 64 sinks +0.7 dB and 128
+sinks +1.1 dB (32 sinks instead of 16 in the other layers add nothing). ``bp2s`` is ``bp2`` with 128 sinks
+in the last layer; ``bp1s`` spends that gain on a second warm-up step that is sparse (top 20%
+/ 10% / 30%) instead of dense. A one-step phase between two profiled steps records the
+errors of the profiled step nearest it. Clip PSNR mean / worst on these six prompts (seed
+0): ``plan128_bf15s3`` 26.30 / 20.28, ``bp3`` 27.83 / 20.11, ``bp2`` (2 dense steps) 26.66 /
+18.96, ``bp2s`` 27.53 / 20.14, ``bp1s`` (1 dense step) 26.48 / 19.23; the full search is in
+docs/benchmarks.md, with the bench's held-out prompts and the timings.
 """
 import sys
 
@@ -32,31 +36,49 @@ def spec(topk: float, sinks: int = 16) -> str:
     return f"block-sparse:block=1x8x8,topk={topk},far=1x8x8,sinks={sinks}"
 
 
-# name: (dense steps, [per-layer spec] until step 10, [per-layer spec] from step 10)
+# name: (dense steps, [(first step, [per-layer spec]), ...]): each phase runs until the next
+EARLY = [spec(0.15), spec(0.08), spec(0.25, 32)]
+LATE = [spec(0.1), spec(0.05), spec(0.15, 32)]
+EARLY_S128 = [spec(0.15), spec(0.08), spec(0.25, 128)]
+LATE_S128 = [spec(0.1), spec(0.05), spec(0.15, 128)]
 PLANS = {
-    "bp3": (3, [spec(0.15), spec(0.08), spec(0.25, 32)], [spec(0.1), spec(0.05), spec(0.15, 32)]),
-    "bp2": (2, [spec(0.15), spec(0.08), spec(0.25, 32)], [spec(0.1), spec(0.05), spec(0.15, 32)]),
+    "bp3": (3, [(3, EARLY), (10, LATE)]),
+    "bp2": (2, [(2, EARLY), (10, LATE)]),
+    # the last layer with 128 sinks instead of 32 (+0.9 dB on the calibration prompts)
+    "bp2s": (2, [(2, EARLY_S128), (10, LATE_S128)]),
+    # ... which pays for making the second warm-up step sparse instead of dense
+    "bp1s": (1, [(1, [spec(0.2), spec(0.1), spec(0.3, 128)]), (2, EARLY_S128), (10, LATE_S128)]),
+    # ... with a denser sparse warm-up step and 256 sinks in the last layer
+    "bp1s256": (1, [(1, [spec(0.3), spec(0.2), spec(0.4, 256)]), (2, [spec(0.15), spec(0.08), spec(0.25, 256)]),
+                    (10, [spec(0.1), spec(0.05), spec(0.15, 256)])]),
 }
-PHASE_START = 10
 
 evaluate = "--evaluate" in sys.argv
 if evaluate:
     sys.argv.remove("--evaluate")
-cands = sorted({s for dense, early, late in PLANS.values() for s in early + late})
+cands = sorted({s for dense, phases in PLANS.values() for start, specs in phases for s in specs})
 args, m = measure_at_128("profile the block-sparse far-field plans with per-layer phases", cands)
 
 from dit_sparse.plan import Plan  # noqa: E402
 
 steps = list(m.table.steps)
-early_steps = [i for i, s in enumerate(steps) if s < PHASE_START]
-late_steps = [i for i, s in enumerate(steps) if s >= PHASE_START]
+
+
+def sampled_rows(first: int, end) -> list:
+    """The profiled steps in ``first .. end - 1`` (rows of the error table), or the profiled
+    step nearest ``first`` where none falls in (a one-step phase between sampled steps)."""
+    rows = [i for i, s in enumerate(steps) if s >= first and (end is None or s < end)]
+    return rows or [min(range(len(steps)), key=lambda i: abs(steps[i] - first))]
+
 
 base = m.plan(max_error=1.0, dense_bound=0.0, max_dense_fraction=0.2, per_head=False, cost="time")
 plans = {}
-for name, (dense, early, late) in PLANS.items():
-    first, second = fixed_layers(m.table, early, early_steps), fixed_layers(m.table, late, late_steps)
-    profile = dict(base.profile, max_error=max(layer.error for layer in first + second))
-    p = Plan(base.model, profile, dense, first, [(PHASE_START, second)])
+for name, (dense, phases) in PLANS.items():
+    ends = [start for start, _ in phases[1:]] + [None]
+    layers = [fixed_layers(m.table, specs, sampled_rows(start, end)) for (start, specs), end in zip(phases, ends)]
+    profile = dict(base.profile, max_error=max(layer.error for phase in layers for layer in phase))
+    later = [(start, phase) for (start, _), phase in zip(phases[1:], layers[1:])]
+    p = Plan(base.model, profile, dense, layers[0], later)
     p.save(args.out_dir / f"plan128_{name}.json")
     plans[name] = p
     print(name, p.summary())
