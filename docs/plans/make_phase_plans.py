@@ -7,20 +7,21 @@ model at 9 x 128 x 128: one dense profiling pass on docs/plans/calib.txt's first
 
 How the schedules were chosen (end-to-end calibration, by hand): every layer of the uniform
 ``plan128_bf15s3`` (top 15% of key blocks, far field 1 x 8 x 8, 16 sinks, 3 dense steps) was
-made sparser or denser on its own and the clip PSNR against dense measured on the
-calibration prompts below (never the bench's). The middle layer barely notices its selection
-(top 10% instead of 15%: -0.1 dB), the first a little (-0.7 dB), the last most (-1.5 dB; top
-25%: +2.4 dB); the per-layer relative error of the profiling pass ranks them the same way but
-cannot say what a dB costs. Late steps (from step 10) take sparser selections, as in
-``plan128_e10p``. So the plans move density from the middle layer and the late steps to the
-last layer, whose 32 sinks (instead of 16) add another +0.2 dB, 64 sinks +0.7 dB and 128
-sinks +1.1 dB (32 sinks instead of 16 in the other layers add nothing). ``bp2s`` is ``bp2`` with 128 sinks
-in the last layer; ``bp1s`` spends that gain on a second warm-up step that is sparse (top 20%
-/ 10% / 30%) instead of dense. A one-step phase between two profiled steps records the
-errors of the profiled step nearest it. Clip PSNR mean / worst on these six prompts (seed
-0): ``plan128_bf15s3`` 26.30 / 20.28, ``bp3`` 27.83 / 20.11, ``bp2`` (2 dense steps) 26.66 /
-18.96, ``bp2s`` 27.53 / 20.14, ``bp1s`` (1 dense step) 26.48 / 19.23; the full search is in
-docs/benchmarks.md, with the bench's held-out prompts and the timings.
+made sparser or denser on its own and the clip PSNR against dense measured on the calibration
+prompts below (never the bench's). The middle layer barely notices its selection (top 10%
+instead of 15%: -0.1 dB), the first a little (-0.7 dB), the last most (-1.5 dB; top 25%: +2.4
+dB); the per-layer relative error of the profiling pass ranks them the same way but cannot say
+what a dB costs. Late steps (from step 10) take sparser selections, as in ``plan128_e10p``. So
+the plans move density from the middle layer and the late steps to the last layer, whose 32
+sinks (instead of 16) add another +0.2 dB, 64 sinks +0.7 dB and 128 sinks +1.1 dB (32 sinks
+instead of 16 in the other layers add nothing). ``bp2s`` is ``bp2`` with 128 sinks in the last
+layer; ``bp1s`` spends that gain on a second warm-up step that is sparse (top 20% / 10% / 30%)
+instead of dense, ``bp1s256`` on a denser one (30% / 20% / 40%) with 256 sinks. A one-step
+phase between two profiled steps records the errors of the profiled step nearest it. Clip PSNR
+mean / worst on these six prompts (seed 0): ``plan128_bf15s3`` 26.30 / 20.28, ``bp3`` 27.83 /
+20.11, ``bp2`` (2 dense steps) 26.66 / 18.96, ``bp2s`` 27.53 / 20.14, ``bp1s`` (1 dense step)
+26.48 / 19.23, ``bp1s256`` 27.43 / 20.51; the full search is in docs/benchmarks.md, with the
+bench's held-out prompts and the timings.
 """
 import sys
 
