@@ -37,21 +37,26 @@ def spec(topk: float, sinks: int = 16) -> str:
     return f"block-sparse:block=1x8x8,topk={topk},far=1x8x8,sinks={sinks}"
 
 
+def early(last_sinks: int, topk=(0.15, 0.08, 0.25)):
+    """Per-layer specs of steps 2-9 (or 3-9): ``topk`` per layer, 16 sinks but in the last layer."""
+    return [spec(topk[0]), spec(topk[1]), spec(topk[2], last_sinks)]
+
+
+def late(last_sinks: int):
+    """Per-layer specs from step 10."""
+    return early(last_sinks, (0.1, 0.05, 0.15))
+
+
 # name: (dense steps, [(first step, [per-layer spec]), ...]): each phase runs until the next
-EARLY = [spec(0.15), spec(0.08), spec(0.25, 32)]
-LATE = [spec(0.1), spec(0.05), spec(0.15, 32)]
-EARLY_S128 = [spec(0.15), spec(0.08), spec(0.25, 128)]
-LATE_S128 = [spec(0.1), spec(0.05), spec(0.15, 128)]
 PLANS = {
-    "bp3": (3, [(3, EARLY), (10, LATE)]),
-    "bp2": (2, [(2, EARLY), (10, LATE)]),
+    "bp3": (3, [(3, early(32)), (10, late(32))]),
+    "bp2": (2, [(2, early(32)), (10, late(32))]),
     # the last layer with 128 sinks instead of 32 (+0.9 dB on the calibration prompts)
-    "bp2s": (2, [(2, EARLY_S128), (10, LATE_S128)]),
+    "bp2s": (2, [(2, early(128)), (10, late(128))]),
     # ... which pays for making the second warm-up step sparse instead of dense
-    "bp1s": (1, [(1, [spec(0.2), spec(0.1), spec(0.3, 128)]), (2, EARLY_S128), (10, LATE_S128)]),
+    "bp1s": (1, [(1, early(128, (0.2, 0.1, 0.3))), (2, early(128)), (10, late(128))]),
     # ... with a denser sparse warm-up step and 256 sinks in the last layer
-    "bp1s256": (1, [(1, [spec(0.3), spec(0.2), spec(0.4, 256)]), (2, [spec(0.15), spec(0.08), spec(0.25, 256)]),
-                    (10, [spec(0.1), spec(0.05), spec(0.15, 256)])]),
+    "bp1s256": (1, [(1, early(256, (0.3, 0.2, 0.4))), (2, early(256)), (10, late(256))]),
 }
 
 evaluate = "--evaluate" in sys.argv
