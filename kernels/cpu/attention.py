@@ -287,7 +287,6 @@ def block_sparse_attention(
     text_range: Tuple[int, int],
     key_mask: Optional[torch.Tensor],
     scale: float,
-    pack: bool = False,
     group_threads: bool = True,
     extra: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
@@ -299,18 +298,19 @@ def block_sparse_attention(
       are first laid out block-major (``[B, H, nb + 1, P, D]``, one gather each), so that
       the chosen blocks are gathered as contiguous rows of ``P`` slots; padded slots (the
       null block) are masked.
-    * ``pack=True`` (and always where a query block is ragged), for grids the blocks do not tile evenly: padding every chosen block to
-      ``P`` slots wastes up to half of the work there (13x30x52 in 4x8x8 blocks: 71% of the
-      slots are tokens, and the small edge blocks are chosen more often), so each (batch,
-      head) row gathers only the valid tokens of its blocks, packed; rows of similar length
-      share one call (padded to the group's longest and masked), at most four per block.
+    * packed, where some query block is ragged (grids the blocks do not tile evenly): padding
+      every chosen block to ``P`` slots wastes up to half of the work there (13x30x52 in
+      4x8x8 blocks: 71% of the slots are tokens, and the small edge blocks are chosen more
+      often), so each (batch, head) row gathers only the valid tokens of its blocks, packed;
+      rows of similar length share one call (padded to the group's longest and masked), at
+      most four per block.
 
     Args:
         q, k, v: ``[B, S, H, D]``, contiguous.
         block_tokens: ``[nb + 1, P]`` token indices of every video block (padded slots and
             the last, all-padding "null" block point anywhere valid).
         block_valid: ``[nb + 1, P]`` bool, or None when no slot is padding (then the null
-            block is never selected); required with ``pack``.
+            block is never selected); ragged rows route to the packed way.
         selection: ``[B, H, nb, n_sel]`` int64 chosen key blocks per query block; ``nb``
             (the null block) pads rows that keep fewer blocks.
         text_index: ``[n_text]`` int64 text token indices (global keys).
@@ -322,7 +322,7 @@ def block_sparse_attention(
     """
     _check_extra_grad(extra, q, k, v)
     ragged = block_valid is not None and not bool(block_valid[:-1].all())  # some query block is not whole
-    per_block = _packed_block_outputs if pack or ragged else _whole_block_outputs
+    per_block = _packed_block_outputs if ragged else _whole_block_outputs
     out = Output(q, with_lse=extra is not None)
     tasks, finish = per_block(out, q, k, v, block_tokens, block_valid, selection, text_index, key_mask, scale)
     parallel.run(tasks, q, k, v, group_threads=group_threads)
