@@ -147,6 +147,31 @@ def test_frontier_picture_places_points_and_dense_on_the_top_edge():
     assert colours(x_of(1.45) - 3, x_of(1.45) + 4, y_of(24.0) - 3, y_of(24.0) + 4) <= {white, (200, 200, 200)}
 
 
+def test_frontier_draws_equal_up_to_rounding_on_the_top_edge():
+    """A configuration at FRONTIER_SAME_DB or more (merged text alone: ~144 dB) sits on the top
+    edge with dense and leaves the axis to the sparse ones, which stay where they would be
+    without it."""
+    from dit_sparse.cli.bench import _PLOT, FRONTIER_SAME_DB, Row, frontier_picture
+
+    rows = [Row("dense", 1.0, 10.0, 8.0),
+            Row("plan a.json", 0.4, 8.0, 6.0, speedup=1.25, psnr=30.0, psnr_min=22.0, frame_min=18.0),
+            Row("dense + merged text", 1.0, 9.6, 8.0, speedup=1.04, psnr=FRONTIER_SAME_DB + 64.5,
+                psnr_min=FRONTIER_SAME_DB + 60.0, frame_min=130.0),
+            Row("tile", 0.3, 6.0, 4.0, speedup=1.6, psnr=25.0, psnr_min=25.0, frame_min=20.0)]
+    pixels = frontier_picture(rows, "title").load()
+    left, top, right, bottom = _PLOT
+
+    def colours(x0, x1, y0, y1):
+        return {pixels[x, y] for x in range(x0, x1) for y in range(y0, y1)}
+
+    x_of = lambda s: round(left + (s - 0.94) / (1.66 - 0.94) * (right - left))  # noqa: E731
+    y_of = lambda db: round(bottom - (db - 20.0) / 12.0 * (bottom - top - 28))  # noqa: E731
+    blue, orange = (31, 119, 180), (255, 127, 14)
+    assert blue in colours(x_of(1.25) - 2, x_of(1.25) + 3, y_of(30.0) - 2, y_of(30.0) + 3)  # as without row 3
+    assert orange in colours(x_of(1.04) - 2, x_of(1.04) + 3, top - 2, top + 3)  # on the top edge
+    assert orange not in colours(x_of(1.04) - 1, x_of(1.04) + 2, top + 8, bottom)  # and no whisker
+
+
 def test_embedded_prompts_are_held_out():
     """The default bench prompts: at least 8, a red circle among them, none a caption of the
     shipped model's training clips (scripts/tiny_wan/README.md's record) nor a profiling prompt of

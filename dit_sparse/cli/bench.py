@@ -49,7 +49,9 @@ rows are the runs x configurations, each row one clip's frames left to right.
 ``--frontier PATH.png`` draws the quality-speed frontier with Pillow: per configuration, its
 mean clip PSNR against its end-to-end speedup, with a whisker down to its worst run's clip
 PSNR, numbered and keyed below the plot; dense sits at 1.0x on the top edge, which stands for
-an infinite PSNR. The picture is :data:`FRONTIER_WIDTH` pixels wide and
+an infinite PSNR and takes any configuration at :data:`FRONTIER_SAME_DB` or more (equal to dense
+up to float rounding, such as ``--merge-text-padding`` alone), so that such a point does not
+stretch the axis over the sparse configurations. The picture is :data:`FRONTIER_WIDTH` pixels wide and
 ``frontier_height(configurations)`` high. Every output path is checked before the model loads,
 and every file is written atomically (:mod:`dit_sparse.atomic`).
 """
@@ -252,6 +254,7 @@ def format_table(rows: List[Row]) -> str:
 
 
 FRONTIER_WIDTH = 800
+FRONTIER_SAME_DB = 80.0  # clip PSNR from which the frontier draws a configuration as equal to dense
 _PLOT = (70, 66, FRONTIER_WIDTH - 24, 406)  # left, top (the inf edge), right, bottom of the plot area
 _LINE = 18  # height of a legend or key line
 _LEGEND_LINES = 3
@@ -281,7 +284,8 @@ def _font(size: int):
 
 def frontier_picture(rows: Sequence[Row], title: str):
     """A Pillow image of clip PSNR against end-to-end speedup (module docstring); ``rows[0]`` is
-    dense. A row whose mean PSNR is infinite (its clips equal dense) is drawn on the top edge."""
+    dense. A row whose mean PSNR is infinite (its clips equal dense) or at least
+    :data:`FRONTIER_SAME_DB` is drawn on the top edge, and the axis spans the other values."""
     from PIL import Image, ImageDraw
 
     left, top, right, bottom = _PLOT
@@ -293,7 +297,7 @@ def frontier_picture(rows: Sequence[Row], title: str):
     speeds = [r.speedup for r in rows if math.isfinite(r.speedup)] + [1.0]
     pad = max(0.05, 0.1 * (max(speeds) - min(speeds)))
     x_lo, x_hi = min(speeds) - pad, max(speeds) + pad
-    finite = [v for r in rows[1:] for v in (r.psnr, r.psnr_min) if math.isfinite(v)]
+    finite = [v for r in rows[1:] for v in (r.psnr, r.psnr_min) if v < FRONTIER_SAME_DB]
     y_lo, y_hi = (min(finite) - 2.0, max(finite) + 2.0) if finite else (0.0, 50.0)
     y_hi = max(y_hi, y_lo + 1.0)
     finite_top = top + 28  # the band between the finite range and the top edge keeps inf apart
@@ -302,7 +306,7 @@ def frontier_picture(rows: Sequence[Row], title: str):
         return left + (speed - x_lo) / (x_hi - x_lo) * (right - left)
 
     def py(db: float) -> float:
-        return top if math.isinf(db) else bottom - (db - y_lo) / (y_hi - y_lo) * (bottom - finite_top)
+        return top if db >= FRONTIER_SAME_DB else bottom - (db - y_lo) / (y_hi - y_lo) * (bottom - finite_top)
 
     draw.text((left, 8), title, fill=ink, font=font)
     draw.text((8, 28), "clip PSNR against dense (dB)", fill=ink, font=font)
@@ -311,7 +315,8 @@ def frontier_picture(rows: Sequence[Row], title: str):
         draw.line([left, y, right, y], fill=grey)
         label = f"{v:g}"
         draw.text((left - 6 - draw.textlength(label, font=small), y - 7), label, fill=ink, font=small)
-    draw.text((left - 6 - draw.textlength("inf", font=small), top - 7), "inf", fill=ink, font=small)
+    edge = f"inf, >={FRONTIER_SAME_DB:g}"
+    draw.text((left - 6 - draw.textlength(edge, font=small), top - 7), edge, fill=ink, font=small)
     for v in _ticks(x_lo, x_hi):
         x = px(v)
         draw.line([x, top, x, bottom], fill=grey)
@@ -331,7 +336,7 @@ def frontier_picture(rows: Sequence[Row], title: str):
         if i == 0:
             draw.rectangle([x - 6, y - 6, x + 6, y + 6], outline=ink, width=2)
         else:
-            if math.isfinite(r.psnr_min) and r.psnr_min < r.psnr:
+            if r.psnr_min < min(r.psnr, FRONTIER_SAME_DB):
                 low = py(r.psnr_min)
                 draw.line([x, y, x, low], fill=c, width=2)
                 draw.line([x - 6, low, x + 6, low], fill=c, width=2)
@@ -340,7 +345,7 @@ def frontier_picture(rows: Sequence[Row], title: str):
 
     y = bottom + 48
     legend = ["mean clip PSNR over the runs (prompt x seed)", "whisker: down to the worst run's clip PSNR",
-              "dense: identical to itself (inf dB), drawn at the top edge, as is any configuration equal to it"]
+              f"top edge: dense (inf dB) and any configuration at {FRONTIER_SAME_DB:g} dB or more (equal up to rounding)"]
     for j, text in enumerate(legend):
         cy = y + j * _LINE + 8
         if j == 0:
