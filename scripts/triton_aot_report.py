@@ -1,11 +1,13 @@
 """Compile every shipped Triton tile config ahead of time for sm_80 and sm_90a (no GPU needed)
 and report registers, spills and shared memory (from Triton's bundled ``ptxas-blackwell -v``).
-Each config is built five times: the plain kernel (window masks); with the far-field loop
-compiled in (``far`` column; its own config where ``FAR_CONFIGS`` has one); with the far-field
-and sink loops (``sinks`` column; its own config where ``SINK_CONFIGS`` has one); both of the
-far-field builds once with window masks (``mask`` column ``window``: neighborhoods and sliding
-tiles) and once with a block selection (``block``: block-sparse patterns, far lists per
-(batch, head); its own config where ``BLOCK_FAR_CONFIGS`` has one).
+Each config is built six times: the plain kernel, once with window masks (``mask`` column
+``window``: neighborhoods and sliding tiles) and once with a block selection (``block``:
+block-sparse patterns, key-block lists per (batch, head); its own config where
+``BLOCK_CONFIGS`` has one); with the far-field loop compiled in
+(``far`` column; its own config where ``FAR_CONFIGS`` has one); with the far-field and sink
+loops (``sinks`` column; its own config where ``SINK_CONFIGS`` has one); both of the far-field
+builds with window masks and with a block selection (its own config where
+``BLOCK_FAR_CONFIGS`` has one).
 
     python scripts/triton_aot_report.py [--json out.json] [--jobs 2]
 
@@ -25,7 +27,7 @@ import tempfile
 
 ARCHS = (80, 90)
 # (mask mode: 0 windows, 1 block selection; far-field loop; sink loop) compiled in
-VARIANTS = ((0, False, False), (0, True, False), (0, True, True), (1, True, False), (1, True, True))
+VARIANTS = ((0, False, False), (0, True, False), (0, True, True), (1, False, False), (1, True, False), (1, True, True))
 MASK_NAMES = {0: "window", 1: "block"}
 
 

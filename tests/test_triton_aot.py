@@ -1,12 +1,13 @@
 """Every shipped Triton config compiles ahead of time for sm_80 and sm_90a, without a GPU,
 as the plain kernel, with the far-field loop compiled in, and with the far-field and sink
-loops compiled in (both far-field builds with window masks and with a block selection:
-neighborhoods and block-sparse patterns).
+loops compiled in, each with window masks and with a block selection (neighborhoods and
+sliding tiles; block-sparse patterns).
 
 Runs ``scripts/triton_aot_report.py`` in a child process without TRITON_INTERPRET (an
 interpreted kernel cannot be compiled) and prints its report (registers, spills, shared
 memory). The head_dim 64 and 128 configs must not spill, nor any build with the far loop
-(with or without sinks, with window masks or a block selection).
+(with or without sinks, with window masks or a block selection), nor any build with a block
+selection.
 """
 
 import json
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dit_sparse.kernels.triton_attn.configs import BLOCK_FAR_CONFIGS, CONFIGS, FAR_CONFIGS, SINK_CONFIGS, get_config
+from dit_sparse.kernels.triton_attn.configs import (BLOCK_CONFIGS, BLOCK_FAR_CONFIGS, CONFIGS, FAR_CONFIGS,
+                                                    SINK_CONFIGS, get_config)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "triton_aot_report.py"
 
@@ -37,7 +39,7 @@ def test_every_config_compiles_for_both_archs(report):
     got = {(r["dtype"], r["head_dim"], r["arch"], r["mask"], r["far"], r["sinks"]) for r in report}
     want = {(d, h, a, mask, far, sinks) for (d, h) in CONFIGS for a in ("sm_80", "sm_90a")
             for mask, far, sinks in (("window", False, False), ("window", True, False), ("window", True, True),
-                                     ("block", True, False), ("block", True, True))}
+                                     ("block", False, False), ("block", True, False), ("block", True, True))}
     assert got == want
     for r in report:
         assert r["ptxas_ok"] and r["cubin_bytes"] > 0 and r["registers"] is not None, r
@@ -56,6 +58,14 @@ def test_far_loop_builds_do_not_spill(report):
     """With window masks and with a block selection (``BLOCK_FAR_CONFIGS``)."""
     rows = [r for r in report if r["far"]]
     assert len(rows) == 8 * len(CONFIGS)
+    for r in rows:
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+
+
+def test_block_selection_builds_do_not_spill(report):
+    """Block-sparse patterns, plain (``BLOCK_CONFIGS``) and with far fields, at every head_dim."""
+    rows = [r for r in report if r["mask"] == "block"]
+    assert len(rows) == 6 * len(CONFIGS)
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
 
@@ -81,4 +91,11 @@ def test_block_far_configs_are_chosen_for_block_sparse_far_fields_only():
         far_cfg = FAR_CONFIGS.get((dtype, head_dim), CONFIGS[dtype, head_dim])
         window_cfg = SINK_CONFIGS.get((dtype, head_dim), far_cfg) if sinks else far_cfg
         assert get_config(dtype, head_dim, far=True, sinks=sinks) == window_cfg
-        assert get_config(dtype, head_dim, block=True) == CONFIGS[dtype, head_dim]
+        assert get_config(dtype, head_dim, block=True) == BLOCK_CONFIGS.get((dtype, head_dim), CONFIGS[dtype, head_dim])
+
+
+def test_block_configs_are_chosen_for_plain_block_sparse_only():
+    assert set(BLOCK_CONFIGS) <= set(CONFIGS)
+    for (dtype, head_dim), cfg in BLOCK_CONFIGS.items():
+        assert get_config(dtype, head_dim, block=True) == cfg
+        assert get_config(dtype, head_dim) == CONFIGS[dtype, head_dim]  # window masks keep CONFIGS

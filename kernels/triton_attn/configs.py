@@ -5,7 +5,7 @@
 is compiled ahead of time for sm_80 and sm_90a in the tests (``tests/test_triton_aot.py``),
 which also checks that the head_dim 64 and 128 entries do not spill registers, nor any build
 with the far-field loop (overrides: ``FAR_CONFIGS``) or with the sink loop too (``SINK_CONFIGS``),
-with window masks or with a block selection (``BLOCK_FAR_CONFIGS``).
+with window masks or with a block selection (``BLOCK_CONFIGS``, ``BLOCK_FAR_CONFIGS``).
 """
 
 from dataclasses import dataclass
@@ -62,6 +62,23 @@ SINK_CONFIGS = {
 }
 
 
+# Block-sparse patterns without a far field (the block-selection mode of the plain kernel):
+# CONFIGS, except where that spills; then the entry here, keyed by (dtype, head_dim bucket).
+# The selection mode keeps a per-row pattern block and gathers [BLOCK_M, BLOCK_N] selection
+# entries: one pipeline stage and eight warps, then smaller key tiles, then smaller query
+# tiles, until sm_80 and sm_90a both compile without spills (fp16 / 32 with CONFIGS' 128 x 64
+# tiles: ~2 KB of spills).
+BLOCK_CONFIGS = {
+    ("float16", 32): TileConfig(128, 32, 8, 1),
+    ("float16", 128): TileConfig(64, 32, 8, 1),
+    ("float16", 256): TileConfig(32, 32, 8, 1),
+    ("bfloat16", 32): TileConfig(128, 32, 8, 1),
+    ("bfloat16", 128): TileConfig(64, 32, 8, 1),
+    ("bfloat16", 256): TileConfig(32, 32, 8, 1),
+    ("float32", 32): TileConfig(128, 32, 8, 1),
+    ("float32", 64): TileConfig(64, 32, 8, 1),
+}
+
 # Block-sparse patterns with a far field (the block-selection mode of the far and sink loops):
 # FAR_CONFIGS / SINK_CONFIGS / CONFIGS, except where that spills; then the entry here, keyed by
 # (dtype, head_dim bucket, sinks). Its tiles may differ, since block-sparse block masks are
@@ -115,6 +132,8 @@ def get_config(dtype_name: str, head_dim: int, far: bool = False, sinks: bool = 
         raise ValueError("sinks=True needs far=True (sinks are part of a far field)")
     if block and far and (*key, sinks) in BLOCK_FAR_CONFIGS:
         return BLOCK_FAR_CONFIGS[(*key, sinks)]
+    if block and not far:
+        return BLOCK_CONFIGS.get(key, CONFIGS[key])
     if sinks and key in SINK_CONFIGS:
         return SINK_CONFIGS[key]
     return FAR_CONFIGS.get(key, CONFIGS[key]) if far else CONFIGS[key]
