@@ -119,6 +119,31 @@ def test_bench_table_json_and_side_by_side(tmp_path, capsys, model_args, plan_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, js.name, frontier.name])
 
 
+BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # rows 1 and 2 of the frontier's palette
+
+
+def _frontier_probe(img):
+    """``(colours, x_of, y_of)`` for a frontier picture of a plan at 1.25x / 30 (22) dB and a
+    tile at 1.6x / 25 dB beside dense: x spans 1.0 - pad .. 1.6 + pad with pad 0.06; y spans
+    20 .. 32 dB below a 28-pixel band under the top edge. ``colours(x0, x1, y0, y1)``: the set
+    of pixel colours in that box."""
+    from dit_sparse.cli.bench import _PLOT
+
+    left, top, right, bottom = _PLOT
+    pixels = img.load()
+
+    def colours(x0, x1, y0, y1):
+        return {pixels[x, y] for x in range(x0, x1) for y in range(y0, y1)}
+
+    def x_of(speed):
+        return round(left + (speed - 0.94) / (1.66 - 0.94) * (right - left))
+
+    def y_of(db):
+        return round(bottom - (db - 20.0) / 12.0 * (bottom - top - 28))
+
+    return colours, x_of, y_of
+
+
 def test_frontier_picture_places_points_and_dense_on_the_top_edge():
     from dit_sparse.cli.bench import _PLOT, FRONTIER_WIDTH, Row, frontier_height, frontier_picture
 
@@ -128,21 +153,13 @@ def test_frontier_picture_places_points_and_dense_on_the_top_edge():
             Row("tile", 0.3, 6.0, 4.0, speedup=1.6, psnr=25.0, psnr_min=25.0, frame_min=20.0)]
     img = frontier_picture(rows, "title")
     assert img.size == (FRONTIER_WIDTH, frontier_height(4)) and img.mode == "RGB"
-    left, top, right, bottom = _PLOT
-    pixels = img.load()
-
-    def colours(x0, x1, y0, y1):
-        return {pixels[x, y] for x in range(x0, x1) for y in range(y0, y1)}
-
+    colours, x_of, y_of = _frontier_probe(img)
+    top = _PLOT[1]
     white = (255, 255, 255)
-    # x spans 1.0 - pad .. 1.6 + pad with pad 0.06; y spans 20 .. 32 dB below a 28-pixel band under the inf edge
-    x_of = lambda s: round(left + (s - 0.94) / (1.66 - 0.94) * (right - left))  # noqa: E731
-    y_of = lambda db: round(bottom - (db - 20.0) / 12.0 * (bottom - top - 28))  # noqa: E731
-    blue, orange = (31, 119, 180), (255, 127, 14)  # rows 1 and 2 of the palette: the plan, then "full"
-    assert blue in colours(x_of(1.25) - 2, x_of(1.25) + 3, y_of(30.0) - 2, y_of(30.0) + 3)  # the mean
-    assert blue in colours(x_of(1.25) - 1, x_of(1.25) + 2, y_of(26.0) - 1, y_of(26.0) + 2)  # the whisker
-    assert blue in colours(x_of(1.25) - 5, x_of(1.25) - 3, y_of(22.0) - 1, y_of(22.0) + 2)  # its end tick
-    assert orange in colours(x_of(1.0) - 2, x_of(1.0) + 3, top - 2, top + 3)  # equal to dense: the top edge
+    assert BLUE in colours(x_of(1.25) - 2, x_of(1.25) + 3, y_of(30.0) - 2, y_of(30.0) + 3)  # the mean
+    assert BLUE in colours(x_of(1.25) - 1, x_of(1.25) + 2, y_of(26.0) - 1, y_of(26.0) + 2)  # the whisker
+    assert BLUE in colours(x_of(1.25) - 5, x_of(1.25) - 3, y_of(22.0) - 1, y_of(22.0) + 2)  # its end tick
+    assert ORANGE in colours(x_of(1.0) - 2, x_of(1.0) + 3, top - 2, top + 3)  # equal to dense: the top edge
     assert (0, 0, 0) in colours(x_of(1.0) - 7, x_of(1.0) - 5, top - 2, top + 3)  # dense: a square on that edge
     assert colours(x_of(1.45) - 3, x_of(1.45) + 4, y_of(24.0) - 3, y_of(24.0) + 4) <= {white, (200, 200, 200)}
 
@@ -158,18 +175,11 @@ def test_frontier_draws_equal_up_to_rounding_on_the_top_edge():
             Row("dense + merged text", 1.0, 9.6, 8.0, speedup=1.04, psnr=FRONTIER_SAME_DB + 64.5,
                 psnr_min=FRONTIER_SAME_DB + 60.0, frame_min=130.0),
             Row("tile", 0.3, 6.0, 4.0, speedup=1.6, psnr=25.0, psnr_min=25.0, frame_min=20.0)]
-    pixels = frontier_picture(rows, "title").load()
-    left, top, right, bottom = _PLOT
-
-    def colours(x0, x1, y0, y1):
-        return {pixels[x, y] for x in range(x0, x1) for y in range(y0, y1)}
-
-    x_of = lambda s: round(left + (s - 0.94) / (1.66 - 0.94) * (right - left))  # noqa: E731
-    y_of = lambda db: round(bottom - (db - 20.0) / 12.0 * (bottom - top - 28))  # noqa: E731
-    blue, orange = (31, 119, 180), (255, 127, 14)
-    assert blue in colours(x_of(1.25) - 2, x_of(1.25) + 3, y_of(30.0) - 2, y_of(30.0) + 3)  # as without row 3
-    assert orange in colours(x_of(1.04) - 2, x_of(1.04) + 3, top - 2, top + 3)  # on the top edge
-    assert orange not in colours(x_of(1.04) - 1, x_of(1.04) + 2, top + 8, bottom)  # and no whisker
+    colours, x_of, y_of = _frontier_probe(frontier_picture(rows, "title"))
+    top, bottom = _PLOT[1], _PLOT[3]
+    assert BLUE in colours(x_of(1.25) - 2, x_of(1.25) + 3, y_of(30.0) - 2, y_of(30.0) + 3)  # as without row 3
+    assert ORANGE in colours(x_of(1.04) - 2, x_of(1.04) + 3, top - 2, top + 3)  # on the top edge
+    assert ORANGE not in colours(x_of(1.04) - 1, x_of(1.04) + 2, top + 8, bottom)  # and no whisker
 
 
 def test_embedded_prompts_are_held_out():

@@ -62,10 +62,11 @@ def test_far_loop_builds_do_not_spill(report):
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
 
 
-def test_block_selection_builds_do_not_spill(report):
-    """Block-sparse patterns, plain (``BLOCK_CONFIGS``) and with far fields, at every head_dim."""
-    rows = [r for r in report if r["mask"] == "block"]
-    assert len(rows) == 6 * len(CONFIGS)
+def test_plain_block_selection_builds_do_not_spill(report):
+    """Block-sparse patterns without a far field (``BLOCK_CONFIGS``), at every head_dim (the
+    far-field builds are checked above)."""
+    rows = [r for r in report if r["mask"] == "block" and not r["far"]]
+    assert len(rows) == 2 * len(CONFIGS)
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
 

@@ -297,8 +297,8 @@ def frontier_picture(rows: Sequence[Row], title: str):
     speeds = [r.speedup for r in rows if math.isfinite(r.speedup)] + [1.0]
     pad = max(0.05, 0.1 * (max(speeds) - min(speeds)))
     x_lo, x_hi = min(speeds) - pad, max(speeds) + pad
-    finite = [v for r in rows[1:] for v in (r.psnr, r.psnr_min) if v < FRONTIER_SAME_DB]
-    y_lo, y_hi = (min(finite) - 2.0, max(finite) + 2.0) if finite else (0.0, 50.0)
+    on_axis = [v for r in rows[1:] for v in (r.psnr, r.psnr_min) if v < FRONTIER_SAME_DB]
+    y_lo, y_hi = (min(on_axis) - 2.0, max(on_axis) + 2.0) if on_axis else (0.0, 50.0)
     y_hi = max(y_hi, y_lo + 1.0)
     finite_top = top + 28  # the band between the finite range and the top edge keeps inf apart
 
